@@ -1,0 +1,93 @@
+"""Reference configuration: the notebook's Comparison Detector, ResNet-101 v1, side 1024.
+
+Values follow DESIGN.md section 5. Derived values (towers, batch size, LR boundaries in
+steps, backbone shapes) are computed by libs.configs.load_config, never here.
+Where a flag departs from the notebook, the notebook's value is the default and the
+comment says so.
+"""
+
+
+class Config:
+    # ---- run -------------------------------------------------------------------------
+    NAME = "res101_fewshot"
+    MODEL_DIR = "output/res101_fewshot"       # checkpoints + TensorBoard events
+    DATA_DIR = "output/data"                  # TFRecords + label_map.json (converter)
+    REFERENCE_DIR = "output/references"       # one folder of images per class name
+    TRAIN_SPLIT = "train"
+    EVAL_SPLIT = "val"
+    CHECKPOINT_DIR = None                     # pretrained TF-slim checkpoint, or None
+    SEED = 0
+    SAVE_CHECKPOINTS_STEPS = 500
+    SAVE_SUMMARY_STEPS = 50
+    LOG_EVERY_N_STEPS = 10
+    KEEP_CHECKPOINT_MAX = 5
+
+    # ---- classes -----------------------------------------------------------------------
+    NUM_CLASS = 12                            # counts background (class 0): 11 cell types
+    NUM_TRAIN_IMAGES = None                   # None: read from the data's label_map.json
+
+    # ---- backbone ----------------------------------------------------------------------
+    NET_NAME = "resnet_v1_101"
+    # The notebook builds the backbone with is_training=False: batch-norm statistics
+    # frozen (weights still trainable). True lets batch norm train (from scratch).
+    TRAIN_BATCH_NORM = False
+    PIXEL_MEANS = [115.2, 118.8, 123.0]       # RGB
+    TARGET_SIDE = 1024                        # long side after resize; padded square
+    BACKBONE_STRIDES = [4, 8, 16, 32, 64]     # P2..P6
+    FPN_CHANNELS = 256
+
+    # ---- references (few-shot prototypes) ------------------------------------------------
+    NUM_SUPPORTS = 3                          # reference images per class
+    REFERENCE_SIDE = 224
+    REFERENCE_RANDOM = False                  # notebook: the first NUM_SUPPORTS per class
+
+    # ---- anchors and RPN --------------------------------------------------------------
+    BASE_ANCHOR_SIZE_LIST = [32, 64, 128, 256, 512]   # one size per level P2..P6
+    ANCHOR_RATIOS = [0.5, 1.0, 2.0]                   # width / height
+    ANCHOR_STRIDE = 1
+    RPN_CHANNELS = 512
+    RPN_POSITIVE_IOU = 0.7
+    RPN_NEGATIVE_IOU = 0.3
+    RPN_MINIBATCH_SIZE = 256
+    RPN_POSITIVE_RATIO = 0.5
+    RPN_TOP_K_NMS = 6000
+    RPN_NMS_IOU_THRESHOLD = 0.7
+    RPN_PROPOSALS_TRAIN = 2000
+    RPN_PROPOSALS_INFERENCE = 1000
+    RPN_BBOX_STD_DEV = [0.1, 0.1, 0.25, 0.27]
+
+    # ---- Fast R-CNN ----------------------------------------------------------------------
+    CLASSIFIER = "comparison"                 # "comparison" (paper) | "fc" (FPN baseline)
+    # The notebook passes is_training=False to FastRCNN in every mode: the head's batch
+    # norms run on their initial moving statistics. True trains them.
+    HEAD_TRAIN_BATCH_NORM = False
+    ROI_SIZE = 7
+    ROI_CANONICAL_SIZE = 224                  # an ROI of this side is pooled from P4
+    # The notebook trains the second stage on RPN proposals only. True also adds the
+    # GT boxes to them (Detectron-style), which helps a from-scratch run start.
+    ADD_GT_TO_PROPOSALS = False
+    HEAD_CHANNELS = 1024
+    BBOX_STD_DEV = [0.13, 0.13, 0.27, 0.26]
+    FAST_RCNN_POSITIVE_IOU = 0.5
+    FAST_RCNN_MINIBATCH_SIZE = 200
+    FAST_RCNN_POSITIVE_RATIO = 0.33
+    FAST_RCNN_MAX_INSTANCES = 100             # GT boxes per image after padding/truncation
+    FRCNN_CLS_LOSS_WEIGHT = 5.0
+    MIN_GT_SIZE = 5                           # GT smaller than this (px, after resize) dropped
+
+    # ---- detection ---------------------------------------------------------------------
+    DETECTION_NMS_THRESHOLD = 0.3
+    DETECTION_MAX_INSTANCES = 200
+    DETECTION_MIN_CONFIDENCE = 0.5            # display / export threshold
+    EVAL_SCORE_THRESHOLD = 0.05               # evaluation keeps low-score detections
+
+    # ---- optimisation --------------------------------------------------------------------
+    LR = 0.001
+    MOMENTUM = 0.9
+    WEIGHT_DECAY = 1e-4
+    EPOCH = 60
+    EPOCH_BOUNDARY = [35, 50]                 # LR -> LR/10 -> LR/100 at these epochs
+    CLIP_GRADIENT_NORM = 5.0                  # per gradient tensor (clip_by_norm)
+    GPU_GROUPS = ["/gpu:0", "/gpu:1"]         # one tower each; CPU devices without GPUs
+    PER_GPU_IMAGE = 1
+    FLIP_HORIZONTAL = True

@@ -1,0 +1,46 @@
+"""Tiny CPU configuration: the whole pipeline in seconds, for tests and the demo.
+
+Same model as res101_fewshot (it inherits every value) on a small ResNet, side 128,
+two classes of the generated sample data, one tower.
+"""
+from cfgs.res101_fewshot import Config as Res101FewShot
+
+
+class Config(Res101FewShot):
+    NAME = "tiny_cpu"
+    MODEL_DIR = "output/tiny_cpu"
+    DATA_DIR = "output/sample/data"
+    REFERENCE_DIR = "output/sample/references"
+    SAVE_CHECKPOINTS_STEPS = 100
+    SAVE_SUMMARY_STEPS = 20
+    LOG_EVERY_N_STEPS = 10
+
+    NUM_CLASS = 3                             # background + the sample data's 2 classes
+
+    NET_NAME = "tiny_resnet"
+    TRAIN_BATCH_NORM = True                   # no pretrained weights: BN must train
+    HEAD_TRAIN_BATCH_NORM = True
+    TARGET_SIDE = 128
+    FPN_CHANNELS = 32
+
+    NUM_SUPPORTS = 2
+    REFERENCE_SIDE = 48
+
+    BASE_ANCHOR_SIZE_LIST = [8, 16, 32, 64, 128]
+    RPN_CHANNELS = 64
+    RPN_TOP_K_NMS = 1000
+    RPN_PROPOSALS_TRAIN = 200
+    RPN_PROPOSALS_INFERENCE = 100
+
+    HEAD_CHANNELS = 128
+    ROI_CANONICAL_SIZE = 56                   # 224 scaled by 128 / 1024 (x2: small side)
+    ADD_GT_TO_PROPOSALS = True
+    FAST_RCNN_MINIBATCH_SIZE = 64
+    FAST_RCNN_MAX_INSTANCES = 20
+    MIN_GT_SIZE = 3
+    DETECTION_MAX_INSTANCES = 50
+
+    LR = 0.01
+    EPOCH = 40
+    EPOCH_BOUNDARY = [30, 36]
+    GPU_GROUPS = ["/cpu:0"]

@@ -1,0 +1,1 @@
+"""The Comparison Detector model library (networks, heads, box ops, configs)."""

@@ -1,0 +1,203 @@
+"""Turns a config module into a validated config object with its derived values.
+
+A config file is a Python module defining a class ``Config`` whose UPPER_CASE attributes
+are the settings (see cfgs/res101_fewshot.py). ``load_config`` imports it, copies the
+settings onto a fresh object, applies overrides, computes the derived values in one
+place and validates everything. Every problem is a ``ConfigError`` whose message is one
+line naming the file and the field.
+
+Derived values (never set by hand):
+    NUM_GPUS           towers = len(GPU_GROUPS)
+    BATCH_SIZE         images per step over all towers = NUM_GPUS * PER_GPU_IMAGE
+    STEPS_PER_EPOCH    ceil(NUM_TRAIN_IMAGES / BATCH_SIZE) (None while unknown)
+    MAX_STEPS          EPOCH * STEPS_PER_EPOCH
+    BOUNDARY           EPOCH_BOUNDARY converted to steps
+    LR_VALUES          [LR, LR/10, LR/100, ...] one more than BOUNDARY
+    BACKBONE_SHAPES    [[ceil(TARGET_SIDE/s)]*2 for s in BACKBONE_STRIDES]
+    NUM_ANCHORS_PER_LOCATION   len(ANCHOR_RATIOS)
+    PYRAMID_LEVELS     ["P2", ..., "P6"] matching BACKBONE_STRIDES
+"""
+import difflib
+import importlib.util
+import math
+import os
+import sys
+import types
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is one line for the user."""
+
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_CLASSIFIERS = ("comparison", "fc")
+
+
+def _import_module(path):
+    if not os.path.isfile(path):
+        raise ConfigError(f"--cfg {path}: no such config file")
+    if not path.endswith(".py"):
+        raise ConfigError(f"--cfg {path}: a config is a Python file (.py)")
+    # Configs import each other as `cfgs.x`; make that work from any working directory.
+    if _REPO_ROOT not in sys.path:
+        sys.path.insert(0, _REPO_ROOT)
+    name = "_cd_config_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a syntax or import error inside the user's file
+        raise ConfigError(f"--cfg {path}: cannot be imported: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def _settings(config_class):
+    """UPPER_CASE attributes of the class and its bases, most derived last-wins."""
+    settings = {}
+    for klass in reversed(config_class.__mro__):
+        for key, value in vars(klass).items():
+            if key.isupper():
+                settings[key] = value
+    return settings
+
+
+def known_fields():
+    """Field names a config may set: those of the reference config, cfgs/res101_fewshot."""
+    from cfgs.res101_fewshot import Config as Reference
+    return set(_settings(Reference))
+
+
+def _unknown_field_message(source, key):
+    close = difflib.get_close_matches(key, sorted(known_fields()), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{source}: unknown field {key}{hint}"
+
+
+def _check_field_names(settings, source):
+    """A misspelt field would otherwise be ignored silently and the default used."""
+    known = known_fields()
+    for key in sorted(settings):
+        if key in _DERIVED:
+            raise ConfigError(f"{source}: {key} is derived from other fields; "
+                              f"set those instead")
+        if key not in known:
+            raise ConfigError(_unknown_field_message(source, key))
+
+
+def load_config(path, overrides=None):
+    """Loads the config file at `path`, applies `overrides` (dict), derives, validates.
+
+    Overrides must name existing fields: a typo fails instead of silently doing nothing.
+    """
+    module = _import_module(path)
+    config_class = getattr(module, "Config", None)
+    if not isinstance(config_class, type):
+        raise ConfigError(f"--cfg {path}: the module defines no class `Config`")
+    settings = _settings(config_class)
+    _check_field_names(settings, path)
+    cfg = types.SimpleNamespace(**settings)
+    cfg.CONFIG_PATH = os.path.abspath(path)
+    return finalize(cfg, overrides, source=path)
+
+
+_DERIVED = ("NUM_GPUS", "BATCH_SIZE", "STEPS_PER_EPOCH", "MAX_STEPS", "BOUNDARY",
+            "LR_VALUES", "BACKBONE_SHAPES", "NUM_ANCHORS_PER_LOCATION", "PYRAMID_LEVELS")
+
+
+def finalize(cfg, overrides=None, source="config"):
+    """Applies overrides to `cfg`, recomputes every derived value and validates.
+
+    Call again after changing a setting (e.g. NUM_TRAIN_IMAGES once the data is known).
+    """
+    for key, value in (overrides or {}).items():
+        if key in _DERIVED:
+            raise ConfigError(f"{source}: {key} is derived from other fields; "
+                              f"set those instead")
+        if not hasattr(cfg, key):
+            raise ConfigError(_unknown_field_message(source, key))
+        setattr(cfg, key, value)
+    _validate(cfg, source)
+
+    cfg.NUM_GPUS = len(cfg.GPU_GROUPS)
+    cfg.BATCH_SIZE = cfg.NUM_GPUS * cfg.PER_GPU_IMAGE
+    cfg.NUM_ANCHORS_PER_LOCATION = len(cfg.ANCHOR_RATIOS)
+    cfg.PYRAMID_LEVELS = [f"P{int(round(math.log2(s)))}" for s in cfg.BACKBONE_STRIDES]
+    cfg.BACKBONE_SHAPES = [[int(math.ceil(cfg.TARGET_SIDE / s))] * 2
+                           for s in cfg.BACKBONE_STRIDES]
+    if cfg.NUM_TRAIN_IMAGES:
+        cfg.STEPS_PER_EPOCH = int(math.ceil(cfg.NUM_TRAIN_IMAGES / cfg.BATCH_SIZE))
+        cfg.MAX_STEPS = cfg.EPOCH * cfg.STEPS_PER_EPOCH
+        cfg.BOUNDARY = [int(b * cfg.STEPS_PER_EPOCH) for b in cfg.EPOCH_BOUNDARY]
+    else:
+        cfg.STEPS_PER_EPOCH = cfg.MAX_STEPS = cfg.BOUNDARY = None
+    cfg.LR_VALUES = [cfg.LR * (0.1 ** i) for i in range(len(cfg.EPOCH_BOUNDARY) + 1)]
+    return cfg
+
+
+def _fail(source, field, why):
+    raise ConfigError(f"{source}: {field}: {why}")
+
+
+def _validate(cfg, source):
+    required = ("NAME", "NUM_CLASS", "NET_NAME", "TARGET_SIDE", "PIXEL_MEANS",
+                "BACKBONE_STRIDES", "BASE_ANCHOR_SIZE_LIST", "ANCHOR_RATIOS",
+                "GPU_GROUPS", "PER_GPU_IMAGE", "EPOCH", "EPOCH_BOUNDARY", "LR",
+                "NUM_SUPPORTS", "ROI_SIZE", "CLASSIFIER")
+    for field in required:
+        if not hasattr(cfg, field):
+            _fail(source, field, "missing (every config needs it)")
+
+    if not isinstance(cfg.NUM_CLASS, int) or cfg.NUM_CLASS < 2:
+        _fail(source, "NUM_CLASS", f"must be an integer >= 2 (background + at least one "
+              f"class), got {cfg.NUM_CLASS!r}")
+    if not cfg.GPU_GROUPS:
+        _fail(source, "GPU_GROUPS", "is empty; list at least one device, e.g. ['/gpu:0']")
+    if not isinstance(cfg.PER_GPU_IMAGE, int) or cfg.PER_GPU_IMAGE < 1:
+        _fail(source, "PER_GPU_IMAGE", f"must be a positive integer, got {cfg.PER_GPU_IMAGE!r}")
+    if len(cfg.BASE_ANCHOR_SIZE_LIST) != len(cfg.BACKBONE_STRIDES):
+        _fail(source, "BASE_ANCHOR_SIZE_LIST",
+              f"has {len(cfg.BASE_ANCHOR_SIZE_LIST)} sizes but BACKBONE_STRIDES has "
+              f"{len(cfg.BACKBONE_STRIDES)} levels; give one anchor size per level")
+    if list(cfg.BACKBONE_STRIDES) != [4, 8, 16, 32, 64]:
+        _fail(source, "BACKBONE_STRIDES", "the FPN builds P2..P6, so it must be "
+              f"[4, 8, 16, 32, 64], got {cfg.BACKBONE_STRIDES}")
+    if any(s <= 0 for s in cfg.BASE_ANCHOR_SIZE_LIST):
+        _fail(source, "BASE_ANCHOR_SIZE_LIST", "sizes must be positive")
+    if cfg.ANCHOR_STRIDE != 1:
+        _fail(source, "ANCHOR_STRIDE", "must be 1: the RPN head predicts at every "
+              "feature-map cell")
+    if not cfg.ANCHOR_RATIOS or any(r <= 0 for r in cfg.ANCHOR_RATIOS):
+        _fail(source, "ANCHOR_RATIOS", "needs at least one positive ratio")
+    if cfg.TARGET_SIDE % 64:
+        _fail(source, "TARGET_SIDE", f"must be a multiple of 64 (the P6 stride), "
+              f"got {cfg.TARGET_SIDE}")
+    if len(cfg.PIXEL_MEANS) != 3:
+        _fail(source, "PIXEL_MEANS", "needs three RGB means")
+    if cfg.EPOCH <= 0:
+        _fail(source, "EPOCH", f"must be positive, got {cfg.EPOCH}")
+    bounds = list(cfg.EPOCH_BOUNDARY)
+    if any(b2 <= b1 for b1, b2 in zip(bounds, bounds[1:])):
+        _fail(source, "EPOCH_BOUNDARY", f"must be strictly increasing, got {bounds}")
+    if bounds and (bounds[0] <= 0 or bounds[-1] >= cfg.EPOCH):
+        _fail(source, "EPOCH_BOUNDARY", f"must lie inside (0, EPOCH={cfg.EPOCH}), "
+              f"got {bounds}")
+    if cfg.LR <= 0:
+        _fail(source, "LR", f"must be positive, got {cfg.LR}")
+    if cfg.CLASSIFIER not in _CLASSIFIERS:
+        _fail(source, "CLASSIFIER", f"must be one of {_CLASSIFIERS}, got {cfg.CLASSIFIER!r}")
+    if not isinstance(cfg.NUM_SUPPORTS, int) or cfg.NUM_SUPPORTS < 1:
+        _fail(source, "NUM_SUPPORTS", f"must be a positive integer, got {cfg.NUM_SUPPORTS!r}")
+    for field in ("RPN_POSITIVE_RATIO", "FAST_RCNN_POSITIVE_RATIO"):
+        if not 0 < getattr(cfg, field) <= 1:
+            _fail(source, field, "must be in (0, 1]")
+    if not cfg.RPN_NEGATIVE_IOU <= cfg.RPN_POSITIVE_IOU:
+        _fail(source, "RPN_NEGATIVE_IOU", "must not exceed RPN_POSITIVE_IOU")
+    for field in ("RPN_BBOX_STD_DEV", "BBOX_STD_DEV"):
+        if len(getattr(cfg, field)) != 4:
+            _fail(source, field, "needs four values (dy, dx, dh, dw)")
+    if cfg.RPN_PROPOSALS_TRAIN > cfg.RPN_TOP_K_NMS or \
+            cfg.RPN_PROPOSALS_INFERENCE > cfg.RPN_TOP_K_NMS:
+        _fail(source, "RPN_TOP_K_NMS", "must be at least the number of proposals kept")
+    if cfg.NUM_TRAIN_IMAGES is not None and cfg.NUM_TRAIN_IMAGES < 1:
+        _fail(source, "NUM_TRAIN_IMAGES", "must be positive or None")

@@ -1,0 +1,72 @@
+"""TensorFlow 1 compatibility, set up once for every entry point.
+
+Every module of the project imports TensorFlow as::
+
+    from libs.tf_compat import tf, slim
+
+which gives ``tensorflow.compat.v1`` in graph mode and ``tf_slim`` with its batch norm
+working. Importing TensorFlow any other way in product code is a bug: this module is the
+only place that knows the two traps below.
+
+1. Graph mode. The port is TF1-style (placeholders, collections, ``tf.estimator``), so
+   v2 behaviour is disabled before anything builds a graph.
+2. The tf-slim batch-norm trap. ``tf_slim.batch_norm`` calls
+   ``tensorflow.python.layers.normalization``, a lazy loader pointing at
+   ``tf_keras.legacy_tf_layers.normalization``. tf-keras 2.15 ships that package only as
+   ``tf_keras.src.legacy_tf_layers``, so the first batch norm raises
+   ``ModuleNotFoundError: No module named 'tf_keras.legacy_tf_layers'``. We register the
+   real package under the name TensorFlow looks for.
+"""
+import importlib
+import os
+import sys
+
+# TensorFlow's C++ banner and grappler cost-model warnings bury the real log lines.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+try:
+    import tensorflow as _tf2
+except ImportError as exc:  # pragma: no cover - depends on the machine
+    raise ImportError(
+        "TensorFlow is not installed: run `make venv` or "
+        "`pip install -e '.[test]'` (add '[gpu]' for the CUDA build)") from exc
+
+_LEGACY_NAME = "tf_keras.legacy_tf_layers"
+_LEGACY_REAL = "tf_keras.src.legacy_tf_layers"
+_LEGACY_SUBMODULES = ("base", "convolutional", "core", "normalization", "pooling",
+                      "variable_scope_shim", "migration_utils")
+
+
+def install_legacy_layers_alias():
+    """Makes ``tf_keras.legacy_tf_layers[.X]`` importable on tf-keras 2.15.
+
+    Returns True when the alias was needed and installed, False when the installed
+    tf-keras already provides the module (newer or older releases).
+    """
+    try:
+        importlib.import_module(_LEGACY_NAME + ".normalization")
+        return False
+    except ModuleNotFoundError:
+        pass
+    real = importlib.import_module(_LEGACY_REAL)
+    sys.modules[_LEGACY_NAME] = real
+    for name in _LEGACY_SUBMODULES:
+        try:
+            module = importlib.import_module(f"{_LEGACY_REAL}.{name}")
+        except ModuleNotFoundError:
+            continue
+        sys.modules[f"{_LEGACY_NAME}.{name}"] = module
+    import tf_keras  # the parent package must expose the attribute too
+    tf_keras.legacy_tf_layers = real
+    return True
+
+
+LEGACY_ALIAS_INSTALLED = install_legacy_layers_alias()
+
+tf = _tf2.compat.v1
+tf.disable_v2_behavior()
+tf.logging.set_verbosity(tf.logging.INFO)
+
+import tf_slim as slim  # noqa: E402  (after the alias, by design)
+
+__all__ = ["tf", "slim", "LEGACY_ALIAS_INSTALLED", "install_legacy_layers_alias"]

@@ -1,0 +1,136 @@
+"""Config loader: reference values, derived values, and one clear error per bad config."""
+import math
+import os
+import textwrap
+
+import pytest
+
+from libs.configs import ConfigError, finalize, load_config
+from tests.conftest import REPO_ROOT
+
+RES101 = os.path.join(REPO_ROOT, "cfgs", "res101_fewshot.py")
+TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
+
+
+def test_reference_values_of_design_section_5():
+    cfg = load_config(RES101)
+    assert cfg.NET_NAME == "resnet_v1_101"
+    assert cfg.TARGET_SIDE == 1024
+    assert cfg.PIXEL_MEANS == [115.2, 118.8, 123.0]
+    assert cfg.NUM_SUPPORTS == 3
+    assert cfg.BASE_ANCHOR_SIZE_LIST == [32, 64, 128, 256, 512]
+    assert cfg.ANCHOR_RATIOS == [0.5, 1.0, 2.0]
+    assert (cfg.RPN_POSITIVE_IOU, cfg.RPN_NEGATIVE_IOU, cfg.RPN_MINIBATCH_SIZE,
+            cfg.RPN_POSITIVE_RATIO) == (0.7, 0.3, 256, 0.5)
+    assert (cfg.RPN_TOP_K_NMS, cfg.RPN_PROPOSALS_TRAIN, cfg.RPN_PROPOSALS_INFERENCE) == \
+        (6000, 2000, 1000)
+    assert cfg.RPN_BBOX_STD_DEV == [0.1, 0.1, 0.25, 0.27]
+    assert cfg.BBOX_STD_DEV == [0.13, 0.13, 0.27, 0.26]
+    assert cfg.ROI_SIZE == 7
+    assert (cfg.FAST_RCNN_POSITIVE_IOU, cfg.FAST_RCNN_MINIBATCH_SIZE,
+            cfg.FAST_RCNN_POSITIVE_RATIO) == (0.5, 200, 0.33)
+    assert (cfg.DETECTION_NMS_THRESHOLD, cfg.DETECTION_MAX_INSTANCES) == (0.3, 200)
+    assert (cfg.LR, cfg.MOMENTUM, cfg.WEIGHT_DECAY) == (0.001, 0.9, 1e-4)
+    assert (cfg.EPOCH, cfg.EPOCH_BOUNDARY, cfg.CLIP_GRADIENT_NORM) == (60, [35, 50], 5.0)
+    assert cfg.NUM_GPUS == 2
+    # the notebook's quirks are the defaults
+    assert cfg.TRAIN_BATCH_NORM is False and cfg.HEAD_TRAIN_BATCH_NORM is False
+    assert cfg.CLASSIFIER == "comparison" and cfg.FRCNN_CLS_LOSS_WEIGHT == 5.0
+
+
+def test_derived_values_computed_in_one_place():
+    cfg = load_config(RES101, {"NUM_TRAIN_IMAGES": 101, "PER_GPU_IMAGE": 2})
+    assert cfg.BATCH_SIZE == 4
+    assert cfg.STEPS_PER_EPOCH == math.ceil(101 / 4) == 26
+    assert cfg.MAX_STEPS == 60 * 26
+    assert cfg.BOUNDARY == [35 * 26, 50 * 26]
+    assert cfg.LR_VALUES == pytest.approx([1e-3, 1e-4, 1e-5])
+    assert cfg.BACKBONE_SHAPES == [[256, 256], [128, 128], [64, 64], [32, 32], [16, 16]]
+    assert cfg.PYRAMID_LEVELS == ["P2", "P3", "P4", "P5", "P6"]
+    assert cfg.NUM_ANCHORS_PER_LOCATION == 3
+    # steps are unknown until the data is
+    assert load_config(RES101).BOUNDARY is None
+    # finalize recomputes after a change
+    cfg.NUM_TRAIN_IMAGES = 8
+    finalize(cfg)
+    assert cfg.STEPS_PER_EPOCH == 2 and cfg.BOUNDARY == [70, 100]
+
+
+def test_tiny_config_inherits_and_overrides():
+    cfg = load_config(TINY)
+    assert cfg.NET_NAME == "tiny_resnet" and cfg.TARGET_SIDE == 128
+    assert cfg.BBOX_STD_DEV == [0.13, 0.13, 0.27, 0.26]   # inherited
+    assert cfg.NUM_GPUS == 1 and cfg.BACKBONE_SHAPES[-1] == [2, 2]
+
+
+def _write_cfg(tmp_path, body, name="bad.py"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+def _derived_cfg(tmp_path, **fields):
+    lines = "\n".join(f"    {k} = {v!r}" for k, v in fields.items())
+    return _write_cfg(tmp_path, f"""
+        from cfgs.tiny_cpu import Config as Base
+        class Config(Base):
+        {lines}
+        """.replace("\n        ", "\n"))
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"BASE_ANCHOR_SIZE_LIST": [8, 16, 32]}, "BASE_ANCHOR_SIZE_LIST: has 3 sizes but"),
+    ({"EPOCH_BOUNDARY": [30, 20]}, "EPOCH_BOUNDARY: must be strictly increasing"),
+    ({"EPOCH_BOUNDARY": [10, 50]}, "EPOCH_BOUNDARY: must lie inside (0, EPOCH=40)"),
+    ({"GPU_GROUPS": []}, "GPU_GROUPS: is empty"),
+    ({"NUM_CLASS": 1}, "NUM_CLASS: must be an integer >= 2"),
+    ({"CLASSIFIER": "svm"}, "CLASSIFIER: must be one of"),
+    ({"TARGET_SIDE": 100}, "TARGET_SIDE: must be a multiple of 64"),
+    ({"RPN_BBOX_STD_DEV": [0.1, 0.1]}, "RPN_BBOX_STD_DEV: needs four values"),
+])
+def test_inconsistent_values_name_the_field(tmp_path, fields, message):
+    path = _derived_cfg(tmp_path, **fields)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert message in text
+    assert path in text and "\n" not in text
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(str(tmp_path / "nope.py"))
+
+
+def test_module_without_config_class(tmp_path):
+    path = _write_cfg(tmp_path, "NUM_CLASS = 3\n")
+    with pytest.raises(ConfigError, match="defines no class `Config`"):
+        load_config(path)
+
+
+def test_module_that_does_not_import(tmp_path):
+    path = _write_cfg(tmp_path, "class Config:\n    NUM_CLASS = = 3\n")
+    with pytest.raises(ConfigError, match="cannot be imported: SyntaxError"):
+        load_config(path)
+
+
+def test_missing_required_field(tmp_path):
+    path = _write_cfg(tmp_path, "class Config:\n    NUM_CLASS = 3\n")
+    with pytest.raises(ConfigError, match="NAME: missing"):
+        load_config(path)
+
+
+def test_typo_in_config_file_is_refused_with_a_suggestion(tmp_path):
+    path = _derived_cfg(tmp_path, NUM_CLASSES=4)
+    with pytest.raises(ConfigError, match=r"unknown field NUM_CLASSES \(did you mean NUM_CLASS\?\)"):
+        load_config(path)
+    path = _derived_cfg(tmp_path, MAX_STEPS=4)
+    with pytest.raises(ConfigError, match="MAX_STEPS is derived"):
+        load_config(path)
+
+
+def test_override_typo_and_derived_override_refused():
+    with pytest.raises(ConfigError, match="unknown field NUM_CLASSES"):
+        load_config(TINY, {"NUM_CLASSES": 4})
+    with pytest.raises(ConfigError, match="BATCH_SIZE is derived"):
+        load_config(TINY, {"BATCH_SIZE": 4})
