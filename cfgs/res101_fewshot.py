@@ -61,6 +61,7 @@ class Config:
     # The notebook passes is_training=False to FastRCNN in every mode: the head's batch
     # norms run on their initial moving statistics. True trains them.
     HEAD_TRAIN_BATCH_NORM = False
+    HEAD_BATCH_NORM_DECAY = 0.997             # the notebook's moving-average decay
     ROI_SIZE = 7
     ROI_CANONICAL_SIZE = 224                  # an ROI of this side is pooled from P4
     # The notebook trains the second stage on RPN proposals only. True also adds the

@@ -20,6 +20,7 @@ class Config(Res101FewShot):
     NET_NAME = "tiny_resnet"
     TRAIN_BATCH_NORM = True                   # no pretrained weights: BN must train
     HEAD_TRAIN_BATCH_NORM = True
+    HEAD_BATCH_NORM_DECAY = 0.9               # short runs: moving statistics must settle
     TARGET_SIDE = 128
     FPN_CHANNELS = 32
 

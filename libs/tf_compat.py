@@ -63,6 +63,24 @@ def install_legacy_layers_alias():
 
 LEGACY_ALIAS_INSTALLED = install_legacy_layers_alias()
 
+
+def skip_autograph_for_tf_keras():
+    """Tells autograph not to convert tf_keras code.
+
+    Every slim.batch_norm goes through tf_keras's legacy layer, which autograph converts
+    because its skip list names `keras` but not `tf_keras`: about 0.1-0.2 s per batch
+    norm, 10x slower graph builds for a ResNet-101 (16 s -> 1.5 s for resnet_v1_50 in
+    training mode). The converted and unconverted graphs are the same.
+    """
+    from tensorflow.python.autograph.core import config as autograph_config
+    rule = autograph_config.DoNotConvert("tf_keras")
+    if rule not in autograph_config.CONVERSION_RULES:
+        autograph_config.CONVERSION_RULES = (rule,) + tuple(
+            autograph_config.CONVERSION_RULES)
+
+
+skip_autograph_for_tf_keras()
+
 tf = _tf2.compat.v1
 tf.disable_v2_behavior()
 tf.logging.set_verbosity(tf.logging.INFO)

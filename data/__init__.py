@@ -1,0 +1,1 @@
+"""Data for the Comparison Detector: conversion to TFRecords, input pipeline, samples."""

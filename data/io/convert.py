@@ -1,0 +1,732 @@
+"""Pascal-VOC / COCO annotations -> validated, sharded TFRecords + label_map.json.
+
+    convert_dataset(fmt, image_dir, annotations, output_dir, split_file=None, split=None,
+                    classes=None, num_shards=1) -> summary dict
+
+writes `<output_dir>/<split>-00000-of-0000N.tfrecord` (schema: data/io/tfrecord_format.py)
+and `<output_dir>/label_map.json` (data/io/label_map.py).
+
+Conventions
+- Boxes are [y1, x1, y2, x2] in pixels of the stored image. VOC corners are taken as
+  written (the TF Object Detection API convention, no 1-based shift); COCO [x, y, w, h]
+  becomes [y, x, y + h, x + w].
+- Image ids: COCO keeps its ids; VOC uses the 1-based position of the XML file in the
+  sorted listing of the annotation folder, so train and val converted from one folder
+  never share an id and re-running gives the same ids.
+- Records are written in image-id order, record k into shard k % num_shards. Output
+  bytes depend only on the input (no timestamps, no randomness).
+- Atomic: every shard is written to a hidden temporary file and all are renamed
+  together at the end; the label map is written last. A failure leaves the output
+  directory as it was. Shards of an earlier conversion of the same split that the new
+  one does not replace (a different --num_shards) are removed after the rename, so
+  `<split>-*.tfrecord` always means exactly one conversion.
+
+Validation: every rule of RULES below is applied to every image and object; each
+occurrence is logged as one warning line "<file>: <what> -> <action>" and counted; the
+counts are the summary. The readers and the image loader are shared with
+data/io/reference_set.py.
+"""
+import collections
+import dataclasses
+import json
+import math
+import os
+import xml.etree.ElementTree as ElementTree
+
+import cv2
+import numpy as np
+from absl import logging
+
+from data.io import label_map as label_map_lib
+from libs.io_utils import PendingFile, Progress
+
+FORMATS = ("voc", "coco")
+
+# Rule -> the action taken, as printed in the summary. Order = order of the checks.
+RULES = collections.OrderedDict([
+    ("annotation_invalid", "annotation file missing/unparseable or entry malformed -> "
+                           "entry skipped"),
+    ("duplicate_image", "image listed more than once -> converted once"),
+    ("image_missing", "image file not found -> image skipped"),
+    ("image_unreadable", "zero-byte, truncated or undecodable image -> image skipped"),
+    ("image_converted", "not 8-bit RGB JPEG/PNG (grey, RGBA, palette, 16-bit, CMYK, "
+                        "other format) -> stored as 8-bit RGB PNG"),
+    ("size_mismatch", "annotated size differs from the image -> real size used"),
+    ("box_not_finite", "NaN/inf/missing coordinates -> box dropped"),
+    ("box_degenerate", "x2 <= x1 or y2 <= y1 -> box dropped"),
+    ("box_unknown_class", "class not in --classes / the existing label map -> "
+                          "box dropped"),
+    ("box_outside", "box entirely outside the image -> box dropped"),
+    ("box_clipped", "box partly outside the image -> clipped to the image"),
+    ("object_difficult", "VOC difficult / COCO iscrowd -> kept, flagged difficult"),
+    # An image without objects has no positive anchor or ROI: it adds nothing to the
+    # RPN and Fast R-CNN targets as this pipeline builds them.
+    ("image_no_objects", "no valid object left -> image skipped"),
+])
+# Counted, but not worth a warning line each: nothing is wrong with them.
+_QUIET_RULES = ("object_difficult",)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+
+
+class ConversionError(ValueError):
+    """A fatal problem (missing input, unusable label map); one line for the user."""
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message says why."""
+
+
+@dataclasses.dataclass
+class ObjectAnnotation:
+    name: str
+    box: tuple            # (y1, x1, y2, x2) as annotated; may be NaN/degenerate/outside
+    difficult: bool = False
+    index: int = 0        # position in the image's annotation, for messages and names
+    problem: str = None   # set by a reader when the coordinates could not be read
+
+
+@dataclasses.dataclass
+class ImageAnnotation:
+    image_id: int
+    filename: str         # relative to image_dir, as stored in the record
+    image_path: str       # None when the image file cannot be found
+    source: str           # the annotation file, for messages
+    annotated_size: tuple = None  # (height, width) from the annotation, if given
+    objects: list = dataclasses.field(default_factory=list)
+
+
+class Report:
+    """Counts rule applications and logs each one as a single warning line."""
+
+    def __init__(self):
+        self.counts = collections.OrderedDict((rule, 0) for rule in RULES)
+
+    def add(self, rule, where, what):
+        if rule not in RULES:
+            raise KeyError(rule)
+        self.counts[rule] += 1
+        if rule not in _QUIET_RULES:
+            action = RULES[rule].split("->")[-1].strip()
+            logging.warning("%s: %s -> %s [%s]", where, what, action, rule)
+
+
+# ---------------------------------------------------------------------------------------
+# Input checks (fatal errors) and readers
+# ---------------------------------------------------------------------------------------
+
+def check_inputs(fmt, image_dir, annotations, split_file=None):
+    """Raises ConversionError with one line when an input path is unusable."""
+    if fmt not in FORMATS:
+        raise ConversionError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if not image_dir:
+        raise ConversionError("--image_dir is required")
+    if not os.path.isdir(image_dir):
+        raise ConversionError(f"--image_dir {image_dir}: no such directory")
+    if not annotations:
+        raise ConversionError("--annotations is required (VOC: the XML folder, "
+                              "COCO: the JSON file)")
+    if fmt == "voc" and not os.path.isdir(annotations):
+        raise ConversionError(f"--annotations {annotations}: no such directory "
+                              f"(VOC annotations are a folder of XML files)")
+    if fmt == "coco" and not os.path.isfile(annotations):
+        raise ConversionError(f"--annotations {annotations}: no such file "
+                              f"(COCO annotations are one JSON file)")
+    if split_file and not os.path.isfile(split_file):
+        raise ConversionError(f"--split_file {split_file}: no such file")
+
+
+def read_split_file(split_file):
+    """Image ids (VOC: file stems) listed one per line; blank lines and '#' ignored.
+
+    VOC ImageSets/Main/<class>_train.txt style lines ("id  1") keep their first column.
+    """
+    with open(split_file, "r", encoding="utf-8") as handle:
+        entries = []
+        for line in handle:
+            line = line.split("#", 1)[0].strip()
+            if line:
+                entries.append(line.split()[0])
+    return entries
+
+
+def _stem(name):
+    return os.path.splitext(os.path.basename(name))[0]
+
+
+def _dedupe(entries, where, report):
+    seen, unique = set(), []
+    for entry in entries:
+        if entry in seen:
+            report.add("duplicate_image", where, f"{entry!r} listed more than once")
+            continue
+        seen.add(entry)
+        unique.append(entry)
+    return unique
+
+
+def _image_index(image_dir):
+    """Stem -> sorted file names of the images directly inside image_dir."""
+    index = collections.defaultdict(list)
+    for name in sorted(os.listdir(image_dir)):
+        if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+            index[os.path.splitext(name)[0]].append(name)
+    return index
+
+
+def _float_or_nan(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _xml_text(element, path, default=None):
+    child = element.find(path)
+    if child is None or child.text is None:
+        return default
+    return child.text.strip()
+
+
+def _parse_voc_xml(xml_path):
+    """-> (filename or None, (height, width) or None, [ObjectAnnotation]); raises on bad XML."""
+    root = ElementTree.parse(xml_path).getroot()
+    if root.tag != "annotation":
+        raise ValueError(f"root element is <{root.tag}>, expected <annotation>")
+    filename = _xml_text(root, "filename")
+    size = None
+    width = _float_or_nan(_xml_text(root, "size/width"))
+    height = _float_or_nan(_xml_text(root, "size/height"))
+    if width > 0 and height > 0:  # labelImg and others write 0 when they do not know
+        size = (int(round(height)), int(round(width)))
+    objects = []
+    for index, element in enumerate(root.findall("object")):
+        name = _xml_text(element, "name", default="")
+        difficult = _xml_text(element, "difficult", default="0")
+        box_element = element.find("bndbox")
+        problem = None
+        if box_element is None:
+            box, problem = (math.nan,) * 4, "has no <bndbox>"
+        else:
+            box = tuple(_float_or_nan(_xml_text(box_element, key))
+                        for key in ("ymin", "xmin", "ymax", "xmax"))
+        objects.append(ObjectAnnotation(
+            name=name, box=box, difficult=_float_or_nan(difficult) == 1, index=index,
+            problem=problem))
+    return filename, size, objects
+
+
+def read_voc(image_dir, annotations_dir, split_file=None, report=None):
+    """Reads a Pascal-VOC folder of XML files -> [ImageAnnotation] in image-id order."""
+    report = report or Report()
+    all_stems = sorted(_stem(name) for name in os.listdir(annotations_dir)
+                       if name.lower().endswith(".xml"))
+    ids = {stem: position + 1 for position, stem in enumerate(all_stems)}
+    if split_file:
+        stems = _dedupe(read_split_file(split_file), split_file, report)
+    else:
+        stems = all_stems
+    images_by_stem = _image_index(image_dir)
+    images = []
+    for stem in sorted(stems, key=lambda s: ids.get(s, 0)):
+        xml_path = os.path.join(annotations_dir, stem + ".xml")
+        if stem not in ids:
+            report.add("annotation_invalid", split_file or annotations_dir,
+                       f"no annotation file {xml_path}")
+            continue
+        try:
+            filename, size, objects = _parse_voc_xml(xml_path)
+        except (ElementTree.ParseError, ValueError, OSError) as exc:
+            report.add("annotation_invalid", xml_path, f"unreadable XML ({exc})")
+            continue
+        image_path = None
+        if filename and os.path.isfile(os.path.join(image_dir, filename)):
+            image_path = os.path.join(image_dir, filename)
+        else:
+            # The <filename> of many exported datasets is stale or lacks the extension;
+            # the file named like the XML is the VOC convention.
+            for candidate in images_by_stem.get(stem, []) + images_by_stem.get(
+                    _stem(filename or ""), []):
+                image_path = os.path.join(image_dir, candidate)
+                filename = candidate
+                break
+        images.append(ImageAnnotation(
+            image_id=ids[stem], filename=filename or stem, image_path=image_path,
+            source=xml_path, annotated_size=size, objects=objects))
+    return images
+
+
+def read_coco(image_dir, json_path, split_file=None, report=None):
+    """Reads a COCO detection JSON -> ([ImageAnnotation] in id order, category names)."""
+    report = report or Report()
+    try:
+        with open(json_path, "r", encoding="utf-8") as handle:
+            data = json.load(handle)
+        categories = {int(c["id"]): str(c["name"]) for c in data["categories"]}
+        image_entries = data["images"]
+        annotations = data.get("annotations", [])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConversionError(f"--annotations {json_path}: not a COCO detection JSON "
+                              f"({type(exc).__name__}: {exc})") from None
+
+    images = {}
+    for entry in image_entries:
+        try:
+            image_id, file_name = int(entry["id"]), str(entry["file_name"])
+        except (KeyError, TypeError, ValueError):
+            report.add("annotation_invalid", json_path, f"image entry {entry!r} lacks "
+                       f"id/file_name")
+            continue
+        if image_id in images:
+            report.add("duplicate_image", json_path, f"image id {image_id} listed twice")
+            continue
+        width = _float_or_nan(entry.get("width"))
+        height = _float_or_nan(entry.get("height"))
+        size = (int(height), int(width)) if width > 0 and height > 0 else None
+        path = os.path.join(image_dir, file_name)
+        images[image_id] = ImageAnnotation(
+            image_id=image_id, filename=file_name,
+            image_path=path if os.path.isfile(path) else None,
+            source=json_path, annotated_size=size)
+
+    for entry in annotations:
+        image_id = entry.get("image_id") if isinstance(entry, dict) else None
+        if image_id not in images:
+            report.add("annotation_invalid", json_path,
+                       f"annotation {entry.get('id') if isinstance(entry, dict) else entry!r}"
+                       f" refers to unknown image id {image_id!r}")
+            continue
+        image = images[image_id]
+        category = entry.get("category_id")
+        name = categories.get(category, f"<category id {category}>")
+        bbox = entry.get("bbox")
+        problem = None
+        if isinstance(bbox, (list, tuple)) and len(bbox) == 4:
+            x, y, w, h = (_float_or_nan(v) for v in bbox)
+            box = (y, x, y + h, x + w)
+        else:
+            box, problem = (math.nan,) * 4, f"bbox {bbox!r} is not [x, y, w, h]"
+        image.objects.append(ObjectAnnotation(
+            name=name, box=box, difficult=bool(entry.get("iscrowd", 0)),
+            index=len(image.objects), problem=problem))
+
+    selected = sorted(images)
+    if split_file:
+        wanted = _dedupe(read_split_file(split_file), split_file, report)
+        by_key = {}
+        for image_id in selected:
+            file_name = images[image_id].filename
+            for key in (file_name, os.path.basename(file_name), _stem(file_name),
+                        str(image_id)):
+                by_key.setdefault(key, image_id)
+        chosen = set()
+        for entry in wanted:
+            if entry in by_key:
+                chosen.add(by_key[entry])
+            else:
+                report.add("annotation_invalid", split_file,
+                           f"{entry!r} matches no image of {json_path}")
+        selected = sorted(chosen)
+    return [images[i] for i in selected], [categories[k] for k in sorted(categories)]
+
+
+def read_annotations(fmt, image_dir, annotations, split_file=None, report=None):
+    """Either reader -> ([ImageAnnotation], class names the annotations declare or use)."""
+    check_inputs(fmt, image_dir, annotations, split_file)
+    report = report or Report()
+    if fmt == "voc":
+        images = read_voc(image_dir, annotations, split_file, report)
+        names = sorted({obj.name for image in images for obj in image.objects
+                        if obj.name.strip()})
+        return images, names
+    images, names = read_coco(image_dir, annotations, split_file, report)
+    return images, sorted(set(names))
+
+
+# ---------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class LoadedImage:
+    encoded: bytes        # what the record stores: the original bytes or a PNG
+    image_format: str     # "jpeg" | "png"
+    height: int
+    width: int
+    converted_from: str   # None when the original bytes are stored unchanged
+    rgb: np.ndarray       # uint8 [H, W, 3]
+
+
+_JPEG_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
+                     0xCE, 0xCF}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha",
+                    6: "RGBA"}
+
+
+def _sniff_format(data):
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == _PNG_SIGNATURE:
+        return "png"
+    if data[:2] == b"BM":
+        return "bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def _jpeg_info(data):
+    """-> (number of colour components or None, complete?) from the marker segments.
+
+    OpenCV decodes a truncated JPEG without an error (grey fill), so completeness is
+    checked here: after the first start-of-scan the entropy-coded data cannot contain
+    FF D9 (byte stuffing), so an FF D9 there is the end-of-image marker.
+    """
+    pos, components = 2, None
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return components, False
+        marker = data[pos + 1]
+        if marker == 0xFF:            # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:   # markers without a length
+            pos += 2
+            continue
+        if marker == 0xD9:            # end of image before any scan: no pixels
+            return components, False
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker in _JPEG_SOF_MARKERS and pos + 9 < len(data):
+            components = data[pos + 9]
+        if marker == 0xDA:
+            return components, data.find(b"\xff\xd9", pos + 2 + length) != -1
+        pos += 2 + length
+    return components, False
+
+
+def _png_info(data):
+    """-> (bit depth, colour type name, complete?) by walking the chunks up to IEND."""
+    pos, depth, color = 8, None, None
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        chunk_type = data[pos + 4:pos + 8]
+        end = pos + 12 + length
+        if end > len(data):
+            return depth, color, False
+        if chunk_type == b"IHDR" and length >= 10:
+            depth = data[pos + 16]
+            color = _PNG_COLOR_TYPES.get(data[pos + 17], f"colour type {data[pos + 17]}")
+        if chunk_type == b"IEND":
+            return depth, color, True
+        pos = end
+    return depth, color, False
+
+
+def to_rgb8(image):
+    """An OpenCV-decoded image (BGR/BGRA/grey, 8 or 16 bit) -> uint8 RGB [H, W, 3].
+
+    16-bit values are scaled by 1/257 (full 16-bit range onto 0..255, the same for every
+    image, so relative intensities across the dataset are kept). Alpha is dropped, as
+    TensorFlow's decode_image(channels=3) does.
+    """
+    if image.dtype == np.uint16:
+        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageError(f"unsupported pixel type {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    raise ImageError(f"unsupported number of channels {image.shape[2]}")
+
+
+def decode_image_bytes(data):
+    """Encoded bytes -> (uint8 RGB [H, W, 3], why it is not storable as is, or None).
+
+    Raises ImageError for zero-byte, truncated or undecodable data.
+    """
+    if not data:
+        raise ImageError("zero-byte file")
+    kind = _sniff_format(data)
+    conversion = None
+    if kind == "jpeg":
+        components, complete = _jpeg_info(data)
+        if not complete:
+            raise ImageError("truncated JPEG (no end-of-image marker)")
+        if components == 1:
+            conversion = "grayscale JPEG"
+        elif components == 4:
+            conversion = "CMYK JPEG"
+        elif components != 3:
+            conversion = f"JPEG with {components} components"
+    elif kind == "png":
+        depth, color, complete = _png_info(data)
+        if not complete:
+            raise ImageError("truncated PNG (no IEND chunk)")
+        if color != "RGB" or depth != 8:
+            conversion = f"{depth}-bit {color} PNG"
+    else:
+        conversion = f"{kind or 'unrecognised'} format"
+    image = cv2.imdecode(np.frombuffer(data, np.uint8),
+                         cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None or image.size == 0:
+        raise ImageError(f"cannot be decoded as an image ({kind or 'unknown format'})")
+    if image.dtype != np.uint8 and kind not in ("jpeg", "png"):  # PNG depth said above
+        conversion = f"{conversion}, {image.dtype} pixels"
+    return to_rgb8(image), conversion
+
+
+def load_image(path):
+    """Reads an image file for a record: the bytes to store, their format, size, RGB.
+
+    8-bit RGB JPEG/PNG files are stored byte for byte; anything else is converted to 8-bit
+    RGB and re-encoded as PNG (lossless; TensorFlow decodes it like the originals).
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ImageError(f"cannot be read ({exc.strerror or exc})") from None
+    rgb, conversion = decode_image_bytes(data)
+    height, width = rgb.shape[:2]
+    if conversion is None:
+        return LoadedImage(data, _sniff_format(data), height, width, None, rgb)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ImageError("cannot be re-encoded as PNG")
+    return LoadedImage(png.tobytes(), "png", height, width, conversion, rgb)
+
+
+# ---------------------------------------------------------------------------------------
+# Boxes
+# ---------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class CleanObject:
+    name: str
+    box: tuple            # (y1, x1, y2, x2) inside the image
+    difficult: bool
+    index: int
+    clipped: bool         # the annotated box reached outside the image
+
+
+def _fmt_box(box):
+    return "[" + " ".join(f"{key}={value:g}"
+                          for key, value in zip(("y1", "x1", "y2", "x2"), box)) + "]"
+
+
+def clean_objects(image, height, width, known_classes, report):
+    """Applies the box rules to one image's objects -> [CleanObject].
+
+    known_classes: a container of accepted names, or None to accept every name.
+    """
+    kept = []
+    for obj in image.objects:
+        where = f"{image.source}: {image.filename} object {obj.index} {obj.name!r}"
+        box = obj.box
+        if obj.problem or not all(math.isfinite(v) for v in box):
+            report.add("box_not_finite", where,
+                       obj.problem or f"coordinates {_fmt_box(box)} are not finite")
+            continue
+        y1, x1, y2, x2 = box
+        if x2 <= x1 or y2 <= y1:
+            report.add("box_degenerate", where, f"box {_fmt_box(box)} has zero or "
+                       f"negative size")
+            continue
+        if known_classes is not None and obj.name not in known_classes:
+            report.add("box_unknown_class", where,
+                       f"class {obj.name!r} is not one of {list(known_classes)} "
+                       f"(list it in --classes to add it)")
+            continue
+        clipped = (max(y1, 0.0), max(x1, 0.0), min(y2, float(height)), min(x2, float(width)))
+        if clipped[3] <= clipped[1] or clipped[2] <= clipped[0]:
+            report.add("box_outside", where, f"box {_fmt_box(box)} lies outside the "
+                       f"{width}x{height} image")
+            continue
+        was_clipped = clipped != (y1, x1, y2, x2)
+        if was_clipped:
+            report.add("box_clipped", where, f"box {_fmt_box(box)} reaches outside the "
+                       f"{width}x{height} image, clipped to {_fmt_box(clipped)}")
+        if obj.difficult:
+            report.add("object_difficult", where, "difficult")
+        kept.append(CleanObject(obj.name, clipped, obj.difficult, obj.index, was_clipped))
+    return kept
+
+
+def load_and_clean(image, known_classes, report):
+    """One annotated image -> (LoadedImage, [CleanObject]) or None when it is skipped.
+
+    Applies the image rules (missing, unreadable, converted, size) and the box rules.
+    """
+    if image.image_path is None:
+        report.add("image_missing", image.source, f"image {image.filename!r} not found")
+        return None
+    try:
+        loaded = load_image(image.image_path)
+    except ImageError as exc:
+        report.add("image_unreadable", image.image_path, str(exc))
+        return None
+    if loaded.converted_from:
+        report.add("image_converted", image.image_path, loaded.converted_from)
+    if image.annotated_size and image.annotated_size != (loaded.height, loaded.width):
+        report.add("size_mismatch", image.source,
+                   f"annotated size {image.annotated_size[1]}x{image.annotated_size[0]} but "
+                   f"{image.filename} is {loaded.width}x{loaded.height}")
+    objects = clean_objects(image, loaded.height, loaded.width, known_classes, report)
+    return loaded, objects
+
+
+# ---------------------------------------------------------------------------------------
+# Conversion
+# ---------------------------------------------------------------------------------------
+
+def shard_name(split, index, num_shards):
+    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def _is_shard_of(name, split):
+    prefix = f"{split}-"
+    if not (name.startswith(prefix) and name.endswith(".tfrecord")):
+        return False
+    parts = name[len(prefix):-len(".tfrecord")].split("-of-")
+    return len(parts) == 2 and all(part.isdigit() for part in parts)
+
+
+def default_split(split_file):
+    return _stem(split_file) if split_file else "train"
+
+
+def parse_classes(text):
+    """'a,b, c' -> ['a', 'b', 'c'] (None for empty)."""
+    if not text:
+        return None
+    return [name.strip() for name in text.split(",") if name.strip()] or None
+
+
+def format_summary(summary):
+    lines = [f"{summary['split']}: {summary['images_read']} images read, "
+             f"{summary['images_written']} written with {summary['objects_written']} "
+             f"objects into {len(summary['files'])} shard(s) in {summary['output_dir']}; "
+             f"classes: {', '.join(summary['classes'])}"]
+    for rule, action in RULES.items():
+        lines.append(f"  {rule:<20} {summary[rule]:>6}   {action}")
+    return "\n".join(lines)
+
+
+def convert_dataset(fmt, image_dir, annotations, output_dir, split_file=None, split=None,
+                    classes=None, num_shards=1, progress_every_seconds=5.0):
+    """Converts one split; see the module docstring. Returns the summary dict:
+
+    split, output_dir, files, classes (id order), images_read (annotations read),
+    images_written,
+    objects_written, and one count per rule of RULES.
+    Raises ConversionError for fatal problems (nothing is written then).
+    """
+    # TensorFlow is imported here, not at module level: its import takes seconds and
+    # prints C++ banners, which would bury the one-line error of a bad flag.
+    from data.io import tfrecord_format
+    from libs.tf_compat import tf
+
+    check_inputs(fmt, image_dir, annotations, split_file)
+    if not isinstance(num_shards, int) or num_shards < 1:
+        raise ConversionError(f"--num_shards must be a positive integer, got {num_shards!r}")
+    split = split or default_split(split_file)
+    if not split or os.sep in split or split.startswith("."):
+        raise ConversionError(f"--split {split!r} is not a usable file-name prefix")
+
+    report = Report()
+    images, found_names = read_annotations(fmt, image_dir, annotations, split_file, report)
+    os.makedirs(output_dir, exist_ok=True)
+    map_path = label_map_lib.label_map_path(output_dir)
+    existing = None
+    try:
+        if os.path.exists(map_path):
+            existing = label_map_lib.read_label_map(map_path)
+        labels = label_map_lib.choose_classes(found_names, classes, existing)
+    except label_map_lib.LabelMapError as exc:
+        raise ConversionError(str(exc)) from None
+    if existing is not None:
+        logging.info("reusing the class ids of %s: %s", map_path, labels.class_names)
+
+    names = [shard_name(split, i, num_shards) for i in range(num_shards)]
+    pending = [PendingFile(os.path.join(output_dir, name)) for name in names]
+    writers = []
+    images_written = objects_written = 0
+    try:
+        writers = [tf.io.TFRecordWriter(p.temp_path) for p in pending]
+        with Progress(len(images), f"convert {split}", progress_every_seconds) as progress:
+            for image in images:
+                progress.update()
+                result = load_and_clean(image, labels.class_names, report)
+                if result is None:
+                    continue
+                loaded, objects = result
+                if not objects:
+                    what = "has no valid object left" if image.objects else \
+                        "has no object annotated"
+                    report.add("image_no_objects", image.source, f"{image.filename} {what}")
+                    continue
+                example = tfrecord_format.make_example(
+                    encoded=loaded.encoded, image_format=loaded.image_format,
+                    height=loaded.height, width=loaded.width, filename=image.filename,
+                    image_id=image.image_id, boxes=[o.box for o in objects],
+                    labels=[labels.id_of(o.name) for o in objects],
+                    class_texts=[o.name for o in objects],
+                    difficult=[o.difficult for o in objects])
+                writers[images_written % num_shards].write(example.SerializeToString())
+                images_written += 1
+                objects_written += len(objects)
+        for writer in writers:
+            writer.close()
+        writers = []
+        if images_written == 0:
+            _log_summary(_summary(split, output_dir, [], labels, len(images), 0, 0, report))
+            raise ConversionError(
+                f"no image of split {split!r} survived validation "
+                f"({len(images)} listed; see the warnings above); nothing written")
+        for item in pending:
+            item.commit()
+    except BaseException:
+        for writer in writers:
+            writer.close()
+        for item in pending:
+            item.discard()
+        raise
+
+    # The new shards are in place: drop shards of an earlier conversion of this split
+    # that were not overwritten, then publish the label map.
+    for name in sorted(os.listdir(output_dir)):
+        if _is_shard_of(name, split) and name not in names:
+            os.remove(os.path.join(output_dir, name))
+            logging.info("removed %s (left from an earlier conversion of %s)", name, split)
+    labels = labels.with_split(split, images_written, objects_written, names)
+    label_map_lib.write_label_map(map_path, labels)
+
+    summary = _summary(split, output_dir, names, labels, len(images), images_written,
+                       objects_written, report)
+    _log_summary(summary)
+    return summary
+
+
+def _summary(split, output_dir, files, labels, images_read, images_written,
+             objects_written, report):
+    summary = collections.OrderedDict(
+        split=split, output_dir=output_dir, files=list(files), classes=labels.class_names,
+        images_read=images_read, images_written=images_written,
+        objects_written=objects_written)
+    summary.update(report.counts)
+    return summary
+
+
+def _log_summary(summary):
+    for line in format_summary(summary).splitlines():
+        logging.info("%s", line)

@@ -1,0 +1,100 @@
+"""Image and box preprocessing shared by training, evaluation and the exported model.
+
+One function per step so the SavedModel's in-graph preprocessing is exactly the
+training one:
+
+    decode -> resize (long side = target_side, aspect kept) -> pad centred to a square
+           -> [optional horizontal flip] -> GT filtered, shuffled, padded
+
+`image_window` is the [y1, x1, y2, x2] region of real image inside the padded square and
+`image_scale` the per-axis factor [sy, sx] from original to resized pixels (per axis
+because the short side is rounded to whole pixels), so that
+    original = (network - [y1, x1, y1, x1]) / [sy, sx, sy, sx]
+maps network boxes back exactly.
+"""
+from libs.tf_compat import tf
+
+
+def decode_image(encoded, name=None):
+    """JPEG/PNG/BMP/GIF bytes -> uint8 [H, W, 3] RGB (grey and RGBA become RGB)."""
+    with tf.name_scope(name, "decode_image", [encoded]):
+        image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8,
+                                   expand_animations=False)
+        image.set_shape([None, None, 3])
+        return image
+
+
+def resize_and_pad(image, target_side):
+    """Resizes keeping aspect so the long side is `target_side`, pads centred to square.
+
+    Returns (float32 image [S, S, 3], image_window float32 [4], image_scale float32 [2]).
+    """
+    with tf.name_scope("resize_and_pad"):
+        shape = tf.shape(image)
+        height = tf.cast(shape[0], tf.float32)
+        width = tf.cast(shape[1], tf.float32)
+        scale = float(target_side) / tf.maximum(height, width)
+        new_h = tf.clip_by_value(tf.cast(tf.round(height * scale), tf.int32), 1, target_side)
+        new_w = tf.clip_by_value(tf.cast(tf.round(width * scale), tf.int32), 1, target_side)
+        resized = tf.image.resize_images(tf.cast(image, tf.float32), tf.stack([new_h, new_w]),
+                                         method=tf.image.ResizeMethod.BILINEAR)
+        top = (target_side - new_h) // 2
+        left = (target_side - new_w) // 2
+        padded = tf.pad(resized, [[top, target_side - new_h - top],
+                                  [left, target_side - new_w - left], [0, 0]])
+        padded.set_shape([target_side, target_side, 3])
+        window = tf.cast(tf.stack([top, left, top + new_h, left + new_w]), tf.float32)
+        image_scale = tf.stack([tf.cast(new_h, tf.float32) / height,
+                                tf.cast(new_w, tf.float32) / width])
+        return padded, window, image_scale
+
+
+def transform_boxes(boxes, image_window, image_scale):
+    """Original-pixel boxes [N, 4] -> network-input pixels (after resize_and_pad)."""
+    scale = tf.tile(image_scale, [2])
+    offset = tf.stack([image_window[0], image_window[1], image_window[0], image_window[1]])
+    return boxes * scale + offset
+
+
+def restore_boxes(boxes, image_window, image_scale):
+    """Inverse of transform_boxes: network-input pixels -> original-image pixels."""
+    scale = tf.tile(image_scale, [2])
+    offset = tf.stack([image_window[0], image_window[1], image_window[0], image_window[1]])
+    return (boxes - offset) / scale
+
+
+def flip_horizontal(image, boxes, image_window):
+    """Mirrors the padded square image, its boxes and its window left-right."""
+    side = tf.cast(tf.shape(image)[1], tf.float32)
+    flipped = tf.reverse(image, axis=[1])
+
+    def mirror(b):
+        y1, x1, y2, x2 = tf.unstack(b, axis=-1)
+        return tf.stack([y1, side - x2, y2, side - x1], axis=-1)
+
+    return flipped, mirror(boxes), mirror(image_window)
+
+
+def filter_small_boxes(boxes, labels, min_size):
+    """Drops GT boxes whose height or width is below `min_size` pixels."""
+    heights = boxes[:, 2] - boxes[:, 0]
+    widths = boxes[:, 3] - boxes[:, 1]
+    keep = tf.logical_and(heights >= min_size, widths >= min_size)
+    return tf.boolean_mask(boxes, keep), tf.boolean_mask(labels, keep)
+
+
+def pad_or_truncate(tensor, length, pad_value=0):
+    """First `length` rows of `tensor`, zero-padded (or `pad_value`) when shorter."""
+    rows = tf.shape(tensor)[0]
+    tensor = tensor[:length]
+    pad = tf.maximum(length - rows, 0)
+    paddings = [[0, pad]] + [[0, 0]] * (len(tensor.shape) - 1)
+    padded = tf.pad(tensor, paddings, constant_values=pad_value)
+    padded.set_shape([length] + tensor.shape.as_list()[1:])
+    return padded
+
+
+def stateless_permutation(n, seed):
+    """A random permutation of range(n) from a [2] int seed (reproducible anywhere)."""
+    keys = tf.random.stateless_uniform([n], seed=seed)
+    return tf.argsort(keys)

@@ -1,0 +1,312 @@
+"""Reference images (the few-shot supports): a folder per class name, images inside.
+
+    crop_references(images, output_dir, per_class, margin=0.1, min_size=8, classes=None)
+        -> summary dict         crops annotated objects into R/<class>/<image>_<k>.png
+    load_reference_images(reference_dir, class_names, num_supports, side, seed=None)
+        -> uint8 [num_classes, num_supports, side, side, 3] RGB
+
+Which objects become references (crop_references), deterministically:
+    an object qualifies when it is not difficult, its box is finite, non-degenerate,
+    inside the image (a box reaching outside shows a cut-off object) and at least
+    `min_size` pixels high and wide. Images are taken in sorted file-name order, one
+    object per image per pass: the first pass takes the largest qualifying object of
+    the class from each image, the second pass the second largest, and so on, until
+    `per_class` are found. References thus come from as many different images as
+    possible, and large (clearly visible) objects first.
+
+Which files are loaded (load_reference_images):
+    seed=None: the first `num_supports` usable images of each class folder in sorted
+    file-name order (the notebook's rule); with a seed, a random subset drawn from a
+    generator seeded by (seed, class name), so adding a class does not change the
+    others' choice.
+
+Annotations are read and images decoded by data/io/convert.py's readers and loader, so
+references and TFRecords see the same pixels and the same box rules.
+"""
+import collections
+import json
+import math
+import os
+import zlib
+
+import cv2
+import numpy as np
+from absl import logging
+
+from data.io import convert
+from libs.io_utils import Progress, atomic_write
+
+MANIFEST = "references.json"
+_IMAGE_CACHE_SIZE = 64
+IMAGE_EXTENSIONS = convert.IMAGE_EXTENSIONS
+SELECTION_RULE = ("qualifying objects (not difficult, inside the image, >= min_size), "
+                  "images in sorted file-name order, one object per image per pass, "
+                  "largest first")
+
+
+class ReferenceSetError(ValueError):
+    """An unusable reference set; the message is one line for the user."""
+
+
+def class_dir_name(class_name):
+    """The folder of a class: its name, with path separators replaced by '_'."""
+    name = str(class_name).strip().replace("/", "_").replace("\\", "_")
+    if name in ("", ".", ".."):
+        name = "_" + name
+    return name
+
+
+# ---------------------------------------------------------------------------------------
+# Cropping references from annotations
+# ---------------------------------------------------------------------------------------
+
+def _candidates(images, wanted, min_size, skipped):
+    """Qualifying objects (by their annotation) as sort keys + data, in selection order."""
+    ordered = sorted(images, key=lambda image: image.filename)
+    candidates = []
+    for image in ordered:
+        by_class = collections.defaultdict(list)
+        for obj in image.objects:
+            if obj.name not in wanted:
+                continue
+            y1, x1, y2, x2 = obj.box
+            if obj.problem or not all(math.isfinite(v) for v in obj.box) \
+                    or x2 <= x1 or y2 <= y1:
+                skipped["invalid_box"] += 1
+                continue
+            if obj.difficult:
+                skipped["difficult"] += 1
+                continue
+            if y2 - y1 < min_size or x2 - x1 < min_size:
+                skipped["too_small"] += 1
+                continue
+            by_class[obj.name].append(obj)
+        for name, objects in by_class.items():
+            # Largest first; ties by annotation order, so the choice is stable.
+            objects.sort(key=lambda o: (-(o.box[2] - o.box[0]) * (o.box[3] - o.box[1]),
+                                        o.index))
+            for rank, obj in enumerate(objects):
+                candidates.append(((rank, image.filename, obj.index), image, obj))
+    candidates.sort(key=lambda item: item[0])
+    return candidates
+
+
+def _crop(rgb, box, margin):
+    height, width = rgb.shape[:2]
+    y1, x1, y2, x2 = box
+    dy, dx = (y2 - y1) * margin, (x2 - x1) * margin
+    top, left = max(int(math.floor(y1 - dy)), 0), max(int(math.floor(x1 - dx)), 0)
+    bottom = min(int(math.ceil(y2 + dy)), height)
+    right = min(int(math.ceil(x2 + dx)), width)
+    return rgb[top:bottom, left:right]
+
+
+def _read_manifest(output_dir):
+    try:
+        with open(os.path.join(output_dir, MANIFEST), "r", encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def crop_references(images, output_dir, per_class, margin=0.1, min_size=8, classes=None,
+                    progress_every_seconds=5.0):
+    """Crops up to `per_class` objects per class into output_dir/<class>/<image>_<k>.png.
+
+    images: [convert.ImageAnnotation] from convert.read_annotations. classes: the class
+    names to crop (default: every name in the annotations). k is the object's position
+    in its image's annotation. margin: context added on each side, as a fraction of the
+    box height/width. Writes output_dir/references.json (what was cropped from where)
+    and removes crops listed by an earlier run's manifest that this run did not write.
+    Returns {"classes": {name: count}, "per_class": K, "files": [...], "skipped": {...}}.
+    """
+    if not isinstance(per_class, int) or per_class < 1:
+        raise ReferenceSetError(f"--per_class must be a positive integer, got {per_class!r}")
+    if margin < 0:
+        raise ReferenceSetError(f"--margin must be >= 0, got {margin}")
+    if classes is None:
+        classes = sorted({obj.name for image in images for obj in image.objects
+                          if obj.name.strip()})
+    if not classes:
+        raise ReferenceSetError("no class to crop: the annotations contain no objects")
+    wanted = set(classes)
+    skipped = collections.Counter()
+    candidates = _candidates(images, wanted, min_size, skipped)
+    report = convert.Report()
+    counts = collections.OrderedDict((name, 0) for name in classes)
+    written, entries = [], collections.OrderedDict((name, []) for name in classes)
+    loaded_cache, failed = collections.OrderedDict(), set()
+
+    def load(image):
+        # Later passes revisit the same images: keep the most recent ones decoded, and
+        # remember failures so each bad image is reported once.
+        key = (image.source, image.filename)
+        if key in failed:
+            return None
+        if key in loaded_cache:
+            loaded_cache.move_to_end(key)
+            return loaded_cache[key]
+        if image.image_path is None:
+            report.add("image_missing", image.source, f"image {image.filename!r} not found")
+            failed.add(key)
+            return None
+        try:
+            rgb = convert.load_image(image.image_path).rgb
+        except convert.ImageError as exc:
+            report.add("image_unreadable", image.image_path, str(exc))
+            failed.add(key)
+            return None
+        loaded_cache[key] = rgb
+        if len(loaded_cache) > _IMAGE_CACHE_SIZE:
+            loaded_cache.popitem(last=False)
+        return rgb
+
+    os.makedirs(output_dir, exist_ok=True)
+    with Progress(per_class * len(classes), "references", progress_every_seconds) as progress:
+        for _, image, obj in candidates:
+            if all(count >= per_class for count in counts.values()):
+                break
+            if counts[obj.name] >= per_class:
+                continue
+            rgb = load(image)
+            if rgb is None:
+                continue
+            height, width = rgb.shape[:2]
+            y1, x1, y2, x2 = obj.box
+            if y1 < 0 or x1 < 0 or y2 > height or x2 > width:
+                skipped["partly_outside"] += 1
+                continue
+            crop = _crop(rgb, obj.box, margin)
+            ok, png = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+            if not ok:
+                raise ReferenceSetError(f"cannot encode a crop of {image.filename}")
+            stem = os.path.splitext(os.path.basename(image.filename))[0]
+            relative = f"{class_dir_name(obj.name)}/{stem}_{obj.index}.png"
+            with atomic_write(os.path.join(output_dir, relative)) as handle:
+                handle.write(png.tobytes())
+            counts[obj.name] += 1
+            written.append(relative)
+            entries[obj.name].append({"file": relative, "image": image.filename,
+                                      "object": obj.index,
+                                      "box": [float(v) for v in obj.box]})
+            progress.update()
+
+    previous = _read_manifest(output_dir) or {}
+    for relative in sorted(set(previous.get("files", [])) - set(written)):
+        path = os.path.join(output_dir, relative)
+        if os.path.isfile(path):
+            os.remove(path)
+            logging.info("removed %s (an earlier run's reference, not chosen now)", path)
+    manifest = {"rule": SELECTION_RULE, "per_class": per_class, "margin": margin,
+                "min_size": min_size, "classes": entries, "files": written}
+    with atomic_write(os.path.join(output_dir, MANIFEST), "w") as handle:
+        json.dump(manifest, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+    for name, count in counts.items():
+        if count < per_class:
+            logging.warning("class %r: only %d of %d references found (qualifying objects "
+                            "ran out)", name, count, per_class)
+    skipped.update({rule: n for rule, n in report.counts.items() if n})
+    summary = {"classes": dict(counts), "per_class": per_class, "files": written,
+               "skipped": dict(sorted(skipped.items())), "output_dir": output_dir}
+    logging.info("references in %s: %s", output_dir,
+                 ", ".join(f"{name} {count}" for name, count in counts.items()))
+    logging.info("objects not used: %s", ", ".join(
+        f"{rule} {n}" for rule, n in summary["skipped"].items()) or "none")
+    return summary
+
+
+# ---------------------------------------------------------------------------------------
+# Loading references for the model
+# ---------------------------------------------------------------------------------------
+
+def _class_files(reference_dir, class_name):
+    folder = os.path.join(reference_dir, class_dir_name(class_name))
+    if not os.path.isdir(folder):
+        available = sorted(name for name in os.listdir(reference_dir)
+                           if os.path.isdir(os.path.join(reference_dir, name)))
+        raise ReferenceSetError(
+            f"{reference_dir}: no folder for class {class_name!r} (expected {folder}; "
+            f"found: {', '.join(available) or 'none'})")
+    images, others = [], []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        # Hidden files (.DS_Store, a writer's temporary files) and subfolders are not
+        # candidates and not worth a warning.
+        if name.startswith(".") or not os.path.isfile(path):
+            continue
+        if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+            images.append(path)
+        else:
+            others.append(path)
+    return folder, images, others
+
+
+def _read_rgb(path):
+    with open(path, "rb") as handle:
+        data = handle.read()
+    rgb, _ = convert.decode_image_bytes(data)
+    return rgb
+
+
+def select_reference_files(reference_dir, class_names, num_supports, seed=None):
+    """The files load_reference_images would use: {class name: [paths]}, plus decoded RGB.
+
+    Returns (paths by class, images by class) where images are uint8 RGB arrays.
+    """
+    if not reference_dir or not os.path.isdir(reference_dir):
+        raise ReferenceSetError(f"reference dir {reference_dir} does not exist (crop one "
+                                f"with tools/make_references.py)")
+    if not class_names:
+        raise ReferenceSetError("no class names given")
+    if not isinstance(num_supports, (int, np.integer)) or num_supports < 1:
+        raise ReferenceSetError(f"num_supports must be a positive integer, "
+                                f"got {num_supports!r}")
+    paths_by_class, images_by_class = collections.OrderedDict(), collections.OrderedDict()
+    for class_name in class_names:
+        folder, files, others = _class_files(reference_dir, class_name)
+        if seed is not None:
+            rng = np.random.default_rng([int(seed), zlib.crc32(str(class_name).encode())])
+            files = [files[i] for i in rng.permutation(len(files))]
+        chosen, pixels, problems = [], [], []
+        for path in others:
+            problems.append(f"{path}: not an image file (extension)")
+        for path in files:
+            if len(chosen) == num_supports:
+                break
+            try:
+                rgb = _read_rgb(path)
+            except (OSError, convert.ImageError) as exc:
+                problems.append(f"{path}: unreadable ({exc})")
+                continue
+            chosen.append(path)
+            pixels.append(rgb)
+        if len(chosen) < num_supports:
+            bad = f", {len(problems)} unusable file(s) skipped" if problems else ""
+            raise ReferenceSetError(
+                f"class {class_name!r}: {folder} has {len(chosen)} usable image(s){bad}, "
+                f"need num_supports={num_supports}")
+        for problem in problems:
+            logging.warning("reference set: %s -> skipped", problem)
+        paths_by_class[class_name] = chosen
+        images_by_class[class_name] = pixels
+    return paths_by_class, images_by_class
+
+
+def load_reference_images(reference_dir, class_names, num_supports, side, seed=None,
+                          return_paths=False):
+    """uint8 [len(class_names), num_supports, side, side, 3] RGB reference images.
+
+    Each image is resized to side x side (bilinear, aspect not kept, as the notebook
+    does). Class order = class_names order (pass the label map's names in id order, so
+    row c is class id c + 1). With return_paths, also returns {class: [paths]}.
+    """
+    if not isinstance(side, (int, np.integer)) or side < 1:
+        raise ReferenceSetError(f"side must be a positive integer, got {side!r}")
+    paths, images = select_reference_files(reference_dir, class_names, num_supports, seed)
+    batch = np.zeros((len(class_names), num_supports, side, side, 3), np.uint8)
+    for c, class_name in enumerate(class_names):
+        for s, rgb in enumerate(images[class_name]):
+            batch[c, s] = cv2.resize(rgb, (side, side), interpolation=cv2.INTER_LINEAR)
+    return (batch, paths) if return_paths else batch

@@ -1,0 +1,191 @@
+"""The TFRecord schema of the project, in one place (one tf.train.Example per image).
+
+Keys follow the TF Object Detection API where the meaning is the same; the one
+difference is that box coordinates are stored in PIXELS of the stored image (the
+OD API stores them normalised to [0, 1]), because every consumer here (preprocessing,
+evaluation, reference cropping) works in pixels.
+
+    image/encoded              bytes    the image file as stored: JPEG or PNG, 8-bit RGB
+    image/format               bytes    b"jpeg" | b"png"
+    image/height, image/width  int64    of the encoded image
+    image/filename             bytes    file name relative to the source image dir
+    image/id                   int64    unique within a dataset (COCO id; VOC: position)
+    image/object/bbox/ymin     float[]  pixels, 0 <= ymin < ymax <= height
+    image/object/bbox/xmin     float[]  pixels, 0 <= xmin < xmax <= width
+    image/object/bbox/ymax     float[]
+    image/object/bbox/xmax     float[]
+    image/object/class/label   int64[]  1-based class ids (0 is background, never stored)
+    image/object/class/text    bytes[]  class names, same order
+    image/object/difficult     int64[]  1 = VOC "difficult" (COCO "iscrowd"); 0 otherwise
+
+`make_example` builds one record from Python values, `parse_example` is its inverse as a
+graph function (for tf.data), and `decode_example` its inverse in plain Python/numpy
+(for tools and tests that read a few records without a session).
+"""
+import numpy as np
+
+from libs.tf_compat import tf
+
+ENCODED = "image/encoded"
+FORMAT = "image/format"
+HEIGHT = "image/height"
+WIDTH = "image/width"
+FILENAME = "image/filename"
+IMAGE_ID = "image/id"
+YMIN = "image/object/bbox/ymin"
+XMIN = "image/object/bbox/xmin"
+YMAX = "image/object/bbox/ymax"
+XMAX = "image/object/bbox/xmax"
+LABEL = "image/object/class/label"
+TEXT = "image/object/class/text"
+DIFFICULT = "image/object/difficult"
+
+IMAGE_FORMATS = ("jpeg", "png")
+
+
+def _bytes(values):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+
+
+def _floats(values):
+    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
+
+def _ints(values):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+
+def _to_bytes(text):
+    return text if isinstance(text, bytes) else str(text).encode("utf-8")
+
+
+def make_example(encoded, image_format, height, width, filename, image_id, boxes, labels,
+                 class_texts, difficult=None):
+    """One image as a tf.train.Example.
+
+    boxes: [N, 4] pixels [y1, x1, y2, x2]; labels: [N] ints >= 1; class_texts: [N] str;
+    difficult: [N] bools/ints or None (all 0).
+    """
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    labels = [int(label) for label in labels]
+    class_texts = list(class_texts)
+    difficult = [0] * len(labels) if difficult is None else [int(bool(d)) for d in difficult]
+    if not len(boxes) == len(labels) == len(class_texts) == len(difficult):
+        raise ValueError(f"{filename}: {len(boxes)} boxes, {len(labels)} labels, "
+                         f"{len(class_texts)} class texts, {len(difficult)} difficult flags "
+                         f"(must be equal)")
+    if any(label < 1 for label in labels):
+        raise ValueError(f"{filename}: class labels are 1-based (0 is background), "
+                         f"got {labels}")
+    feature = {
+        ENCODED: _bytes([encoded]),
+        FORMAT: _bytes([_to_bytes(image_format)]),
+        HEIGHT: _ints([int(height)]),
+        WIDTH: _ints([int(width)]),
+        FILENAME: _bytes([_to_bytes(filename)]),
+        IMAGE_ID: _ints([int(image_id)]),
+        YMIN: _floats(boxes[:, 0].tolist()),
+        XMIN: _floats(boxes[:, 1].tolist()),
+        YMAX: _floats(boxes[:, 2].tolist()),
+        XMAX: _floats(boxes[:, 3].tolist()),
+        LABEL: _ints(labels),
+        TEXT: _bytes([_to_bytes(text) for text in class_texts]),
+        DIFFICULT: _ints(difficult),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def _feature_spec():
+    return {
+        ENCODED: tf.io.FixedLenFeature([], tf.string),
+        FORMAT: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        HEIGHT: tf.io.FixedLenFeature([], tf.int64),
+        WIDTH: tf.io.FixedLenFeature([], tf.int64),
+        FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        IMAGE_ID: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+        YMIN: tf.io.VarLenFeature(tf.float32),
+        XMIN: tf.io.VarLenFeature(tf.float32),
+        YMAX: tf.io.VarLenFeature(tf.float32),
+        XMAX: tf.io.VarLenFeature(tf.float32),
+        LABEL: tf.io.VarLenFeature(tf.int64),
+        TEXT: tf.io.VarLenFeature(tf.string),
+        DIFFICULT: tf.io.VarLenFeature(tf.int64),
+    }
+
+
+def parse_example(serialized):
+    """Graph fn: a serialized Example -> dict of tensors.
+
+        image        string  []      encoded JPEG/PNG bytes (decode with tf.io.decode_image)
+        format       string  []
+        height       int64   []
+        width        int64   []
+        filename     string  []
+        image_id     int64   []
+        boxes        float32 [N, 4]  pixels [y1, x1, y2, x2]
+        labels       int64   [N]     1-based
+        class_texts  string  [N]
+        difficult    int64   [N]     0/1 (all 0 for records written without the key)
+    """
+    with tf.name_scope("parse_example"):
+        parsed = tf.io.parse_single_example(serialized, _feature_spec())
+        dense = {key: tf.sparse.to_dense(parsed[key])
+                 for key in (YMIN, XMIN, YMAX, XMAX, LABEL, DIFFICULT)}
+        texts = tf.sparse.to_dense(parsed[TEXT], default_value="")
+        boxes = tf.stack([dense[YMIN], dense[XMIN], dense[YMAX], dense[XMAX]], axis=1)
+        labels = dense[LABEL]
+        num_objects = tf.shape(labels)[0]
+        difficult = dense[DIFFICULT]
+        # Records from other writers may lack the flag: treat every object as normal.
+        difficult = tf.cond(tf.equal(tf.shape(difficult)[0], num_objects),
+                            lambda: difficult,
+                            lambda: tf.zeros([num_objects], tf.int64))
+        return {
+            "image": parsed[ENCODED],
+            "format": parsed[FORMAT],
+            "height": parsed[HEIGHT],
+            "width": parsed[WIDTH],
+            "filename": parsed[FILENAME],
+            "image_id": parsed[IMAGE_ID],
+            "boxes": tf.reshape(boxes, [-1, 4]),
+            "labels": labels,
+            "class_texts": texts,
+            "difficult": difficult,
+        }
+
+
+def decode_example(serialized):
+    """Plain-Python inverse of make_example: bytes -> dict like parse_example's, numpy."""
+    example = tf.train.Example.FromString(serialized)
+    feature = example.features.feature
+
+    def floats(key):
+        return np.asarray(feature[key].float_list.value, dtype=np.float32)
+
+    def ints(key):
+        return np.asarray(feature[key].int64_list.value, dtype=np.int64)
+
+    def first_bytes(key):
+        values = feature[key].bytes_list.value
+        return values[0] if values else b""
+
+    labels = ints(LABEL)
+    image_id = ints(IMAGE_ID)
+    difficult = ints(DIFFICULT)
+    if len(difficult) != len(labels):
+        difficult = np.zeros(len(labels), np.int64)
+    return {
+        "image": first_bytes(ENCODED),
+        "format": first_bytes(FORMAT),
+        "height": int(ints(HEIGHT)[0]),
+        "width": int(ints(WIDTH)[0]),
+        "filename": first_bytes(FILENAME),
+        "image_id": int(image_id[0]) if len(image_id) else 0,
+        "boxes": np.stack([floats(YMIN), floats(XMIN), floats(YMAX), floats(XMAX)],
+                          axis=1).reshape(-1, 4),
+        "labels": labels,
+        "class_texts": list(feature[TEXT].bytes_list.value),
+        "difficult": difficult,
+    }

@@ -1,0 +1,1 @@
+"""Generated sample data (data.sample.generate): a tiny synthetic VOC dataset."""

@@ -1,0 +1,305 @@
+"""Second stage (DESIGN.md section 4.5), the notebook's `build_fast_rcnn.FastRCNN`.
+
+    frcnn = FastRCNN(pyramid, proposals, prototypes, image_window, cfg, mode,
+                     gt_boxes, gt_labels)
+    cls_loss, loc_loss = frcnn.fast_rcnn_loss()          # TRAIN / EVAL
+    detections = frcnn.fast_rcnn_detection()             # [B, MAX, 6]
+
+In training the ROIs are a sampled minibatch of the proposals with their targets; at
+inference they are all the proposals. Each ROI is pooled from the pyramid level that
+suits its size, then:
+  - box branch: 7x7 conv + 1x1 conv (HEAD_CHANNELS, batch norm, ReLU) -> FC deltas per
+    class;
+  - classifier, chosen by CLASSIFIER from CLASSIFIERS:
+      "comparison": logit_k = ReLU(BN(conv3d_[1,7,7]((f - p_k)^2))) for each prototype
+                    p_k (row 0 the learned background) - the Comparison Detector;
+      "fc":         an FC layer on the box branch's features - the plain FPN baseline.
+"""
+import math
+
+from libs import losses
+from libs.box_utils import box_ops
+from libs.tf_compat import slim, tf
+
+ROI_LEVELS = (2, 3, 4, 5)
+
+
+# --------------------------------------------------------------------------- classifiers
+
+def comparison_classifier(roi_features, box_features, prototypes, cfg, bn_training):
+    """Logits [M, NUM_CLASS] from squared differences to each prototype.
+
+    roi_features [M, S, S, F]; prototypes [K, S, S, F]. The [1, S, S] conv3d slides over
+    the K axis, so one set of weights scores every class the same way: what is learned
+    is how to compare, not what each class looks like (that comes from the references).
+    """
+    del box_features
+    with tf.variable_scope("comparison_classifier", reuse=tf.AUTO_REUSE):
+        diff = roi_features[:, tf.newaxis] - prototypes[tf.newaxis]   # [M, K, S, S, F]
+        squared = tf.square(diff, name="squared_difference")
+        size = cfg.ROI_SIZE
+        scores = slim.conv3d(squared, 1, [1, size, size], padding="VALID",
+                             activation_fn=tf.nn.relu, normalizer_fn=slim.batch_norm,
+                             normalizer_params=dict(head_batch_norm_params(cfg, bn_training),
+                                                    fused=False),
+                             scope="compare_conv3d")                    # [M, K, 1, 1, 1]
+        return tf.reshape(scores, [-1, cfg.NUM_CLASS], name="class_logits")
+
+
+def fc_classifier(roi_features, box_features, prototypes, cfg, bn_training):
+    """The FPN baseline: an ordinary FC classifier on the box branch's features."""
+    del roi_features, prototypes, bn_training
+    with tf.variable_scope("fc_classifier", reuse=tf.AUTO_REUSE):
+        return slim.fully_connected(box_features, cfg.NUM_CLASS, activation_fn=None,
+                                    weights_initializer=tf.random_normal_initializer(
+                                        stddev=0.01),
+                                    scope="class_logits")
+
+
+CLASSIFIERS = {"comparison": comparison_classifier, "fc": fc_classifier}
+
+
+def head_batch_norm_params(cfg, is_training):
+    """Batch norm of the second stage, as in the notebook: scaled, epsilon 1e-5."""
+    return {"is_training": is_training, "decay": cfg.HEAD_BATCH_NORM_DECAY,
+            "epsilon": 1e-5, "scale": True}
+
+
+# ------------------------------------------------------------------------------ the head
+
+class FastRCNN:
+    def __init__(self, feature_pyramid, rpn_proposals, prototypes, image_window, cfg,
+                 mode, gt_boxes=None, gt_labels=None, scope="fast_rcnn"):
+        self.cfg = cfg
+        self.mode = mode
+        self.image_window = image_window
+        self.prototypes = prototypes
+        self.batch_size = int(rpn_proposals.shape[0])
+        training = mode == tf.estimator.ModeKeys.TRAIN
+        # The notebook passes is_training=False in every mode (frozen head BN); the
+        # flag lets a from-scratch config train it, in TRAIN mode only.
+        self.bn_training = bool(cfg.HEAD_TRAIN_BATCH_NORM) and training
+        with tf.variable_scope(scope, reuse=tf.AUTO_REUSE):
+            if gt_boxes is not None and mode != tf.estimator.ModeKeys.PREDICT:
+                self.rois, self.roi_labels, self.roi_deltas = self._sample_targets(
+                    rpn_proposals, gt_boxes, gt_labels, sample=training)
+            else:
+                self.rois, self.roi_labels, self.roi_deltas = rpn_proposals, None, None
+            flat_rois = tf.reshape(self.rois, [-1, 4])
+            self.level_of_rois = assign_levels(flat_rois, cfg.ROI_CANONICAL_SIZE)
+            self.roi_features = roi_align(feature_pyramid, flat_rois, self.level_of_rois,
+                                          self.batch_size, int(self.rois.shape[1]),
+                                          cfg.ROI_SIZE, cfg.TARGET_SIDE)
+            box_features = self._box_branch(self.roi_features)
+            with tf.variable_scope("box_regressor"):
+                deltas = slim.fully_connected(
+                    box_features, cfg.NUM_CLASS * 4, activation_fn=None,
+                    weights_initializer=tf.random_normal_initializer(stddev=0.001),
+                    scope="bbox_pred")
+            self.box_deltas = tf.reshape(deltas, [-1, cfg.NUM_CLASS, 4])
+            classify = CLASSIFIERS[cfg.CLASSIFIER]
+            self.class_logits = classify(self.roi_features, box_features, prototypes,
+                                         cfg, self.bn_training)
+            self.class_probs = tf.nn.softmax(self.class_logits, name="class_probs")
+
+    # -- targets --------------------------------------------------------------------
+
+    def _sample_targets(self, proposals, gt_boxes, gt_labels, sample):
+        cfg = self.cfg
+        num_rois = cfg.FAST_RCNN_MINIBATCH_SIZE if sample else int(proposals.shape[1])
+
+        def one_image(props, boxes, labels):
+            return fast_rcnn_targets(props, boxes, labels, cfg, num_rois, sample)
+
+        with tf.name_scope("fast_rcnn_targets"):
+            rois, labels, deltas = box_ops.batch_slice(
+                [proposals, gt_boxes, gt_labels], one_image, self.batch_size)
+        return (tf.stop_gradient(rois), tf.stop_gradient(labels),
+                tf.stop_gradient(deltas))
+
+    # -- box branch -------------------------------------------------------------------
+
+    def _box_branch(self, roi_features):
+        cfg = self.cfg
+        with tf.variable_scope("box_branch"):
+            with slim.arg_scope([slim.conv2d], normalizer_fn=slim.batch_norm,
+                                normalizer_params=head_batch_norm_params(
+                                    cfg, self.bn_training),
+                                activation_fn=tf.nn.relu):
+                net = slim.conv2d(roi_features, cfg.HEAD_CHANNELS,
+                                  [cfg.ROI_SIZE, cfg.ROI_SIZE], padding="VALID",
+                                  scope="conv_7x7")
+                net = slim.conv2d(net, cfg.HEAD_CHANNELS, [1, 1], scope="conv_1x1")
+            return tf.reshape(net, [-1, cfg.HEAD_CHANNELS])
+
+    # -- losses -----------------------------------------------------------------------
+
+    def fast_rcnn_loss(self):
+        """(classification CE, smooth-L1 on the target class's deltas of positives)."""
+        if self.roi_labels is None:
+            raise ValueError("fast_rcnn_loss needs gt_boxes/gt_labels (TRAIN or EVAL)")
+        with tf.name_scope("fast_rcnn_loss"):
+            labels = tf.reshape(self.roi_labels, [-1])
+            target_deltas = tf.reshape(self.roi_deltas, [-1, 4])
+            sampled = tf.where(labels >= 0)[:, 0]
+            cls_loss = losses.sparse_softmax_cross_entropy(
+                labels=tf.gather(labels, sampled),
+                logits=tf.gather(self.class_logits, sampled))
+            positive = tf.where(labels > 0)[:, 0]
+            predicted = tf.gather_nd(
+                self.box_deltas,
+                tf.stack([positive, tf.cast(tf.gather(labels, positive), tf.int64)], 1))
+            loc_loss = losses.safe_mean(
+                losses.smooth_l1(predicted, tf.gather(target_deltas, positive)))
+        return cls_loss, loc_loss
+
+    # -- detection --------------------------------------------------------------------
+
+    def fast_rcnn_detection(self, min_confidence=None):
+        """[B, DETECTION_MAX_INSTANCES, 6] rows [y1, x1, y2, x2, score, class], 0-padded."""
+        cfg = self.cfg
+        if min_confidence is None:
+            min_confidence = cfg.DETECTION_MIN_CONFIDENCE
+        num_rois = int(self.rois.shape[1])
+        probs = tf.reshape(self.class_probs, [self.batch_size, num_rois, cfg.NUM_CLASS])
+        deltas = tf.reshape(self.box_deltas, [self.batch_size, num_rois, cfg.NUM_CLASS, 4])
+
+        def one_image(rois, image_probs, image_deltas, window):
+            return refine_detections(rois, image_probs, image_deltas, window, cfg,
+                                     min_confidence)
+
+        with tf.name_scope("fast_rcnn_detection"):
+            return box_ops.batch_slice([self.rois, probs, deltas, self.image_window],
+                                       one_image, self.batch_size)
+
+
+# ------------------------------------------------------------------------ graph helpers
+
+def fast_rcnn_targets(proposals, gt_boxes, gt_labels, cfg, num_rois, sample=True):
+    """Minibatch of ROIs with class and delta targets for one image.
+
+    Positives: IoU >= FAST_RCNN_POSITIVE_IOU with a GT; negatives: below it. With
+    `sample` (the notebook's rule): at most FAST_RCNN_POSITIVE_RATIO * num_rois
+    positives, and int(1 / ratio) - 1 negatives per positive (1:2 for 0.33), so the
+    classifier sees a balanced minibatch; an image with no positive ROI contributes no
+    ROI at all (its losses count 0). Without `sample` (EVAL losses) every proposal is
+    kept in order.
+    Returns rois [num_rois, 4] (0-padded), labels int32 [num_rois] (-1 = padding),
+    deltas [num_rois, 4] (BBOX_STD_DEV-normalised, 0 for negatives).
+    """
+    proposals, _ = box_ops.trim_zeros(proposals, name="trim_proposals")
+    gt_boxes, gt_valid = box_ops.trim_zeros(gt_boxes, name="trim_gt")
+    gt_labels = tf.boolean_mask(gt_labels, gt_valid)
+    if sample and cfg.ADD_GT_TO_PROPOSALS:
+        proposals = tf.concat([proposals, gt_boxes], axis=0)
+    num_gt = tf.shape(gt_boxes)[0]
+    iou = tf.cond(num_gt > 0, lambda: box_ops.iou_matrix(proposals, gt_boxes),
+                  lambda: tf.zeros([tf.shape(proposals)[0], 1]))
+    best_iou = tf.reduce_max(iou, axis=1)
+    best_gt = tf.argmax(iou, axis=1, output_type=tf.int32)
+    positive = tf.where(best_iou >= cfg.FAST_RCNN_POSITIVE_IOU)[:, 0]
+    negative = tf.where(best_iou < cfg.FAST_RCNN_POSITIVE_IOU)[:, 0]
+    if sample:
+        max_positive = int(num_rois * cfg.FAST_RCNN_POSITIVE_RATIO)
+        positive = tf.random.shuffle(positive)[:max_positive]
+        negatives_per_positive = int(1.0 / cfg.FAST_RCNN_POSITIVE_RATIO) - 1
+        num_negative = tf.minimum(negatives_per_positive * tf.shape(positive)[0],
+                                  num_rois - tf.shape(positive)[0])
+        negative = tf.random.shuffle(negative)[:num_negative]
+    else:
+        everything = tf.range(tf.shape(proposals, out_type=tf.int64)[0])
+        positive = tf.boolean_mask(everything, best_iou >= cfg.FAST_RCNN_POSITIVE_IOU)
+        negative = tf.boolean_mask(everything, best_iou < cfg.FAST_RCNN_POSITIVE_IOU)
+    pos_rois = tf.gather(proposals, positive)
+    safe_gt = tf.cond(num_gt > 0, lambda: gt_boxes, lambda: tf.zeros([1, 4]))
+    safe_labels = tf.cond(num_gt > 0, lambda: gt_labels, lambda: tf.zeros([1], tf.int32))
+    matched = tf.gather(best_gt, positive)
+    pos_deltas = box_ops.encode_boxes(pos_rois, tf.gather(safe_gt, matched),
+                                      cfg.BBOX_STD_DEV)
+    rois = tf.concat([pos_rois, tf.gather(proposals, negative)], axis=0)
+    labels = tf.concat([tf.gather(safe_labels, matched),
+                        tf.zeros_like(negative, tf.int32)], axis=0)
+    deltas = tf.concat([pos_deltas, tf.zeros([tf.shape(negative)[0], 4])], axis=0)
+    pad = num_rois - tf.shape(rois)[0]
+    rois = tf.pad(rois[:num_rois], [[0, tf.maximum(pad, 0)], [0, 0]])
+    labels = tf.pad(labels[:num_rois], [[0, tf.maximum(pad, 0)]], constant_values=-1)
+    deltas = tf.pad(deltas[:num_rois], [[0, tf.maximum(pad, 0)], [0, 0]])
+    rois.set_shape([num_rois, 4])
+    labels.set_shape([num_rois])
+    deltas.set_shape([num_rois, 4])
+    return rois, labels, deltas
+
+
+def assign_levels(rois, canonical_size=224.0, canonical_level=4):
+    """FPN level of each ROI: clamp(round(4 + log2(sqrt(wh) / canonical)), 2, 5)."""
+    heights = rois[:, 2] - rois[:, 0]
+    widths = rois[:, 3] - rois[:, 1]
+    # Zero-area rows (padding) get log2(0) = -inf and land on the lowest level.
+    scale = tf.sqrt(tf.maximum(heights * widths, 0.0))
+    level = canonical_level + tf.math.log(scale / canonical_size) / math.log(2.0)
+    level = tf.clip_by_value(tf.round(level), ROI_LEVELS[0], ROI_LEVELS[-1])
+    return tf.cast(level, tf.int32)
+
+
+def roi_align(pyramid, rois, levels, batch_size, rois_per_image, crop_size, image_side):
+    """Pools each ROI [M, 4] (image pixels) from its level: crop_and_resize to S x S.
+
+    Pixel centres of a stride-s feature map sit at (i + 0.5) * s in the image, so an
+    image coordinate y maps to feature coordinate y / s - 0.5, normalised by (H_f - 1)
+    as crop_and_resize expects.
+    """
+    with tf.name_scope("roi_align"):
+        box_indices = tf.repeat(tf.range(batch_size), rois_per_image)
+        order, crops = [], []
+        for level in ROI_LEVELS:
+            stride = 2 ** level
+            feature_side = image_side // stride
+            chosen = tf.where(tf.equal(levels, level))[:, 0]
+            boxes = tf.gather(rois, chosen) / stride - 0.5
+            boxes = boxes / float(max(feature_side - 1, 1))
+            crops.append(tf.image.crop_and_resize(
+                pyramid[f"P{level}"], tf.stop_gradient(boxes),
+                tf.gather(box_indices, chosen), [crop_size, crop_size],
+                method="bilinear"))
+            order.append(chosen)
+        order = tf.concat(order, axis=0)
+        crops = tf.concat(crops, axis=0)
+        # Back to the ROIs' order: row i of the result is the crop of rois[i].
+        return tf.gather(crops, tf.argsort(order), name="roi_features")
+
+
+def refine_detections(rois, probs, deltas, window, cfg, min_confidence):
+    """Detections of one image, [DETECTION_MAX_INSTANCES, 6], zero-padded.
+
+    Best class per ROI; that class's deltas decode the ROI; clipped to the window;
+    background, padding and low scores dropped; NMS per class; the best
+    DETECTION_MAX_INSTANCES kept by score.
+    """
+    max_out = cfg.DETECTION_MAX_INSTANCES
+    class_ids = tf.argmax(probs, axis=1, output_type=tf.int32)
+    scores = tf.reduce_max(probs, axis=1)
+    row = tf.range(tf.shape(probs)[0])
+    class_deltas = tf.gather_nd(deltas, tf.stack([row, class_ids], axis=1))
+    boxes = box_ops.decode_boxes(rois, class_deltas, cfg.BBOX_STD_DEV)
+    boxes = box_ops.clip_boxes(boxes, window)
+    is_real = tf.reduce_any(tf.not_equal(rois, 0.0), axis=1)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep = tf.logical_and(is_real, class_ids > 0)
+    keep = tf.logical_and(keep, scores >= min_confidence)
+    keep = tf.logical_and(keep, area > 0)
+    boxes = tf.boolean_mask(boxes, keep)
+    scores = tf.boolean_mask(scores, keep)
+    class_ids = tf.boolean_mask(class_ids, keep)
+    # Per-class NMS in one call: boxes of different classes are shifted apart so they
+    # never overlap, which makes one NMS equal to an NMS per class.
+    shift = tf.cast(class_ids, tf.float32)[:, tf.newaxis] * (4.0 * cfg.TARGET_SIDE)
+    _, _, kept, num_kept = box_ops.nms_padded(boxes + shift, scores, max_out,
+                                              cfg.DETECTION_NMS_THRESHOLD)
+    kept = kept[:num_kept]
+    detections = tf.concat([tf.gather(boxes, kept),
+                            tf.gather(scores, kept)[:, tf.newaxis],
+                            tf.cast(tf.gather(class_ids, kept), tf.float32)[:, tf.newaxis]],
+                           axis=1)
+    detections = tf.pad(detections, [[0, max_out - num_kept], [0, 0]])
+    detections.set_shape([max_out, 6])
+    return detections

@@ -1,0 +1,46 @@
+"""Shared plumbing of the command lines: config flags and one-line error reporting."""
+import ast
+import sys
+
+from absl import logging
+
+from libs.configs import ConfigError, load_config
+
+
+def parse_overrides(items):
+    """['LR=0.01', 'GPU_GROUPS=["/cpu:0"]'] -> {'LR': 0.01, 'GPU_GROUPS': ['/cpu:0']}."""
+    overrides = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item}: expected FIELD=VALUE")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text          # a bare word: keep it as a string
+        overrides[key.strip()] = value
+    return overrides
+
+
+def load_config_from_flags(cfg_path, set_items=()):
+    return load_config(cfg_path, parse_overrides(set_items))
+
+
+def user_errors():
+    """The exception types that mean bad input, reported as one line, not a traceback."""
+    from data.io.input_fn import DataError
+    from data.io.label_map import LabelMapError
+    from data.io.reference_set import ReferenceSetError
+    from libs.training import TrainingError
+    return (ConfigError, DataError, LabelMapError, ReferenceSetError, TrainingError)
+
+
+def guarded(fn):
+    """Runs fn(); a user error prints `error: ...` on one line and returns exit code 1."""
+    try:
+        result = fn()
+    except user_errors() as exc:
+        logging.flush()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0 if result is None else result

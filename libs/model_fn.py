@@ -1,0 +1,207 @@
+"""The Comparison Detector's Estimator `model_fn` (DESIGN.md section 4).
+
+    estimator = tf.estimator.Estimator(model_fn, params={"net_config": cfg, ...})
+
+params:
+    net_config        the config object (libs.configs.load_config)
+    reference_images  uint8 [NUM_CLASS-1, NUM_SUPPORTS, R, R, 3] RGB, for the
+                      comparison classifier (the reference branch runs in the graph)
+    prototypes        optional float32 [NUM_CLASS, S, S, F]: precomputed prototypes
+                      (export); when given, the reference branch is not built
+    class_names       optional list of NUM_CLASS-1 names (summaries, export)
+
+Blocks, in the notebook's order: share net -> FPN -> RPN -> reference prototypes ->
+FastRCNN -> losses / train_op / detections.
+"""
+import numpy as np
+
+from libs import build_fast_rcnn, build_fpn, build_rpn, losses, reference, summaries
+from libs.box_utils.anchors import config_anchors
+from libs.networks import backbones
+from libs.tf_compat import tf
+
+from data.io import preprocessing
+
+TRAIN = tf.estimator.ModeKeys.TRAIN
+EVAL = tf.estimator.ModeKeys.EVAL
+PREDICT = tf.estimator.ModeKeys.PREDICT
+
+
+def make_pyramid_fn(cfg, mode):
+    """images (mean-subtracted) -> P2..P6, one set of weights for every call."""
+    bn_training = bool(cfg.TRAIN_BATCH_NORM) and mode == TRAIN
+
+    def pyramid_fn(images):
+        share_net = backbones.build_backbone(cfg.NET_NAME, images, is_training=bn_training,
+                                             weight_decay=cfg.WEIGHT_DECAY,
+                                             reuse=tf.AUTO_REUSE)
+        return build_fpn.build_feature_pyramid(share_net, cfg.FPN_CHANNELS)
+
+    return pyramid_fn
+
+
+def build_prototypes_from_params(params, pyramid_fn, cfg):
+    """Prototypes from precomputed values (export) or from reference images."""
+    if cfg.CLASSIFIER != "comparison":
+        return None
+    if params.get("prototypes") is not None:
+        prototypes = np.asarray(params["prototypes"], np.float32)
+        expected = (cfg.NUM_CLASS, cfg.ROI_SIZE, cfg.ROI_SIZE, cfg.FPN_CHANNELS)
+        if prototypes.shape != expected:
+            raise ValueError(f"prototypes have shape {prototypes.shape}, expected {expected}")
+        return tf.constant(prototypes, name="cached_prototypes")
+    images = params.get("reference_images")
+    if images is None:
+        raise ValueError("the comparison classifier needs params['reference_images'] "
+                         "(load them with data.io.reference_set.load_reference_images)")
+    return reference.build_prototypes(tf.constant(np.asarray(images, np.uint8)),
+                                      pyramid_fn, cfg)
+
+
+def detector_graph(features, labels, mode, params):
+    """Builds the detector; returns a dict of its tensors (shared by model_fn and tests)."""
+    cfg = params["net_config"]
+    pyramid_fn = make_pyramid_fn(cfg, mode)
+    images = features["image"] - tf.constant(cfg.PIXEL_MEANS, tf.float32)
+    window = features["image_window"]
+    pyramid = pyramid_fn(images)
+    labels = labels or {}
+    rpn = build_rpn.RPN(pyramid, config_anchors(cfg), cfg, is_training=(mode == TRAIN),
+                        image_window=window, rpn_labels=labels.get("rpn_labels"),
+                        rpn_bbox=labels.get("rpn_bbox"))
+    proposals, proposal_scores = rpn.rpn_proposals()
+    prototypes = build_prototypes_from_params(params, pyramid_fn, cfg)
+    frcnn = build_fast_rcnn.FastRCNN(pyramid, proposals, prototypes, window, cfg, mode,
+                                     gt_boxes=labels.get("gt_boxes"),
+                                     gt_labels=labels.get("gt_labels"))
+    return {"pyramid": pyramid, "rpn": rpn, "proposals": proposals,
+            "proposal_scores": proposal_scores, "prototypes": prototypes,
+            "fast_rcnn": frcnn}
+
+
+def total_loss(graph, cfg):
+    """L2 + FRCNN_CLS_LOSS_WEIGHT * frcnn_cls + frcnn_loc + rpn_cls + rpn_loc."""
+    rpn_cls, rpn_loc = graph["rpn"].rpn_losses()
+    frcnn_cls, frcnn_loc = graph["fast_rcnn"].fast_rcnn_loss()
+    l2 = losses.l2_regularisation(tf.trainable_variables(), cfg.WEIGHT_DECAY)
+    total = tf.add_n([l2, cfg.FRCNN_CLS_LOSS_WEIGHT * frcnn_cls, frcnn_loc,
+                      rpn_cls, rpn_loc], name="total_loss")
+    parts = {"rpn/cls_loss": rpn_cls, "rpn/loc_loss": rpn_loc,
+             "fast_rcnn/cls_loss": frcnn_cls, "fast_rcnn/loc_loss": frcnn_loc,
+             "l2_regularisation": l2}
+    return total, parts
+
+
+def learning_rate(cfg, global_step):
+    """LR, LR/10, LR/100 ... switching at BOUNDARY (steps)."""
+    if not cfg.BOUNDARY:
+        return tf.constant(cfg.LR, tf.float32, name="learning_rate")
+    return tf.train.piecewise_constant(global_step, [int(b) for b in cfg.BOUNDARY],
+                                       [float(v) for v in cfg.LR_VALUES],
+                                       name="learning_rate")
+
+
+def build_train_op(loss, cfg, update_ops):
+    """Momentum on the piecewise LR, each gradient clipped by norm, UPDATE_OPS first.
+
+    Under a tf.distribute strategy this runs once per tower: compute_gradients of the
+    tf.compat.v1 optimizer divides the loss by the number of towers and apply_gradients
+    sums the towers' gradients, so N towers x 1 image update like 1 tower x N images.
+    Clipping happens per tower, before that sum (as with the notebook's TowerOptimizer).
+    """
+    global_step = tf.train.get_or_create_global_step()
+    lr = learning_rate(cfg, global_step)
+    optimizer = tf.train.MomentumOptimizer(lr, cfg.MOMENTUM)
+    grads_and_vars = optimizer.compute_gradients(loss)
+    clipped = [(tf.clip_by_norm(grad, cfg.CLIP_GRADIENT_NORM), var)
+               for grad, var in grads_and_vars if grad is not None]
+    with tf.control_dependencies(update_ops):
+        train_op = optimizer.apply_gradients(clipped, global_step=global_step)
+    return train_op, lr, clipped
+
+
+def init_backbone_from_checkpoint(cfg):
+    """Loads NET_NAME/* from CHECKPOINT_DIR (a file prefix or a folder); clear errors."""
+    path = cfg.CHECKPOINT_DIR
+    if tf.io.gfile.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise ValueError(f"CHECKPOINT_DIR {path}: no checkpoint in this folder")
+        path = latest
+    try:
+        names = {name for name, _ in tf.train.list_variables(path)}
+    except Exception as exc:  # NotFoundError, DataLossError...
+        raise ValueError(f"CHECKPOINT_DIR {path}: not a readable checkpoint "
+                         f"({type(exc).__name__})") from exc
+    prefix = cfg.NET_NAME + "/"
+    if not any(name.startswith(prefix) for name in names):
+        sample = sorted(names)[:3]
+        raise ValueError(f"CHECKPOINT_DIR {path}: holds no variables under '{prefix}' "
+                         f"(it has e.g. {sample}); is it a {cfg.NET_NAME} checkpoint?")
+    try:
+        tf.train.init_from_checkpoint(path, {prefix: prefix})
+    except ValueError as exc:
+        raise ValueError(f"CHECKPOINT_DIR {path}: does not match {cfg.NET_NAME}: "
+                         f"{str(exc).splitlines()[0]}") from exc
+    return path
+
+
+def _restore_to_original(boxes, features):
+    def one(args):
+        image_boxes, window, scale = args
+        return preprocessing.restore_boxes(image_boxes, window, scale)
+
+    return tf.map_fn(one, (boxes, features["image_window"], features["image_scale"]),
+                     dtype=tf.float32)
+
+
+def predictions_from_detections(detections, features):
+    """Detections [B, MAX, 6] in network pixels -> the PREDICT outputs.
+
+    predict_bbox is in ORIGINAL image pixels ([y1, x1, y2, x2]); padding rows are 0.
+    """
+    valid = detections[:, :, 4] > 0
+    boxes = _restore_to_original(detections[:, :, :4], features)
+    boxes = tf.where(tf.tile(valid[:, :, tf.newaxis], [1, 1, 4]), boxes,
+                     tf.zeros_like(boxes))
+    return {
+        "predict_bbox": boxes,
+        "predict_class_id": tf.cast(detections[:, :, 5], tf.int32),
+        "predict_scores": detections[:, :, 4],
+        "num_detections": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
+        "image_id": features["image_id"],
+    }
+
+
+def model_fn(features, labels, mode, params):
+    cfg = params["net_config"]
+    # Under a distribution strategy model_fn runs once per tower: note which
+    # collection entries this tower adds, and write summaries from the first only.
+    update_ops_before = len(tf.get_collection(tf.GraphKeys.UPDATE_OPS))
+    graph = detector_graph(features, labels, mode, params)
+    frcnn = graph["fast_rcnn"]
+
+    if mode == PREDICT:
+        detections = frcnn.fast_rcnn_detection(cfg.DETECTION_MIN_CONFIDENCE)
+        predictions = predictions_from_detections(detections, features)
+        export = {"serving_default": tf.estimator.export.PredictOutput(predictions)}
+        return tf.estimator.EstimatorSpec(mode, predictions=predictions,
+                                          export_outputs=export)
+
+    loss, parts = total_loss(graph, cfg)
+    if mode == EVAL:
+        detections = frcnn.fast_rcnn_detection(cfg.EVAL_SCORE_THRESHOLD)
+        metric_ops = {name: tf.metrics.mean(value) for name, value in parts.items()}
+        metric_fn = params.get("eval_metric_fn")
+        if metric_fn is not None:
+            metric_ops.update(metric_fn(detections, features, labels))
+        return tf.estimator.EstimatorSpec(mode, loss=loss, eval_metric_ops=metric_ops)
+
+    if cfg.CHECKPOINT_DIR:
+        init_backbone_from_checkpoint(cfg)
+    update_ops = tf.get_collection(tf.GraphKeys.UPDATE_OPS)[update_ops_before:]
+    train_op, lr, clipped = build_train_op(loss, cfg, update_ops)
+    if summaries.is_first_tower():
+        summaries.add_training_summaries(loss, parts, lr, clipped, graph, features,
+                                         labels, cfg, params.get("class_names"))
+    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)

@@ -1,0 +1,173 @@
+"""Building and running the Estimator: towers, RunConfig, data-dependent settings.
+
+tools/train.py, tools/eval.py and the tests all go through here, so a run is set up the
+same way whichever door it comes in by.
+"""
+import os
+
+from absl import logging
+
+from libs.configs import finalize
+from libs.model_fn import model_fn
+from libs.tf_compat import tf
+
+
+class TrainingError(ValueError):
+    """A run that cannot start; the message is one line for the user."""
+
+
+# ----------------------------------------------------------------------------- devices
+
+def ensure_cpu_devices(count):
+    """Splits the CPU into `count` logical devices (must run before TF starts).
+
+    Returns the number of logical CPU devices available afterwards.
+    """
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+    except RuntimeError:
+        pass  # already initialised: keep whatever split exists
+    return len(tf.config.list_logical_devices("CPU"))
+
+
+def tower_devices(cfg):
+    """One device per GPU_GROUPS entry; CPU logical devices when there is no GPU."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        if len(gpus) < cfg.NUM_GPUS:
+            raise TrainingError(f"GPU_GROUPS asks for {cfg.NUM_GPUS} GPUs, this machine "
+                                f"has {len(gpus)}")
+        return list(cfg.GPU_GROUPS)
+    devices = [f"/cpu:{i}" for i in range(cfg.NUM_GPUS)]
+    if cfg.NUM_GPUS > 1:
+        available = ensure_cpu_devices(cfg.NUM_GPUS)
+        if available < cfg.NUM_GPUS:
+            raise TrainingError(f"{cfg.NUM_GPUS} towers need {cfg.NUM_GPUS} CPU devices "
+                                f"but TensorFlow started with {available}")
+        logging.warning("No GPU found: the %d towers of GPU_GROUPS %s run on CPU devices "
+                        "%s", cfg.NUM_GPUS, list(cfg.GPU_GROUPS), devices)
+    return devices
+
+
+def make_strategy(cfg):
+    """MirroredStrategy over the towers, or None for a single tower."""
+    devices = tower_devices(cfg)
+    if len(devices) == 1:
+        return None, devices
+    return tf.distribute.MirroredStrategy(devices), devices
+
+
+# ------------------------------------------------------------------------------ config
+
+def apply_dataset_info(cfg, class_names, num_train_images):
+    """Checks NUM_CLASS against the data and fills NUM_TRAIN_IMAGES (LR boundaries)."""
+    if cfg.NUM_CLASS != len(class_names) + 1:
+        raise TrainingError(
+            f"config {cfg.NAME}: NUM_CLASS = {cfg.NUM_CLASS} but the label map has "
+            f"{len(class_names)} classes {list(class_names)} (+ background = "
+            f"{len(class_names) + 1})")
+    if cfg.NUM_TRAIN_IMAGES is None:
+        cfg.NUM_TRAIN_IMAGES = int(num_train_images)
+        finalize(cfg)
+    return cfg
+
+
+def make_run_config(cfg, model_dir, strategy=None, num_cpu_devices=1):
+    session_config = tf.ConfigProto(allow_soft_placement=True,
+                                    device_count={"CPU": max(1, num_cpu_devices)})
+    return tf.estimator.RunConfig(
+        model_dir=model_dir,
+        tf_random_seed=cfg.SEED,
+        save_checkpoints_steps=cfg.SAVE_CHECKPOINTS_STEPS,
+        save_summary_steps=cfg.SAVE_SUMMARY_STEPS,
+        keep_checkpoint_max=cfg.KEEP_CHECKPOINT_MAX,
+        log_step_count_steps=cfg.LOG_EVERY_N_STEPS,
+        session_config=session_config,
+        train_distribute=strategy)
+
+
+def make_estimator(cfg, model_dir, params, distribute=True):
+    """The Estimator of `cfg` writing to `model_dir`; towers when distribute is True."""
+    strategy, devices = make_strategy(cfg) if distribute else (None, ["/cpu:0"])
+    cpu_devices = len(devices) if devices[0].startswith("/cpu") else 1
+    run_config = make_run_config(cfg, model_dir, strategy, cpu_devices)
+    params = dict(params, net_config=cfg)
+    return tf.estimator.Estimator(model_fn=model_fn, config=run_config, params=params)
+
+
+def describe_start(cfg, model_dir):
+    """One log line saying how this run starts: resume, pretrained backbone, or scratch."""
+    latest = tf.train.latest_checkpoint(model_dir) if os.path.isdir(model_dir) else None
+    if latest:
+        step = tf.train.load_variable(latest, "global_step")
+        return f"resuming {model_dir} from its own checkpoint at step {int(step)}"
+    if cfg.CHECKPOINT_DIR:
+        return (f"starting {model_dir}: backbone {cfg.NET_NAME} initialised from the "
+                f"pretrained checkpoint {cfg.CHECKPOINT_DIR}")
+    return (f"starting {model_dir} from scratch (no CHECKPOINT_DIR: every weight is "
+            f"randomly initialised)")
+
+
+# ------------------------------------------------------------------------------- a run
+
+class Run:
+    """Everything a train/eval/export command needs, resolved from config + flags."""
+
+    def __init__(self, cfg, data_dir, reference_dir, model_dir, class_names,
+                 reference_images):
+        self.cfg = cfg
+        self.data_dir = data_dir
+        self.reference_dir = reference_dir
+        self.model_dir = model_dir
+        self.class_names = class_names
+        self.reference_images = reference_images
+
+    @property
+    def params(self):
+        return {"reference_images": self.reference_images,
+                "class_names": list(self.class_names)}
+
+
+def prepare_run(cfg, data_dir=None, reference_dir=None, model_dir=None,
+                need_references=True):
+    """Resolves directories, reads the label map, loads the reference images.
+
+    Raises TrainingError / LabelMapError / ReferenceSetError with one-line messages.
+    """
+    from data.io import label_map as label_map_lib
+    from data.io import reference_set
+
+    data_dir = data_dir or cfg.DATA_DIR
+    reference_dir = reference_dir or cfg.REFERENCE_DIR
+    model_dir = model_dir or cfg.MODEL_DIR
+    labels = label_map_lib.read_label_map(data_dir)
+    split_info = labels.splits.get(cfg.TRAIN_SPLIT, {})
+    apply_dataset_info(cfg, labels.class_names, split_info.get("num_images", 0) or 1)
+    images = None
+    if need_references and cfg.CLASSIFIER == "comparison":
+        images = reference_set.load_reference_images(
+            reference_dir, labels.class_names, cfg.NUM_SUPPORTS, cfg.REFERENCE_SIDE,
+            seed=cfg.SEED if cfg.REFERENCE_RANDOM else None)
+    return Run(cfg, data_dir, reference_dir, model_dir, labels.class_names, images)
+
+
+def train(run, max_steps=None, distribute=True, hooks=None):
+    """Trains run.cfg until max_steps (default: EPOCH epochs); resumes when it can.
+
+    Returns the global step reached.
+    """
+    from data.io.input_fn import TRAIN as TRAIN_MODE
+    from data.io.input_fn import make_input_fn
+
+    cfg = run.cfg
+    max_steps = int(max_steps or cfg.MAX_STEPS)
+    logging.info("%s", describe_start(cfg, run.model_dir))
+    logging.info("config %s: %d tower(s) x %d image(s), %d steps/epoch, LR %s at steps "
+                 "%s, max_steps %d", cfg.NAME, cfg.NUM_GPUS, cfg.PER_GPU_IMAGE,
+                 cfg.STEPS_PER_EPOCH, cfg.LR_VALUES, cfg.BOUNDARY, max_steps)
+    estimator = make_estimator(cfg, run.model_dir, run.params, distribute=distribute)
+    input_fn = make_input_fn(cfg, TRAIN_MODE, data_dir=run.data_dir)
+    estimator.train(input_fn, max_steps=max_steps, hooks=hooks)
+    return estimator.get_variable_value("global_step")

@@ -1,0 +1,314 @@
+"""The model's blocks: shapes on the tiny config, and each computation against numpy."""
+import math
+import os
+
+import numpy as np
+import pytest
+
+from libs import build_fast_rcnn, losses, reference
+from libs.configs import load_config
+from libs.model_fn import detector_graph
+from libs.tf_compat import tf
+from tests.conftest import REPO_ROOT
+
+TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
+TRAIN = tf.estimator.ModeKeys.TRAIN
+PREDICT = tf.estimator.ModeKeys.PREDICT
+
+
+def tiny_cfg(**overrides):
+    return load_config(TINY, dict({"NUM_TRAIN_IMAGES": 4}, **overrides))
+
+
+def fake_batch(cfg, batch=2):
+    side, max_gt = cfg.TARGET_SIDE, cfg.FAST_RCNN_MAX_INSTANCES
+    rng = np.random.RandomState(0)
+    gt = np.zeros([batch, max_gt, 4], np.float32)
+    gt[:, 0] = [10, 12, 40, 50]
+    gt[:, 1] = [60, 64, 100, 90]
+    labels = np.zeros([batch, max_gt], np.int32)
+    labels[:, :2] = [1, 2]
+    from libs.box_utils.anchors import config_anchors
+    num_anchors = len(config_anchors(cfg))
+    rpn_labels = np.full([batch, num_anchors], -1, np.int32)
+    rpn_labels[:, :20] = 0
+    rpn_labels[:, 100] = 1
+    features = {"image": tf.constant(rng.uniform(0, 255, [batch, side, side, 3]),
+                                     tf.float32),
+                "image_window": tf.constant([[0, 0, side, side]] * batch, tf.float32),
+                "image_scale": tf.ones([batch, 2]),
+                "image_id": tf.range(batch, dtype=tf.int64)}
+    targets = {"gt_boxes": tf.constant(gt), "gt_labels": tf.constant(labels),
+               "rpn_labels": tf.constant(rpn_labels),
+               "rpn_bbox": tf.zeros([batch, cfg.RPN_MINIBATCH_SIZE, 4])}
+    return features, targets
+
+
+def reference_images(cfg, seed=1):
+    shape = [cfg.NUM_CLASS - 1, cfg.NUM_SUPPORTS, cfg.REFERENCE_SIDE, cfg.REFERENCE_SIDE, 3]
+    return np.random.RandomState(seed).randint(0, 256, shape).astype(np.uint8)
+
+
+@pytest.mark.parametrize("classifier", ["comparison", "fc"])
+def test_block_output_shapes(classifier):
+    cfg = tiny_cfg(CLASSIFIER=classifier)
+    batch, side, f = 2, cfg.TARGET_SIDE, cfg.FPN_CHANNELS
+    with tf.Graph().as_default():
+        features, targets = fake_batch(cfg, batch)
+        graph = detector_graph(features, targets, TRAIN,
+                               {"net_config": cfg, "reference_images": reference_images(cfg)})
+        frcnn = graph["fast_rcnn"]
+        detections = frcnn.fast_rcnn_detection()
+        cls_loss, loc_loss = frcnn.fast_rcnn_loss()
+        rpn_losses = graph["rpn"].rpn_losses()
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            out = sess.run({"pyramid": graph["pyramid"], "proposals": graph["proposals"],
+                            "rpn_logits": graph["rpn"].rpn_class_logits,
+                            "rpn_deltas": graph["rpn"].rpn_deltas,
+                            "prototypes": (graph["prototypes"]
+                                           if graph["prototypes"] is not None
+                                           else tf.constant(0)),
+                            "roi_features": frcnn.roi_features,
+                            "logits": frcnn.class_logits, "deltas": frcnn.box_deltas,
+                            "detections": detections, "losses": (cls_loss, loc_loss),
+                            "rpn_losses": rpn_losses})
+    for level, stride in zip(cfg.PYRAMID_LEVELS, cfg.BACKBONE_STRIDES):
+        assert out["pyramid"][level].shape == (batch, side // stride, side // stride, f)
+    num_anchors = sum(s[0] * s[1] * 3 for s in cfg.BACKBONE_SHAPES)
+    assert out["rpn_logits"].shape == (batch, num_anchors, 2)
+    assert out["rpn_deltas"].shape == (batch, num_anchors, 4)
+    assert out["proposals"].shape == (batch, cfg.RPN_PROPOSALS_TRAIN, 4)
+    rois = batch * cfg.FAST_RCNN_MINIBATCH_SIZE
+    assert out["roi_features"].shape == (rois, cfg.ROI_SIZE, cfg.ROI_SIZE, f)
+    assert out["logits"].shape == (rois, cfg.NUM_CLASS)
+    assert out["deltas"].shape == (rois, cfg.NUM_CLASS, 4)
+    assert out["detections"].shape == (batch, cfg.DETECTION_MAX_INSTANCES, 6)
+    assert all(np.isfinite(v) for v in out["losses"] + out["rpn_losses"])
+    # proposals lie inside the window and padding rows are exactly zero
+    props = out["proposals"]
+    assert props.min() >= 0 and props.max() <= side
+    if classifier == "comparison":
+        assert out["prototypes"].shape == (cfg.NUM_CLASS, cfg.ROI_SIZE, cfg.ROI_SIZE, f)
+        assert (out["logits"] >= 0).all()      # conv3d + BN + ReLU: logits >= 0
+    else:
+        assert graph["prototypes"] is None
+
+
+def test_class_prototypes_average_supports_then_levels():
+    """Constant feature maps make bilinear resizing exact, so numpy can check averages."""
+    num_classes, supports, channels, size = 3, 2, 4, 7
+    rng = np.random.RandomState(0)
+    values = rng.normal(size=[4, num_classes * supports, channels]).astype(np.float32)
+    with tf.Graph().as_default():
+        pyramid = {}
+        for i, level in enumerate(reference.PROTOTYPE_LEVELS):
+            side = 32 // (2 ** i)
+            pyramid[level] = tf.constant(np.broadcast_to(
+                values[i][:, None, None, :], [num_classes * supports, side, side,
+                                              channels]).copy())
+        pyramid["P6"] = tf.zeros([num_classes * supports, 1, 1, channels])  # unused
+        prototypes = reference.class_prototypes(pyramid, num_classes, supports, size)
+        with tf.Session() as sess:
+            got = sess.run(prototypes)
+    expected = values.reshape(4, num_classes, supports, channels).mean(axis=2).mean(axis=0)
+    assert got.shape == (num_classes, size, size, channels)
+    np.testing.assert_allclose(got, np.broadcast_to(expected[:, None, None, :], got.shape),
+                               rtol=1e-5, atol=1e-6)
+
+
+def _conv3x3_same(x, w, b):
+    """Numpy 'SAME' 3x3 conv, x [H, W, Cin], w [3, 3, Cin, Cout]."""
+    h, wd, _ = x.shape
+    padded = np.pad(x, [[1, 1], [1, 1], [0, 0]])
+    out = np.zeros([h, wd, w.shape[-1]], np.float64)
+    for i in range(h):
+        for j in range(wd):
+            out[i, j] = np.tensordot(padded[i:i + 3, j:j + 3], w, axes=3)
+    return out + b
+
+
+def test_prototypes_row0_is_learned_background_of_the_positives():
+    cfg = tiny_cfg()
+    with tf.Graph().as_default():
+        features, targets = fake_batch(cfg, 1)
+        graph = detector_graph(features, targets, TRAIN,
+                               {"net_config": cfg, "reference_images": reference_images(cfg)})
+        positives = tf.get_default_graph().get_tensor_by_name(
+            "reference_branch/positive_prototypes:0")
+        kernel = [v for v in tf.global_variables()
+                  if v.op.name == "background_prototype/conv3x3/weights"][0]
+        bias = [v for v in tf.global_variables()
+                if v.op.name == "background_prototype/conv3x3/biases"][0]
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            sess.run(bias.assign(np.linspace(-1, 1, cfg.FPN_CHANNELS)))
+            protos, pos, w, b = sess.run([graph["prototypes"], positives, kernel, bias])
+    num_pos = cfg.NUM_CLASS - 1
+    np.testing.assert_allclose(protos[1:], pos, rtol=1e-6)
+    stacked = np.concatenate([pos[c] for c in range(num_pos)], axis=-1)  # [S, S, C*F]
+    expected = _conv3x3_same(stacked.astype(np.float64), w, b)
+    np.testing.assert_allclose(protos[0], expected, rtol=1e-3, atol=1e-4)
+
+
+def test_comparison_logits_equal_numpy():
+    cfg = tiny_cfg()
+    rng = np.random.RandomState(3)
+    m, k, s, f = 5, cfg.NUM_CLASS, cfg.ROI_SIZE, 6
+    rois = rng.normal(size=[m, s, s, f]).astype(np.float32)
+    protos = rng.normal(size=[k, s, s, f]).astype(np.float32)
+    with tf.Graph().as_default():
+        logits = build_fast_rcnn.comparison_classifier(
+            tf.constant(rois), None, tf.constant(protos), cfg, bn_training=False)
+        variables = {v.op.name.split("/")[-1]: v for v in tf.global_variables()}
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            # Non-trivial batch-norm statistics so the test sees them used.
+            sess.run([variables["moving_mean"].assign([0.7]),
+                      variables["moving_variance"].assign([2.5]),
+                      variables["gamma"].assign([1.7]),
+                      variables["beta"].assign([0.3])])
+            got, w = sess.run([logits, variables["weights"]])
+    assert w.shape == (1, s, s, f, 1)
+    squared = (rois[:, None] - protos[None]) ** 2                         # [M, K, S, S, F]
+    raw = np.einsum("mkijc,ijc->mk", squared.astype(np.float64), w[0, :, :, :, 0])
+    eps = 1e-5  # the notebook's head batch-norm epsilon
+    expected = np.maximum(1.7 * (raw - 0.7) / np.sqrt(2.5 + eps) + 0.3, 0.0)
+    assert got.shape == (m, k)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_assign_levels_matches_formula():
+    rois = np.array([[0, 0, 224, 224], [0, 0, 112, 112], [0, 0, 20, 30], [0, 0, 900, 900],
+                     [0, 0, 448, 448], [0, 0, 0, 0]], np.float32)
+    with tf.Graph().as_default(), tf.Session() as sess:
+        got = sess.run(build_fast_rcnn.assign_levels(tf.constant(rois), 224.0))
+    expected = []
+    for y1, x1, y2, x2 in rois:
+        area = (y2 - y1) * (x2 - x1)
+        level = 2 if area == 0 else 4 + math.log2(math.sqrt(area) / 224.0)
+        expected.append(int(min(max(round(level), 2), 5)))
+    assert got.tolist() == expected == [4, 3, 2, 5, 5, 2]
+
+
+def test_roi_align_samples_the_right_feature_coordinates():
+    """On a ramp feature map (value = x index), a crop's columns are linear in x."""
+    side, crop = 64, 7
+    rois = np.array([[8, 10, 40, 50], [4, 4, 12, 20]], np.float32)
+    levels = np.array([2, 3], np.int32)
+    with tf.Graph().as_default(), tf.Session() as sess:
+        pyramid = {}
+        for level in build_fast_rcnn.ROI_LEVELS:
+            n = side // 2 ** level
+            ramp = np.tile(np.arange(n, dtype=np.float32)[None, :, None], [n, 1, 1])
+            pyramid[f"P{level}"] = tf.constant(ramp[None])
+        got = sess.run(build_fast_rcnn.roi_align(pyramid, tf.constant(rois),
+                                                 tf.constant(levels), 1, 2, crop, side))
+    for roi, level, crop_values in zip(rois, levels, got):
+        stride = 2 ** level
+        x1, x2 = roi[1] / stride - 0.5, roi[3] / stride - 0.5
+        expected_x = x1 + np.arange(crop) * (x2 - x1) / (crop - 1)
+        np.testing.assert_allclose(crop_values[3, :, 0], expected_x, atol=1e-4)
+
+
+def test_fast_rcnn_targets_without_positives_give_an_empty_minibatch():
+    cfg = tiny_cfg()
+    proposals = np.array([[0, 0, 10, 10], [100, 100, 120, 120]], np.float32)
+    gt = np.zeros([cfg.FAST_RCNN_MAX_INSTANCES, 4], np.float32)
+    gt[0] = [50, 50, 80, 80]
+    labels = np.zeros([cfg.FAST_RCNN_MAX_INSTANCES], np.int32)
+    labels[0] = 1
+    cfg.ADD_GT_TO_PROPOSALS = False
+    with tf.Graph().as_default(), tf.Session() as sess:
+        rois, roi_labels, _ = sess.run(build_fast_rcnn.fast_rcnn_targets(
+            tf.constant(proposals), tf.constant(gt), tf.constant(labels), cfg, 16))
+    assert (roi_labels == -1).all() and not rois.any()
+
+
+def test_fast_rcnn_targets_respect_sampling_rules():
+    cfg = tiny_cfg()
+    rng = np.random.RandomState(0)
+    centres = rng.uniform(10, 110, [300, 2])
+    sizes = rng.uniform(8, 40, [300, 2])
+    proposals = np.concatenate([centres - sizes / 2, centres + sizes / 2], 1).astype(np.float32)
+    gt = np.zeros([cfg.FAST_RCNN_MAX_INSTANCES, 4], np.float32)
+    gt[:3] = [[10, 10, 40, 40], [50, 60, 90, 100], [70, 10, 110, 35]]
+    labels = np.zeros([cfg.FAST_RCNN_MAX_INSTANCES], np.int32)
+    labels[:3] = [1, 2, 1]
+    num_rois = cfg.FAST_RCNN_MINIBATCH_SIZE
+    with tf.Graph().as_default(), tf.Session() as sess:
+        rois, roi_labels, deltas = sess.run(build_fast_rcnn.fast_rcnn_targets(
+            tf.constant(proposals), tf.constant(gt), tf.constant(labels), cfg, num_rois))
+    positives = roi_labels > 0
+    negatives = roi_labels == 0
+    assert 0 < positives.sum() <= int(num_rois * cfg.FAST_RCNN_POSITIVE_RATIO)
+    # the notebook's rule: two negatives per positive (ratio 0.33), padding after
+    assert negatives.sum() == min(2 * positives.sum(), num_rois - positives.sum())
+    assert (roi_labels[positives.sum() + negatives.sum():] == -1).all()
+    assert not rois[roi_labels == -1].any()
+
+    def iou(a, b):
+        ih = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+        iw = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+        inter = ih * iw
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+        return inter / union
+
+    for roi, label, delta in zip(rois, roi_labels, deltas):
+        ious = [iou(roi, g) for g in gt[:3]]
+        if label > 0:
+            best = int(np.argmax(ious))
+            assert ious[best] >= 0.5 and labels[best] == label
+            # the delta decodes the ROI back onto its GT
+            g = gt[best]
+            h, w = roi[2] - roi[0], roi[3] - roi[1]
+            d = delta * cfg.BBOX_STD_DEV
+            cy = roi[0] + h / 2 + d[0] * h
+            gh = h * np.exp(d[2])
+            assert abs((cy - gh / 2) - g[0]) < 1e-2 and abs((cy + gh / 2) - g[2]) < 1e-2
+        elif label == 0:
+            assert max(ious) < 0.5 and not delta.any()
+
+
+def test_refine_detections_nms_per_class_and_drops():
+    cfg = tiny_cfg(DETECTION_NMS_THRESHOLD=0.3)
+    rois = np.array([[10, 10, 50, 50], [12, 12, 52, 52], [11, 11, 51, 51],
+                     [60, 60, 90, 90], [0, 0, 0, 0]], np.float32)
+    probs = np.array([[0.1, 0.9, 0.0], [0.2, 0.8, 0.0], [0.3, 0.0, 0.7],
+                      [0.9, 0.05, 0.05], [0.0, 1.0, 0.0]], np.float32)
+    deltas = np.zeros([5, cfg.NUM_CLASS, 4], np.float32)
+    window = np.array([0, 0, 128, 128], np.float32)
+    with tf.Graph().as_default(), tf.Session() as sess:
+        det = sess.run(build_fast_rcnn.refine_detections(
+            tf.constant(rois), tf.constant(probs), tf.constant(deltas),
+            tf.constant(window), cfg, 0.5))
+    kept = det[det[:, 4] > 0]
+    # ROI 1 is suppressed by ROI 0 (same class); ROI 2 overlaps but is class 2: kept;
+    # ROI 3 is background; ROI 4 is padding.
+    np.testing.assert_allclose(kept[:, 4], [0.9, 0.7])
+    assert kept[:, 5].tolist() == [1, 2]
+    np.testing.assert_allclose(kept[0, :4], rois[0])
+    assert det.shape == (cfg.DETECTION_MAX_INSTANCES, 6) and not det[2:].any()
+
+
+def test_l2_regularisation_is_size_normalised_and_skips_batch_norm():
+    rng = np.random.RandomState(0)
+    a = rng.normal(size=[3, 3, 2, 4]).astype(np.float32)
+    b = rng.normal(size=[5]).astype(np.float32)
+    with tf.Graph().as_default():
+        va = tf.Variable(a, name="conv/weights")
+        vb = tf.Variable(b, name="conv/biases")
+        vg = tf.Variable(np.ones(4, np.float32), name="conv/BatchNorm/gamma")
+        loss = losses.l2_regularisation([va, vb, vg], 1e-4)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            got = sess.run(loss)
+    expected = (a ** 2).sum() / 2 * 1e-4 / a.size + (b ** 2).sum() / 2 * 1e-4 / b.size
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_losses_of_an_empty_minibatch_are_zero_not_nan():
+    with tf.Graph().as_default(), tf.Session() as sess:
+        ce = losses.sparse_softmax_cross_entropy(tf.zeros([0], tf.int32), tf.zeros([0, 3]))
+        l1 = losses.safe_mean(losses.smooth_l1(tf.zeros([0, 4]), tf.zeros([0, 4])))
+        assert sess.run([ce, l1]) == [0.0, 0.0]

@@ -1,0 +1,1 @@
+"""Command lines: thin wrappers (parse flags, call library code)."""

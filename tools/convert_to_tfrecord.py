@@ -1,0 +1,76 @@
+"""Converts Pascal-VOC or COCO annotations into sharded TFRecords + label_map.json.
+
+    python tools/convert_to_tfrecord.py --format voc --image_dir VOC/JPEGImages \
+        --annotations VOC/Annotations --split_file VOC/ImageSets/Main/train.txt \
+        --output_dir output/data
+    python tools/convert_to_tfrecord.py --format coco --image_dir coco/val2017 \
+        --annotations coco/annotations/instances_val2017.json --split val \
+        --output_dir output/data
+
+Converting train and then val into the same --output_dir keeps one label map: its ids
+are reused and classes it does not know are dropped (and reported) unless listed in
+--classes. Every skipped image, dropped or clipped box is reported on one warning line;
+the summary at the end counts each rule (see data/io/convert.py).
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+
+from data.io import convert  # noqa: E402  (no TensorFlow import until records are written)
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+    flags.DEFINE_enum("format", None, list(convert.FORMATS), "Annotation format.")
+    flags.DEFINE_string("image_dir", None, "Folder of the images.")
+    flags.DEFINE_string("annotations", None,
+                        "VOC: the folder of XML files. COCO: the JSON file.")
+    flags.DEFINE_string("split_file", None,
+                        "Optional list of image ids (VOC: file stems; COCO: file names "
+                        "or ids), one per line, e.g. ImageSets/Main/train.txt.")
+    flags.DEFINE_string("split", None, "Split name, the prefix of the shard files "
+                        "(default: the split file's base name, else 'train').")
+    flags.DEFINE_string("output_dir", None, "Where the .tfrecord shards and "
+                        "label_map.json go.")
+    flags.DEFINE_string("classes", None,
+                        "Comma-separated class names in id order (1, 2, ...). Default: "
+                        "the existing label map's ids, else the sorted names found.")
+    flags.DEFINE_integer("num_shards", 1, "Number of .tfrecord files for this split.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {' '.join(argv[1:])}", file=sys.stderr)
+        return 2
+    for name in ("format", "image_dir", "annotations", "output_dir"):
+        if not FLAGS[name].value:
+            print(f"error: --{name} is required", file=sys.stderr)
+            return 2
+    try:
+        convert.check_inputs(FLAGS.format, FLAGS.image_dir, FLAGS.annotations,
+                             FLAGS.split_file)
+        summary = convert.convert_dataset(
+            FLAGS.format, FLAGS.image_dir, FLAGS.annotations, FLAGS.output_dir,
+            split_file=FLAGS.split_file, split=FLAGS.split,
+            classes=convert.parse_classes(FLAGS.classes), num_shards=FLAGS.num_shards)
+    except (convert.ConversionError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    logging.info("done: %d images, %d objects -> %s", summary["images_written"],
+                 summary["objects_written"], FLAGS.output_dir)
+    return 0
+
+
+def run():
+    # Flags are defined here, not at import, so that importing several tools in one
+    # process (tests, console scripts) never clashes on the flag names they share.
+    _define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,59 @@
+"""Trains the Comparison Detector with tf.estimator.
+
+    python tools/train.py --cfg cfgs/res101_fewshot.py
+    python tools/train.py --cfg cfgs/tiny_cpu.py --max_steps 200
+    tensorboard --logdir output/
+
+Data, references and the run directory default to the config's DATA_DIR, REFERENCE_DIR
+and MODEL_DIR. A rerun of the same command resumes from the run directory's latest
+checkpoint. Towers follow GPU_GROUPS (CPU devices when there is no GPU).
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+    flags.DEFINE_string("cfg", None, "Config file, e.g. cfgs/res101_fewshot.py.")
+    flags.DEFINE_string("data_dir", None, "TFRecords + label_map.json (default: DATA_DIR).")
+    flags.DEFINE_string("reference_dir", None,
+                        "One folder of reference images per class (default: REFERENCE_DIR).")
+    flags.DEFINE_string("model_dir", None, "Run directory (default: MODEL_DIR).")
+    flags.DEFINE_integer("max_steps", None, "Stop at this global step "
+                         "(default: EPOCH epochs of the training split).")
+    flags.DEFINE_multi_string("set", [], "Config override FIELD=VALUE (Python literal), "
+                              "repeatable, e.g. --set LR=0.01.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {' '.join(argv[1:])}", file=sys.stderr)
+        return 2
+    if not FLAGS.cfg:
+        print("error: --cfg is required (e.g. --cfg cfgs/tiny_cpu.py)", file=sys.stderr)
+        return 2
+    from libs import cli
+    return cli.guarded(lambda: _train())
+
+
+def _train():
+    from libs import cli, training
+    cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
+    run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir)
+    step = training.train(run, max_steps=FLAGS.max_steps)
+    logging.info("training stopped at step %d; checkpoints and TensorBoard events in %s",
+                 step, run.model_dir)
+
+
+def run():
+    _define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
