@@ -29,7 +29,8 @@ class Config:
     # ---- backbone ----------------------------------------------------------------------
     NET_NAME = "resnet_v1_101"
     # The notebook builds the backbone with is_training=False: batch-norm statistics
-    # frozen (weights still trainable). True lets batch norm train (from scratch).
+    # frozen (weights still trainable). True lets the query branch's batch norm train
+    # (from scratch); the reference branch always uses the moving statistics.
     TRAIN_BATCH_NORM = False
     PIXEL_MEANS = [115.2, 118.8, 123.0]       # RGB
     TARGET_SIDE = 1024                        # long side after resize; padded square

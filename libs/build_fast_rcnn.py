@@ -69,7 +69,8 @@ def head_batch_norm_params(cfg, is_training):
 
 class FastRCNN:
     def __init__(self, feature_pyramid, rpn_proposals, prototypes, image_window, cfg,
-                 mode, gt_boxes=None, gt_labels=None, scope="fast_rcnn"):
+                 mode, gt_boxes=None, gt_labels=None, sampling_seeds=None,
+                 scope="fast_rcnn"):
         self.cfg = cfg
         self.mode = mode
         self.image_window = image_window
@@ -82,7 +83,7 @@ class FastRCNN:
         with tf.variable_scope(scope, reuse=tf.AUTO_REUSE):
             if gt_boxes is not None and mode != tf.estimator.ModeKeys.PREDICT:
                 self.rois, self.roi_labels, self.roi_deltas = self._sample_targets(
-                    rpn_proposals, gt_boxes, gt_labels, sample=training)
+                    rpn_proposals, gt_boxes, gt_labels, sampling_seeds, sample=training)
             else:
                 self.rois, self.roi_labels, self.roi_deltas = rpn_proposals, None, None
             flat_rois = tf.reshape(self.rois, [-1, 4])
@@ -104,16 +105,18 @@ class FastRCNN:
 
     # -- targets --------------------------------------------------------------------
 
-    def _sample_targets(self, proposals, gt_boxes, gt_labels, sample):
+    def _sample_targets(self, proposals, gt_boxes, gt_labels, seeds, sample):
         cfg = self.cfg
         num_rois = cfg.FAST_RCNN_MINIBATCH_SIZE if sample else int(proposals.shape[1])
+        if seeds is None:
+            seeds = tf.zeros([self.batch_size, 2], tf.int64)
 
-        def one_image(props, boxes, labels):
-            return fast_rcnn_targets(props, boxes, labels, cfg, num_rois, sample)
+        def one_image(props, boxes, labels, seed):
+            return fast_rcnn_targets(props, boxes, labels, cfg, num_rois, sample, seed)
 
         with tf.name_scope("fast_rcnn_targets"):
             rois, labels, deltas = box_ops.batch_slice(
-                [proposals, gt_boxes, gt_labels], one_image, self.batch_size)
+                [proposals, gt_boxes, gt_labels, seeds], one_image, self.batch_size)
         return (tf.stop_gradient(rois), tf.stop_gradient(labels),
                 tf.stop_gradient(deltas))
 
@@ -135,23 +138,31 @@ class FastRCNN:
     # -- losses -----------------------------------------------------------------------
 
     def fast_rcnn_loss(self):
-        """(classification CE, smooth-L1 on the target class's deltas of positives)."""
+        """(classification CE, smooth-L1 on the target class's deltas of positives).
+
+        Means over each image's minibatch, then over images (see RPN.rpn_losses).
+        """
         if self.roi_labels is None:
             raise ValueError("fast_rcnn_loss needs gt_boxes/gt_labels (TRAIN or EVAL)")
+        cfg = self.cfg
+        num_rois = int(self.rois.shape[1])
+        logits = tf.reshape(self.class_logits, [self.batch_size, num_rois, cfg.NUM_CLASS])
+        deltas = tf.reshape(self.box_deltas, [self.batch_size, num_rois, cfg.NUM_CLASS, 4])
         with tf.name_scope("fast_rcnn_loss"):
-            labels = tf.reshape(self.roi_labels, [-1])
-            target_deltas = tf.reshape(self.roi_deltas, [-1, 4])
-            sampled = tf.where(labels >= 0)[:, 0]
-            cls_loss = losses.sparse_softmax_cross_entropy(
-                labels=tf.gather(labels, sampled),
-                logits=tf.gather(self.class_logits, sampled))
-            positive = tf.where(labels > 0)[:, 0]
-            predicted = tf.gather_nd(
-                self.box_deltas,
-                tf.stack([positive, tf.cast(tf.gather(labels, positive), tf.int64)], 1))
-            loc_loss = losses.safe_mean(
-                losses.smooth_l1(predicted, tf.gather(target_deltas, positive)))
-        return cls_loss, loc_loss
+            cls_losses, loc_losses = [], []
+            for b in range(self.batch_size):
+                labels = self.roi_labels[b]
+                sampled = tf.where(labels >= 0)[:, 0]
+                cls_losses.append(losses.sparse_softmax_cross_entropy(
+                    labels=tf.gather(labels, sampled),
+                    logits=tf.gather(logits[b], sampled)))
+                positive = tf.where(labels > 0)[:, 0]
+                class_of_positive = tf.cast(tf.gather(labels, positive), tf.int64)
+                predicted = tf.gather_nd(deltas[b],
+                                         tf.stack([positive, class_of_positive], axis=1))
+                loc_losses.append(losses.safe_mean(losses.smooth_l1(
+                    predicted, tf.gather(self.roi_deltas[b], positive))))
+            return tf.reduce_mean(cls_losses), tf.reduce_mean(loc_losses)
 
     # -- detection --------------------------------------------------------------------
 
@@ -175,7 +186,14 @@ class FastRCNN:
 
 # ------------------------------------------------------------------------ graph helpers
 
-def fast_rcnn_targets(proposals, gt_boxes, gt_labels, cfg, num_rois, sample=True):
+def _shuffle(indices, seed):
+    """A stateless shuffle: the same seed gives the same order on any device/tower."""
+    keys = tf.random.stateless_uniform(tf.shape(indices), seed=seed)
+    return tf.gather(indices, tf.argsort(keys))
+
+
+def fast_rcnn_targets(proposals, gt_boxes, gt_labels, cfg, num_rois, sample=True,
+                      seed=None):
     """Minibatch of ROIs with class and delta targets for one image.
 
     Positives: IoU >= FAST_RCNN_POSITIVE_IOU with a GT; negatives: below it. With
@@ -186,7 +204,11 @@ def fast_rcnn_targets(proposals, gt_boxes, gt_labels, cfg, num_rois, sample=True
     kept in order.
     Returns rois [num_rois, 4] (0-padded), labels int32 [num_rois] (-1 = padding),
     deltas [num_rois, 4] (BBOX_STD_DEV-normalised, 0 for negatives).
+    `seed` (int [2]) drives the sampling; model_fn passes (image id, global step), so
+    the same image at the same step samples the same ROIs in any tower layout.
     """
+    if seed is None:
+        seed = tf.zeros([2], tf.int64)
     proposals, _ = box_ops.trim_zeros(proposals, name="trim_proposals")
     gt_boxes, gt_valid = box_ops.trim_zeros(gt_boxes, name="trim_gt")
     gt_labels = tf.boolean_mask(gt_labels, gt_valid)
@@ -201,11 +223,11 @@ def fast_rcnn_targets(proposals, gt_boxes, gt_labels, cfg, num_rois, sample=True
     negative = tf.where(best_iou < cfg.FAST_RCNN_POSITIVE_IOU)[:, 0]
     if sample:
         max_positive = int(num_rois * cfg.FAST_RCNN_POSITIVE_RATIO)
-        positive = tf.random.shuffle(positive)[:max_positive]
+        positive = _shuffle(positive, seed)[:max_positive]
         negatives_per_positive = int(1.0 / cfg.FAST_RCNN_POSITIVE_RATIO) - 1
         num_negative = tf.minimum(negatives_per_positive * tf.shape(positive)[0],
                                   num_rois - tf.shape(positive)[0])
-        negative = tf.random.shuffle(negative)[:num_negative]
+        negative = _shuffle(negative, seed + tf.constant([0, 1], seed.dtype))[:num_negative]
     else:
         everything = tf.range(tf.shape(proposals, out_type=tf.int64)[0])
         positive = tf.boolean_mask(everything, best_iou >= cfg.FAST_RCNN_POSITIVE_IOU)

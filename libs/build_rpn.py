@@ -85,29 +85,24 @@ class RPN:
         return tf.stop_gradient(proposals), tf.stop_gradient(scores)
 
     def rpn_losses(self):
-        """(classification loss, localisation loss) on the pipeline's anchor minibatch."""
+        """(classification loss, localisation loss) on the pipeline's anchor minibatch.
+
+        Each image's losses are means over its own minibatch, then averaged over the
+        images: every image weighs the same, so N towers x 1 image give the gradients of
+        1 tower x N images (a mean pooled over the batch would weigh images by their
+        number of positives).
+        """
         with tf.name_scope("rpn_losses"):
-            labels = self.rpn_labels
-            sampled = tf.where(labels >= 0)
-            cls_loss = losses.sparse_softmax_cross_entropy(
-                labels=tf.gather_nd(labels, sampled),
-                logits=tf.gather_nd(self.rpn_class_logits, sampled))
-
-            # rpn_bbox holds each image's positives first, in anchor order: pair the
-            # k-th positive anchor of image b with rpn_bbox[b, k].
-            positive = tf.where(tf.equal(labels, 1))
-            predicted = tf.gather_nd(self.rpn_deltas, positive)
-            batch_index = positive[:, 0]
-            rank_in_image = _rank_within_group(batch_index)
-            targets = tf.gather_nd(self.rpn_bbox,
-                                   tf.stack([batch_index, rank_in_image], axis=1))
-            loc_loss = losses.safe_mean(losses.smooth_l1(predicted, targets))
-        return cls_loss, loc_loss
-
-
-def _rank_within_group(sorted_groups):
-    """For a sorted int64 vector of group ids, each element's index inside its group."""
-    positions = tf.range(tf.shape(sorted_groups, out_type=tf.int64)[0])
-    groups, segment_ids = tf.unique(sorted_groups)
-    starts = tf.math.unsorted_segment_min(positions, segment_ids, tf.size(groups))
-    return positions - tf.gather(starts, segment_ids)
+            cls_losses, loc_losses = [], []
+            for b in range(int(self.rpn_labels.shape[0])):
+                labels = self.rpn_labels[b]
+                sampled = tf.where(labels >= 0)[:, 0]
+                cls_losses.append(losses.sparse_softmax_cross_entropy(
+                    labels=tf.gather(labels, sampled),
+                    logits=tf.gather(self.rpn_class_logits[b], sampled)))
+                # rpn_bbox holds the image's positives first, in anchor order.
+                positive = tf.where(tf.equal(labels, 1))[:, 0]
+                predicted = tf.gather(self.rpn_deltas[b], positive)
+                targets = self.rpn_bbox[b, :tf.shape(positive)[0]]
+                loc_losses.append(losses.safe_mean(losses.smooth_l1(predicted, targets)))
+            return tf.reduce_mean(cls_losses), tf.reduce_mean(loc_losses)

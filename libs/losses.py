@@ -35,4 +35,4 @@ def l2_regularisation(variables, weight_decay):
         terms.append(tf.nn.l2_loss(var) * (weight_decay / size))
     if not terms:
         return tf.constant(0.0)
-    return tf.add_n(terms, name="l2_regularisation")
+    return tf.add_n(terms, name="l2_sum")

@@ -27,9 +27,16 @@ EVAL = tf.estimator.ModeKeys.EVAL
 PREDICT = tf.estimator.ModeKeys.PREDICT
 
 
-def make_pyramid_fn(cfg, mode):
-    """images (mean-subtracted) -> P2..P6, one set of weights for every call."""
-    bn_training = bool(cfg.TRAIN_BATCH_NORM) and mode == TRAIN
+def make_pyramid_fn(cfg, mode, reference_branch=False):
+    """images (mean-subtracted) -> P2..P6, one set of weights for every call.
+
+    With TRAIN_BATCH_NORM the query branch trains batch norm, but the reference branch
+    always normalises with the moving statistics and never updates them: its
+    prototypes are then computed the same way in training and at inference (batch
+    statistics of a few reference crops would give other prototypes than the moving
+    averages used at export). With frozen batch norm (the notebook) both are the same.
+    """
+    bn_training = bool(cfg.TRAIN_BATCH_NORM) and mode == TRAIN and not reference_branch
 
     def pyramid_fn(images):
         share_net = backbones.build_backbone(cfg.NET_NAME, images, is_training=bn_training,
@@ -41,7 +48,10 @@ def make_pyramid_fn(cfg, mode):
 
 
 def build_prototypes_from_params(params, pyramid_fn, cfg):
-    """Prototypes from precomputed values (export) or from reference images."""
+    """Prototypes from precomputed values (export) or from reference images.
+
+    `pyramid_fn` is the reference branch's: make_pyramid_fn(..., reference_branch=True).
+    """
     if cfg.CLASSIFIER != "comparison":
         return None
     if params.get("prototypes") is not None:
@@ -58,6 +68,14 @@ def build_prototypes_from_params(params, pyramid_fn, cfg):
                                       pyramid_fn, cfg)
 
 
+def sampling_seeds(features, cfg):
+    """Per-image [B, 2] seeds (SEED * 2^20 + image id, global step) for ROI sampling."""
+    image_ids = tf.cast(features["image_id"], tf.int64)
+    step = tf.cast(tf.train.get_or_create_global_step(), tf.int64)
+    first = image_ids + tf.constant(cfg.SEED * (1 << 20), tf.int64)
+    return tf.stack([first, tf.fill(tf.shape(image_ids), step)], axis=1)
+
+
 def detector_graph(features, labels, mode, params):
     """Builds the detector; returns a dict of its tensors (shared by model_fn and tests)."""
     cfg = params["net_config"]
@@ -70,10 +88,12 @@ def detector_graph(features, labels, mode, params):
                         image_window=window, rpn_labels=labels.get("rpn_labels"),
                         rpn_bbox=labels.get("rpn_bbox"))
     proposals, proposal_scores = rpn.rpn_proposals()
-    prototypes = build_prototypes_from_params(params, pyramid_fn, cfg)
+    prototypes = build_prototypes_from_params(
+        params, make_pyramid_fn(cfg, mode, reference_branch=True), cfg)
     frcnn = build_fast_rcnn.FastRCNN(pyramid, proposals, prototypes, window, cfg, mode,
                                      gt_boxes=labels.get("gt_boxes"),
-                                     gt_labels=labels.get("gt_labels"))
+                                     gt_labels=labels.get("gt_labels"),
+                                     sampling_seeds=sampling_seeds(features, cfg))
     return {"pyramid": pyramid, "rpn": rpn, "proposals": proposals,
             "proposal_scores": proposal_scores, "prototypes": prototypes,
             "fast_rcnn": frcnn}
@@ -85,7 +105,7 @@ def total_loss(graph, cfg):
     frcnn_cls, frcnn_loc = graph["fast_rcnn"].fast_rcnn_loss()
     l2 = losses.l2_regularisation(tf.trainable_variables(), cfg.WEIGHT_DECAY)
     total = tf.add_n([l2, cfg.FRCNN_CLS_LOSS_WEIGHT * frcnn_cls, frcnn_loc,
-                      rpn_cls, rpn_loc], name="total_loss")
+                      rpn_cls, rpn_loc], name="sum_of_losses")
     parts = {"rpn/cls_loss": rpn_cls, "rpn/loc_loss": rpn_loc,
              "fast_rcnn/cls_loss": frcnn_cls, "fast_rcnn/loc_loss": frcnn_loc,
              "l2_regularisation": l2}
@@ -95,10 +115,11 @@ def total_loss(graph, cfg):
 def learning_rate(cfg, global_step):
     """LR, LR/10, LR/100 ... switching at BOUNDARY (steps)."""
     if not cfg.BOUNDARY:
-        return tf.constant(cfg.LR, tf.float32, name="learning_rate")
+        return tf.constant(cfg.LR, tf.float32, name="piecewise_lr")
+    # Op names differ from the summary tags so TensorBoard shows the tags unsuffixed.
     return tf.train.piecewise_constant(global_step, [int(b) for b in cfg.BOUNDARY],
                                        [float(v) for v in cfg.LR_VALUES],
-                                       name="learning_rate")
+                                       name="piecewise_lr")
 
 
 def build_train_op(loss, cfg, update_ops):

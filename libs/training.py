@@ -74,9 +74,24 @@ def apply_dataset_info(cfg, class_names, num_train_images):
     return cfg
 
 
+def session_config(num_cpu_devices=1):
+    """The ConfigProto of every session the project opens.
+
+    Without a GPU, grappler's memory optimizer (GPU swapping/recomputation) has nothing
+    to gain, and its cost model prints a multi-line "Error in PredictCost()" warning
+    for every crop_and_resize with a dynamic box count, burying the training log.
+    """
+    from tensorflow.core.protobuf import rewriter_config_pb2
+    config = tf.ConfigProto(allow_soft_placement=True,
+                            device_count={"CPU": max(1, num_cpu_devices)})
+    if not tf.config.list_physical_devices("GPU"):
+        config.graph_options.rewrite_options.memory_optimization = \
+            rewriter_config_pb2.RewriterConfig.OFF
+    return config
+
+
 def make_run_config(cfg, model_dir, strategy=None, num_cpu_devices=1):
-    session_config = tf.ConfigProto(allow_soft_placement=True,
-                                    device_count={"CPU": max(1, num_cpu_devices)})
+    session_config_proto = session_config(num_cpu_devices)
     return tf.estimator.RunConfig(
         model_dir=model_dir,
         tf_random_seed=cfg.SEED,
@@ -84,17 +99,18 @@ def make_run_config(cfg, model_dir, strategy=None, num_cpu_devices=1):
         save_summary_steps=cfg.SAVE_SUMMARY_STEPS,
         keep_checkpoint_max=cfg.KEEP_CHECKPOINT_MAX,
         log_step_count_steps=cfg.LOG_EVERY_N_STEPS,
-        session_config=session_config,
+        session_config=session_config_proto,
         train_distribute=strategy)
 
 
-def make_estimator(cfg, model_dir, params, distribute=True):
+def make_estimator(cfg, model_dir, params, distribute=True, warm_start_from=None):
     """The Estimator of `cfg` writing to `model_dir`; towers when distribute is True."""
     strategy, devices = make_strategy(cfg) if distribute else (None, ["/cpu:0"])
     cpu_devices = len(devices) if devices[0].startswith("/cpu") else 1
     run_config = make_run_config(cfg, model_dir, strategy, cpu_devices)
     params = dict(params, net_config=cfg)
-    return tf.estimator.Estimator(model_fn=model_fn, config=run_config, params=params)
+    return tf.estimator.Estimator(model_fn=model_fn, config=run_config, params=params,
+                                  warm_start_from=warm_start_from)
 
 
 def describe_start(cfg, model_dir):

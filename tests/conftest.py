@@ -5,3 +5,33 @@ import sys
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory):
+    """Generated sample dataset, converted, with references: the tiny config's inputs.
+
+    Returns a dict with data_dir, reference_dir, voc_dir and the class names.
+    """
+    from data.io import convert, reference_set
+    from data.sample.generate import generate_voc_dataset
+
+    root = tmp_path_factory.mktemp("sample")
+    voc = root / "voc"
+    generate_voc_dataset(str(voc), num_train=8, num_val=4, seed=0)
+    data_dir = root / "data"
+    for split in ("train", "val"):
+        convert.convert_dataset("voc", str(voc / "JPEGImages"), str(voc / "Annotations"),
+                                str(data_dir),
+                                split_file=str(voc / "ImageSets" / "Main" / f"{split}.txt"),
+                                progress_every_seconds=1e9)
+    images, classes = convert.read_annotations(
+        "voc", str(voc / "JPEGImages"), str(voc / "Annotations"),
+        split_file=str(voc / "ImageSets" / "Main" / "train.txt"))
+    refs = root / "references"
+    reference_set.crop_references(images, str(refs), per_class=3)
+    return {"data_dir": str(data_dir), "reference_dir": str(refs), "voc_dir": str(voc),
+            "class_names": classes}

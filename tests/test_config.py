@@ -58,7 +58,7 @@ def test_derived_values_computed_in_one_place():
 
 def test_tiny_config_inherits_and_overrides():
     cfg = load_config(TINY)
-    assert cfg.NET_NAME == "tiny_resnet" and cfg.TARGET_SIDE == 128
+    assert cfg.NET_NAME == "tiny_resnet_gn" and cfg.TARGET_SIDE == 128
     assert cfg.BBOX_STD_DEV == [0.13, 0.13, 0.27, 0.26]   # inherited
     assert cfg.NUM_GPUS == 1 and cfg.BACKBONE_SHAPES[-1] == [2, 2]
 

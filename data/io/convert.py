@@ -589,18 +589,6 @@ def load_and_clean(image, known_classes, report):
 # Conversion
 # ---------------------------------------------------------------------------------------
 
-def shard_name(split, index, num_shards):
-    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
-
-
-def _is_shard_of(name, split):
-    prefix = f"{split}-"
-    if not (name.startswith(prefix) and name.endswith(".tfrecord")):
-        return False
-    parts = name[len(prefix):-len(".tfrecord")].split("-of-")
-    return len(parts) == 2 and all(part.isdigit() for part in parts)
-
-
 def default_split(split_file):
     return _stem(split_file) if split_file else "train"
 
@@ -657,7 +645,7 @@ def convert_dataset(fmt, image_dir, annotations, output_dir, split_file=None, sp
     if existing is not None:
         logging.info("reusing the class ids of %s: %s", map_path, labels.class_names)
 
-    names = [shard_name(split, i, num_shards) for i in range(num_shards)]
+    names = [tfrecord_format.shard_name(split, i, num_shards) for i in range(num_shards)]
     pending = [PendingFile(os.path.join(output_dir, name)) for name in names]
     writers = []
     images_written = objects_written = 0
@@ -705,7 +693,7 @@ def convert_dataset(fmt, image_dir, annotations, output_dir, split_file=None, sp
     # The new shards are in place: drop shards of an earlier conversion of this split
     # that were not overwritten, then publish the label map.
     for name in sorted(os.listdir(output_dir)):
-        if _is_shard_of(name, split) and name not in names:
+        if tfrecord_format.is_shard_of(name, split) and name not in names:
             os.remove(os.path.join(output_dir, name))
             logging.info("removed %s (left from an earlier conversion of %s)", name, split)
     labels = labels.with_split(split, images_written, objects_written, names)

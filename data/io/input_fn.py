@@ -41,7 +41,8 @@ def tfrecord_files(data_dir, split):
     if not os.path.isdir(data_dir):
         raise DataError(f"data dir {data_dir} does not exist: convert a dataset first "
                         f"(tools/convert_to_tfrecord.py --output_dir {data_dir})")
-    files = sorted(tf.io.gfile.glob(os.path.join(data_dir, f"{split}-*.tfrecord")))
+    files = sorted(os.path.join(data_dir, name) for name in tf.io.gfile.listdir(data_dir)
+                   if tfrecord_format.is_shard_of(name, split))
     if not files:
         raise DataError(f"no {split}-*.tfrecord files in {data_dir}: convert the "
                         f"'{split}' split first")

@@ -189,3 +189,18 @@ def decode_example(serialized):
         "class_texts": list(feature[TEXT].bytes_list.value),
         "difficult": difficult,
     }
+
+
+def shard_name(split, index, num_shards):
+    """`<split>-00000-of-00004.tfrecord`: the one naming rule for shard files."""
+    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def is_shard_of(name, split):
+    """True for `<split>-NNNNN-of-NNNNN.tfrecord` exactly (not `<split>-backup.tfrecord`,
+    nor the shards of a split whose name merely starts with `<split>-`)."""
+    prefix = f"{split}-"
+    if not (name.startswith(prefix) and name.endswith(".tfrecord")):
+        return False
+    parts = name[len(prefix):-len(".tfrecord")].split("-of-")
+    return len(parts) == 2 and all(part.isdigit() for part in parts)

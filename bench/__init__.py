@@ -1,0 +1,1 @@
+"""Benchmarks: commands that produce the figures quoted in docs/."""
