@@ -88,6 +88,7 @@ def detector_graph(features, labels, mode, params):
                         image_window=window, rpn_labels=labels.get("rpn_labels"),
                         rpn_bbox=labels.get("rpn_bbox"))
     proposals, proposal_scores = rpn.rpn_proposals()
+    proposals = tf.identity(proposals, name="proposals")   # named for benchmarks/tests
     prototypes = build_prototypes_from_params(
         params, make_pyramid_fn(cfg, mode, reference_branch=True), cfg)
     frcnn = build_fast_rcnn.FastRCNN(pyramid, proposals, prototypes, window, cfg, mode,

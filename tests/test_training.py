@@ -197,8 +197,8 @@ def _event_tags(model_dir):
 
 
 LEARN_STEPS = 800
-# "Most objects": measured 0.79 for both classifiers at 700 steps on this fixture.
-MIN_FOUND = 0.6
+# "Most objects": measured 1.00 (comparison) and 0.89 (fc) of the train objects here.
+MIN_FOUND = 0.75
 
 
 @pytest.mark.parametrize("classifier, head_bn", [("comparison", True), ("fc", False)])
