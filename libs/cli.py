@@ -22,6 +22,29 @@ def parse_overrides(items):
     return overrides
 
 
+def run_tool(define_flags, main):
+    """Defines a tool's flags, then runs main under absl.
+
+    Flags are defined at run time, not at import, so that importing several tools in
+    one process (tests, console scripts) never clashes on the flag names they share.
+    """
+    from absl import app
+    define_flags()
+    app.run(main)
+
+
+def define_annotation_flags(split_help):
+    """--format, --image_dir, --annotations, --split_file: where annotations come from."""
+    from absl import flags
+
+    from data.io import convert
+    flags.DEFINE_enum("format", None, list(convert.FORMATS), "Annotation format.")
+    flags.DEFINE_string("image_dir", None, "Folder of the images.")
+    flags.DEFINE_string("annotations", None,
+                        "VOC: the folder of XML files. COCO: the JSON file.")
+    flags.DEFINE_string("split_file", None, split_help)
+
+
 def load_config_from_flags(cfg_path, set_items=()):
     return load_config(cfg_path, parse_overrides(set_items))
 

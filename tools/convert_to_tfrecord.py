@@ -17,21 +17,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 from data.io import convert  # noqa: E402  (no TensorFlow import until records are written)
+from libs import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags():
-    flags.DEFINE_enum("format", None, list(convert.FORMATS), "Annotation format.")
-    flags.DEFINE_string("image_dir", None, "Folder of the images.")
-    flags.DEFINE_string("annotations", None,
-                        "VOC: the folder of XML files. COCO: the JSON file.")
-    flags.DEFINE_string("split_file", None,
-                        "Optional list of image ids (VOC: file stems; COCO: file names "
-                        "or ids), one per line, e.g. ImageSets/Main/train.txt.")
+    cli.define_annotation_flags(
+        "Optional list of image ids (VOC: file stems; COCO: file names "
+        "or ids), one per line, e.g. ImageSets/Main/train.txt.")
     flags.DEFINE_string("split", None, "Split name, the prefix of the shard files "
                         "(default: the split file's base name, else 'train').")
     flags.DEFINE_string("output_dir", None, "Where the .tfrecord shards and "
@@ -66,10 +63,7 @@ def main(argv):
 
 
 def run():
-    # Flags are defined here, not at import, so that importing several tools in one
-    # process (tests, console scripts) never clashes on the flag names they share.
-    _define_flags()
-    app.run(main)
+    cli.run_tool(_define_flags, main)
 
 
 if __name__ == "__main__":

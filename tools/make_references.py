@@ -14,19 +14,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from data.io import convert, reference_set  # noqa: E402
+from libs import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags():
-    flags.DEFINE_enum("format", None, list(convert.FORMATS), "Annotation format.")
-    flags.DEFINE_string("image_dir", None, "Folder of the images.")
-    flags.DEFINE_string("annotations", None,
-                        "VOC: the folder of XML files. COCO: the JSON file.")
-    flags.DEFINE_string("split_file", None, "Optional list of image ids to crop from.")
+    cli.define_annotation_flags("Optional list of image ids to crop from.")
     flags.DEFINE_string("output_dir", None, "The reference dir: one folder per class.")
     flags.DEFINE_integer("per_class", None, "References to crop per class.")
     flags.DEFINE_float("margin", 0.1, "Context added on each side of a box, as a "
@@ -60,10 +57,7 @@ def main(argv):
 
 
 def run():
-    # Flags are defined here, not at import, so that importing several tools in one
-    # process never clashes on the flag names they share.
-    _define_flags()
-    app.run(main)
+    cli.run_tool(_define_flags, main)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -51,8 +51,8 @@ def _train():
 
 
 def run():
-    _define_flags()
-    app.run(main)
+    from libs import cli
+    cli.run_tool(_define_flags, main)
 
 
 if __name__ == "__main__":

@@ -194,11 +194,8 @@ def main(argv):
 
 
 def run():
-    from absl import app
-    # Flags are defined here rather than at import, so importing the generator from
-    # tests or other tools never clashes with their own --out_dir.
-    _define_flags()
-    app.run(main)
+    from libs import cli
+    cli.run_tool(_define_flags, main)
 
 
 if __name__ == "__main__":
