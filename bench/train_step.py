@@ -42,8 +42,8 @@ def main(argv):
 
         def before_run(self, run_context):
             self._start = time.perf_counter()
-            # the first tower's proposals (model_fn names them "proposals")
-            proposals = tf.get_default_graph().get_tensor_by_name("proposals:0")
+            # the first tower's proposals (model_fn names them "rpn_proposal_boxes")
+            proposals = tf.get_default_graph().get_tensor_by_name("rpn_proposal_boxes:0")
             return tf.train.SessionRunArgs({"proposals": proposals})
 
         def after_run(self, run_context, run_values):

@@ -88,7 +88,9 @@ def detector_graph(features, labels, mode, params):
                         image_window=window, rpn_labels=labels.get("rpn_labels"),
                         rpn_bbox=labels.get("rpn_bbox"))
     proposals, proposal_scores = rpn.rpn_proposals()
-    proposals = tf.identity(proposals, name="proposals")   # named for benchmarks/tests
+    # Named for benchmarks; not "proposals", which would push the image summary of that
+    # name to "proposals_1".
+    proposals = tf.identity(proposals, name="rpn_proposal_boxes")
     prototypes = build_prototypes_from_params(
         params, make_pyramid_fn(cfg, mode, reference_branch=True), cfg)
     frcnn = build_fast_rcnn.FastRCNN(pyramid, proposals, prototypes, window, cfg, mode,
