@@ -23,7 +23,8 @@ test: venv
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
 # The main job end to end on generated sample data: generate -> convert -> crop
-# references -> train the tiny CPU config (a full 40-epoch schedule, about 2 minutes).
+# references -> train the tiny CPU config (a full 40-epoch schedule, about 2 minutes)
+# -> evaluate it on the val split (VOC / COCO table).
 # Checkpoints and TensorBoard events land in output/tiny_cpu (tensorboard --logdir output/).
 demo: venv
 	$(PY) -m data.sample.generate --out_dir $(SAMPLE)/voc
@@ -38,6 +39,7 @@ demo: venv
 	    --split_file $(SAMPLE)/voc/ImageSets/Main/train.txt \
 	    --output_dir $(SAMPLE)/references --per_class 3
 	$(PY) tools/train.py --cfg cfgs/tiny_cpu.py
+	$(PY) tools/eval.py --cfg cfgs/tiny_cpu.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -197,6 +197,22 @@ def predictions_from_detections(detections, features):
     }
 
 
+def detection_metric_ops(detections, features, labels, params):
+    """VOC and COCO metrics (libs.metrics) of EVAL detections, in original pixels."""
+    from libs import metrics
+    if "eval_gt_boxes" not in labels or not params.get("class_names"):
+        return {}
+    predictions = predictions_from_detections(detections, features)
+    original = tf.concat([predictions["predict_bbox"],
+                          predictions["predict_scores"][..., tf.newaxis],
+                          tf.cast(predictions["predict_class_id"], tf.float32)[..., tf.newaxis]],
+                         axis=-1)
+    return metrics.eval_metric_ops(original, labels["eval_gt_boxes"],
+                                   labels["eval_gt_labels"], labels["eval_gt_difficult"],
+                                   features["image_id"], num_gt=labels["eval_num_gt"],
+                                   class_names=list(params["class_names"]))
+
+
 def model_fn(features, labels, mode, params):
     cfg = params["net_config"]
     # Under a distribution strategy model_fn runs once per tower: note which
@@ -214,11 +230,10 @@ def model_fn(features, labels, mode, params):
 
     loss, parts = total_loss(graph, cfg)
     if mode == EVAL:
+        # Its own low score threshold: AP needs the low-score tail of the ranking.
         detections = frcnn.fast_rcnn_detection(cfg.EVAL_SCORE_THRESHOLD)
         metric_ops = {name: tf.metrics.mean(value) for name, value in parts.items()}
-        metric_fn = params.get("eval_metric_fn")
-        if metric_fn is not None:
-            metric_ops.update(metric_fn(detections, features, labels))
+        metric_ops.update(detection_metric_ops(detections, features, labels, params))
         return tf.estimator.EstimatorSpec(mode, loss=loss, eval_metric_ops=metric_ops)
 
     if cfg.CHECKPOINT_DIR:

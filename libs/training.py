@@ -187,3 +187,51 @@ def train(run, max_steps=None, distribute=True, hooks=None):
     input_fn = make_input_fn(cfg, TRAIN_MODE, data_dir=run.data_dir)
     estimator.train(input_fn, max_steps=max_steps, hooks=hooks)
     return estimator.get_variable_value("global_step")
+
+
+def resolve_checkpoint(model_dir, checkpoint=None):
+    """The checkpoint to use: `checkpoint` if given, else the latest in model_dir."""
+    if checkpoint:
+        if not tf.io.gfile.exists(checkpoint + ".index"):
+            raise TrainingError(f"--checkpoint {checkpoint}: no such checkpoint "
+                                f"({checkpoint}.index is missing)")
+        return checkpoint
+    latest = tf.train.latest_checkpoint(model_dir) if os.path.isdir(model_dir) else None
+    if latest is None:
+        raise TrainingError(f"no checkpoint in {model_dir}: train first, or pass "
+                            f"--checkpoint")
+    return latest
+
+
+class _ProgressHook(tf.train.SessionRunHook):
+    """Counts evaluated images (batches of one) on a Progress line."""
+
+    def __init__(self, progress):
+        self.progress = progress
+
+    def after_run(self, run_context, run_values):
+        self.progress.update()
+
+
+def evaluate(run, checkpoint=None, split=None):
+    """Evaluates a checkpoint on a TFRecord split; returns (results dict, checkpoint).
+
+    results holds the losses and every metric of libs.metrics (VOC AP@0.5 per class and
+    mAP, COCO mAP / AP50 / AP75 / AR@100) plus global_step.
+    """
+    from data.io.input_fn import EVAL as EVAL_MODE
+    from data.io.input_fn import make_input_fn
+    from data.io.label_map import read_label_map
+    from libs.io_utils import Progress
+
+    cfg = run.cfg
+    split = split or cfg.EVAL_SPLIT
+    checkpoint = resolve_checkpoint(run.model_dir, checkpoint)
+    total = read_label_map(run.data_dir).splits.get(split, {}).get("num_images")
+    estimator = make_estimator(cfg, run.model_dir, run.params, distribute=False)
+    input_fn = make_input_fn(cfg, EVAL_MODE, data_dir=run.data_dir, split=split)
+    with Progress(total, f"evaluating {split}") as progress:
+        results = estimator.evaluate(input_fn, checkpoint_path=checkpoint,
+                                     hooks=[_ProgressHook(progress)], name=split)
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in results.items()}, \
+        checkpoint

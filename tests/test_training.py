@@ -225,6 +225,16 @@ def test_tiny_detector_learns_the_sample_objects(sample_data, tmp_path, classifi
             "learning_rate", "total_loss", "l2_regularisation"} <= scalars
     assert {"gt/image/0", "proposals/image/0", "detections/image/0"} <= images
 
+    # EVAL mode: the detection metrics agree with what was found above
+    results, checkpoint = training.evaluate(run, split="train")
+    assert checkpoint.endswith(f"model.ckpt-{LEARN_STEPS}")
+    assert results["global_step"] == LEARN_STEPS
+    assert results["voc/mAP@0.5"] >= 0.6, results
+    assert 0 < results["coco/mAP"] <= results["coco/AP50"] <= 1
+    assert 0 < results["coco/AR@100"] <= 1
+    for name in ("rpn/cls_loss", "fast_rcnn/cls_loss", "loss"):
+        assert np.isfinite(results[name])
+
     # a rerun resumes from the run directory's checkpoint and continues the step count
     assert "resuming" in training.describe_start(cfg, model_dir)
     assert f"step {LEARN_STEPS}" in training.describe_start(cfg, model_dir)
@@ -251,11 +261,27 @@ def test_train_cli_reports_bad_input_in_one_line(tmp_path, sample_data):
     assert "norefs" in result.stderr.strip().splitlines()[-1]
 
 
-def test_train_cli_runs_and_writes_checkpoints(tmp_path, sample_data):
+def test_train_and_eval_cli_run_and_write_their_outputs(tmp_path, sample_data):
     model_dir = str(tmp_path / "run")
-    result = _train_cli("--cfg", TINY, "--data_dir", sample_data["data_dir"],
-                        "--reference_dir", sample_data["reference_dir"],
-                        "--model_dir", model_dir, "--max_steps", "3")
+    common = ["--cfg", TINY, "--data_dir", sample_data["data_dir"],
+              "--reference_dir", sample_data["reference_dir"], "--model_dir", model_dir]
+    result = _train_cli(*common, "--max_steps", "3")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "from scratch" in result.stderr
     assert tf.train.latest_checkpoint(model_dir).endswith("model.ckpt-3")
+
+    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "eval.py"),
+                             *common], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "VOC mAP@0.5" in result.stdout and "COCO mAP@[.5:.95]" in result.stdout
+    assert "evaluating val: 4/4" in result.stderr            # progress, with the total
+    report_path = os.path.join(model_dir, "model.ckpt-3.eval_val.json")
+    with open(report_path) as handle:
+        report = json.load(handle)
+    assert report["split"] == "val" and "voc/mAP@0.5" in report["results"]
+
+    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "eval.py"),
+                             *common, "--checkpoint", str(tmp_path / "nope")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "no such checkpoint" in result.stderr.strip().splitlines()[-1]

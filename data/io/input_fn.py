@@ -14,6 +14,11 @@ labels (TRAIN and EVAL):
     gt_labels      int32   [B, MAX]      1..NUM_CLASS-1, 0 = padding
     rpn_labels     int32   [B, A]        1 positive, 0 negative, -1 ignored
     rpn_bbox       float32 [B, RPN_MINIBATCH_SIZE, 4]
+labels (EVAL only, for the metrics: every GT, unfiltered, in ORIGINAL pixels):
+    eval_gt_boxes      float32 [B, EVAL_MAX_GT, 4]  zero-padded
+    eval_gt_labels     int32   [B, EVAL_MAX_GT]     0 = padding
+    eval_gt_difficult  int32   [B, EVAL_MAX_GT]     1 = VOC difficult / COCO crowd
+    eval_num_gt        int32   [B]
 
 Randomness (shuffle, flip, GT order, RPN sampling) is drawn from stateless ops seeded by
 (cfg.SEED, element index), so a run is reproducible whatever the map's parallelism.
@@ -26,6 +31,10 @@ from libs.box_utils.anchors import config_anchors
 from libs.tf_compat import tf
 
 from data.io import preprocessing, rpn_targets, tfrecord_format
+
+# Ground truth kept per image for evaluation (more objects than this: an error, never a
+# silent truncation of the recall denominator).
+EVAL_MAX_GT = 1000
 
 TRAIN = tf.estimator.ModeKeys.TRAIN
 EVAL = tf.estimator.ModeKeys.EVAL
@@ -65,6 +74,19 @@ def preprocess_record(cfg, record, mode, index, anchors):
         features.update(image=image, image_window=window)
         return features
 
+    if mode == EVAL:
+        num_gt = tf.shape(record["boxes"])[0]
+        check = tf.debugging.assert_less_equal(
+            num_gt, EVAL_MAX_GT, message=f"an image has more than {EVAL_MAX_GT} objects")
+        with tf.control_dependencies([check]):
+            eval_gt = {
+                "eval_gt_boxes": preprocessing.pad_or_truncate(record["boxes"], EVAL_MAX_GT),
+                "eval_gt_labels": preprocessing.pad_or_truncate(
+                    tf.cast(record["labels"], tf.int32), EVAL_MAX_GT),
+                "eval_gt_difficult": preprocessing.pad_or_truncate(
+                    tf.cast(record["difficult"], tf.int32), EVAL_MAX_GT),
+                "eval_num_gt": tf.identity(num_gt),
+            }
     boxes = preprocessing.transform_boxes(record["boxes"], window, scale)
     labels = tf.cast(record["labels"], tf.int32)
     if mode == TRAIN and cfg.FLIP_HORIZONTAL:
@@ -92,6 +114,8 @@ def preprocess_record(cfg, record, mode, index, anchors):
         "rpn_labels": rpn_labels,
         "rpn_bbox": rpn_bbox,
     }
+    if mode == EVAL:
+        targets.update(eval_gt)
     return features, targets
 
 

@@ -1,0 +1,67 @@
+"""Evaluates a trained Comparison Detector on a TFRecord split.
+
+    python tools/eval.py --cfg cfgs/tiny_cpu.py                 # latest checkpoint
+    python tools/eval.py --cfg cfgs/tiny_cpu.py --checkpoint output/tiny_cpu/model.ckpt-960
+
+Prints a per-class table (VOC AP@0.5) and the COCO figures (pycocotools: mAP@[.5:.95],
+AP50, AP75, AR@100), and writes the JSON report `<checkpoint>.eval_<split>.json` beside
+the checkpoint. The same metrics appear in TensorBoard under `eval_<split>/`.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+    flags.DEFINE_string("cfg", None, "Config file, e.g. cfgs/tiny_cpu.py.")
+    flags.DEFINE_string("data_dir", None, "TFRecords + label_map.json (default: DATA_DIR).")
+    flags.DEFINE_string("reference_dir", None, "Reference set (default: REFERENCE_DIR).")
+    flags.DEFINE_string("model_dir", None, "Run directory (default: MODEL_DIR).")
+    flags.DEFINE_string("checkpoint", None, "A checkpoint prefix (default: the latest "
+                        "in the run directory).")
+    flags.DEFINE_string("split", None, "Split to evaluate (default: EVAL_SPLIT).")
+    flags.DEFINE_multi_string("set", [], "Config override FIELD=VALUE.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {' '.join(argv[1:])}", file=sys.stderr)
+        return 2
+    if not FLAGS.cfg:
+        print("error: --cfg is required (e.g. --cfg cfgs/tiny_cpu.py)", file=sys.stderr)
+        return 2
+    from libs import cli
+    return cli.guarded(_evaluate)
+
+
+def _evaluate():
+    from libs import cli, metrics, training
+    from libs.io_utils import atomic_write
+    cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
+    run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir)
+    split = FLAGS.split or cfg.EVAL_SPLIT
+    results, checkpoint = training.evaluate(run, FLAGS.checkpoint, split)
+    print(f"checkpoint {checkpoint} (step {results.get('global_step')}), split {split}")
+    print(metrics.format_table(results, run.class_names))
+    report = f"{checkpoint}.eval_{split}.json"
+    with atomic_write(report, "w") as handle:
+        json.dump({"checkpoint": checkpoint, "split": split, "config": cfg.NAME,
+                   "results": results}, handle, indent=2, sort_keys=True,
+                  default=float)
+        handle.write("\n")
+    print(f"report: {report}")
+
+
+def run():
+    from libs import cli
+    cli.run_tool(_define_flags, main)
+
+
+if __name__ == "__main__":
+    run()
