@@ -25,6 +25,9 @@ RES101 = os.path.join(REPO_ROOT, "cfgs", "res101_fewshot.py")
 FEATURE_KEYS = {"image", "image_window", "image_scale", "original_size", "image_id",
                 "filename"}
 LABEL_KEYS = {"gt_boxes", "gt_labels", "rpn_labels", "rpn_bbox"}
+# EVAL also carries every GT in original pixels for the metrics
+EVAL_LABEL_KEYS = LABEL_KEYS | {"eval_gt_boxes", "eval_gt_labels", "eval_gt_difficult",
+                                "eval_num_gt"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -136,7 +139,7 @@ def test_eval_round_trip_matches_annotations(sample):
                             expect_end=True)
     shapes_seen = set()
     for position, (features, labels) in enumerate(elements):
-        assert set(features) == FEATURE_KEYS and set(labels) == LABEL_KEYS
+        assert set(features) == FEATURE_KEYS and set(labels) == EVAL_LABEL_KEYS
         stem = os.path.splitext(features["filename"][0].decode())[0]
         # EVAL reads the split once in file order: VOC ids are the sorted positions.
         assert stem == info["train"][position]
@@ -165,6 +168,14 @@ def test_eval_round_trip_matches_annotations(sample):
         objects = info["objects"][stem]
         boxes = np.array([[b[1], b[0], b[3], b[2]] for _, b in objects], np.float64)
         names = np.array([class_ids[name] for name, _ in objects])
+        # metrics' ground truth: every object, original pixels, unfiltered, not difficult
+        num = len(objects)
+        assert labels["eval_num_gt"][0] == num
+        np.testing.assert_allclose(labels["eval_gt_boxes"][0, :num], boxes, atol=1e-4)
+        np.testing.assert_array_equal(labels["eval_gt_labels"][0, :num], names)
+        assert not labels["eval_gt_difficult"][0].any()
+        assert not labels["eval_gt_boxes"][0, num:].any()
+        assert not labels["eval_gt_labels"][0, num:].any()
         want = expected_boxes(boxes, window, scale)
         keep = np.minimum(want[:, 2] - want[:, 0], want[:, 3] - want[:, 1]) >= cfg.MIN_GT_SIZE
         want, names = want[keep], names[keep]
