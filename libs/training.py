@@ -235,3 +235,31 @@ def evaluate(run, checkpoint=None, split=None):
                                      hooks=[_ProgressHook(progress)], name=split)
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in results.items()}, \
         checkpoint
+
+
+def train_and_evaluate(run, max_steps=None, split=None, throttle_secs=0):
+    """Trains like `train` and evaluates every new checkpoint on `split`.
+
+    tf.estimator.train_and_evaluate: the metrics (VOC/COCO) land in
+    `<model_dir>/eval_<split>/` so TensorBoard draws the mAP curve beside the losses.
+    Evaluation runs without a distribution strategy (its metrics accumulate in Python).
+    Returns the last evaluation's results.
+    """
+    from data.io.input_fn import EVAL as EVAL_MODE
+    from data.io.input_fn import TRAIN as TRAIN_MODE
+    from data.io.input_fn import make_input_fn
+
+    cfg = run.cfg
+    split = split or cfg.EVAL_SPLIT
+    max_steps = int(max_steps or cfg.MAX_STEPS)
+    logging.info("%s", describe_start(cfg, run.model_dir))
+    logging.info("evaluating each new checkpoint on '%s' (every %d steps)", split,
+                 cfg.SAVE_CHECKPOINTS_STEPS)
+    estimator = make_estimator(cfg, run.model_dir, run.params)
+    train_spec = tf.estimator.TrainSpec(
+        make_input_fn(cfg, TRAIN_MODE, data_dir=run.data_dir), max_steps=max_steps)
+    eval_spec = tf.estimator.EvalSpec(
+        make_input_fn(cfg, EVAL_MODE, data_dir=run.data_dir, split=split),
+        steps=None, name=split, start_delay_secs=0, throttle_secs=throttle_secs)
+    results, _ = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
+    return results

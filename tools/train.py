@@ -2,6 +2,7 @@
 
     python tools/train.py --cfg cfgs/res101_fewshot.py
     python tools/train.py --cfg cfgs/tiny_cpu.py --max_steps 200
+    python tools/train.py --cfg cfgs/tiny_cpu.py --eval      # + mAP of each checkpoint
     tensorboard --logdir output/
 
 Data, references and the run directory default to the config's DATA_DIR, REFERENCE_DIR
@@ -26,6 +27,8 @@ def _define_flags():
     flags.DEFINE_string("model_dir", None, "Run directory (default: MODEL_DIR).")
     flags.DEFINE_integer("max_steps", None, "Stop at this global step "
                          "(default: EPOCH epochs of the training split).")
+    flags.DEFINE_bool("eval", False, "Evaluate every new checkpoint on EVAL_SPLIT while "
+                      "training (mAP curves in TensorBoard under eval_<split>/).")
     flags.DEFINE_multi_string("set", [], "Config override FIELD=VALUE (Python literal), "
                               "repeatable, e.g. --set LR=0.01.")
 
@@ -45,7 +48,14 @@ def _train():
     from libs import cli, training
     cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
     run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir)
-    step = training.train(run, max_steps=FLAGS.max_steps)
+    if FLAGS.eval:
+        results = training.train_and_evaluate(run, max_steps=FLAGS.max_steps)
+        step = results["global_step"]
+        logging.info("last evaluation at step %d: VOC mAP@0.5 %.4f, COCO mAP %.4f", step,
+                     results.get("voc/mAP@0.5", float("nan")),
+                     results.get("coco/mAP", float("nan")))
+    else:
+        step = training.train(run, max_steps=FLAGS.max_steps)
     logging.info("training stopped at step %d; checkpoints and TensorBoard events in %s",
                  step, run.model_dir)
 
