@@ -33,6 +33,17 @@ def run_tool(define_flags, main):
     app.run(main)
 
 
+def usage_error(argv, cfg_path):
+    """Exit code 2 with one line for stray arguments or a missing --cfg, else None."""
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {' '.join(argv[1:])}", file=sys.stderr)
+        return 2
+    if not cfg_path:
+        print("error: --cfg is required (e.g. --cfg cfgs/tiny_cpu.py)", file=sys.stderr)
+        return 2
+    return None
+
+
 def define_annotation_flags(split_help):
     """--format, --image_dir, --annotations, --split_file: where annotations come from."""
     from absl import flags

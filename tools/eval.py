@@ -30,13 +30,10 @@ def _define_flags():
 
 
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {' '.join(argv[1:])}", file=sys.stderr)
-        return 2
-    if not FLAGS.cfg:
-        print("error: --cfg is required (e.g. --cfg cfgs/tiny_cpu.py)", file=sys.stderr)
-        return 2
     from libs import cli
+    error = cli.usage_error(argv, FLAGS.cfg)
+    if error is not None:
+        return error
     return cli.guarded(_evaluate)
 
 
