@@ -171,13 +171,8 @@ class DetectionEvaluator:
             raise ValueError(f"image {image_id!r}: {len(boxes)} boxes, {len(labels)} "
                              f"labels, {len(difficult)} difficult flags")
         self._check_labels(labels, "ground-truth", image_id)
-        if image_id in self._ground_truth:
-            _log.warning("ground truth of image %r added twice: the second is ignored",
-                         image_id)
-            self.num_duplicate_images += 1
-            return
-        self._register(image_id)
-        self._ground_truth[image_id] = (boxes, labels, difficult)
+        self._store_once(self._ground_truth, "ground truth", image_id,
+                         (boxes, labels, difficult))
 
     def add_detections(self, image_id, boxes, scores, labels):
         image_id = _normalise_image_id(image_id)
@@ -188,13 +183,19 @@ class DetectionEvaluator:
             raise ValueError(f"image {image_id!r}: {len(boxes)} boxes, {len(scores)} "
                              f"scores, {len(labels)} labels")
         self._check_labels(labels, "detection", image_id)
-        if image_id in self._detections:
-            _log.warning("detections of image %r added twice: the second are ignored",
+        self._store_once(self._detections, "detections", image_id,
+                         (boxes, scores, labels))
+
+    def _store_once(self, table, what, image_id, record):
+        """Keeps the first record of an image: a pipeline that repeats an image must
+        not count it twice. Later ones are ignored, logged and counted."""
+        if image_id in table:
+            _log.warning("%s of image %r added twice: the second is ignored", what,
                          image_id)
             self.num_duplicate_images += 1
             return
         self._register(image_id)
-        self._detections[image_id] = (boxes, scores, labels)
+        table[image_id] = record
 
     @property
     def num_images(self):
