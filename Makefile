@@ -10,7 +10,7 @@ PYTEST_ARGS ?= -q
 
 SAMPLE := output/sample
 
-.PHONY: venv test demo clean
+.PHONY: venv test demo bccd clean
 
 venv: $(VENV)/.installed
 
@@ -24,22 +24,43 @@ test: venv
 
 # The main job end to end on generated sample data: generate -> convert -> crop
 # references -> train the tiny CPU config (a full 40-epoch schedule, about 2 minutes)
-# -> evaluate it on the val split (VOC / COCO table).
-# Checkpoints and TensorBoard events land in output/tiny_cpu (tensorboard --logdir output/).
+# -> evaluate it on the val split (VOC / COCO table) -> export a SavedModel -> draw its
+# detections on the sample images.
+# Checkpoints and TensorBoard events land in output/tiny_cpu (tensorboard --logdir output/),
+# the SavedModel in output/tiny_cpu/export, the drawn images in output/tiny_cpu/predictions.
+# $(call prepare_voc,VOC folder,output folder,references per class): TFRecords of the
+# train and val splits in <output>/data, references cropped from train in
+# <output>/references.
+define prepare_voc
+	$(PY) tools/convert_to_tfrecord.py --format voc --image_dir $(1)/JPEGImages \
+	    --annotations $(1)/Annotations \
+	    --split_file $(1)/ImageSets/Main/train.txt --output_dir $(2)/data
+	$(PY) tools/convert_to_tfrecord.py --format voc --image_dir $(1)/JPEGImages \
+	    --annotations $(1)/Annotations \
+	    --split_file $(1)/ImageSets/Main/val.txt --output_dir $(2)/data
+	$(PY) tools/make_references.py --format voc --image_dir $(1)/JPEGImages \
+	    --annotations $(1)/Annotations \
+	    --split_file $(1)/ImageSets/Main/train.txt \
+	    --output_dir $(2)/references --per_class $(3)
+endef
+
 demo: venv
 	$(PY) -m data.sample.generate --out_dir $(SAMPLE)/voc
-	$(PY) tools/convert_to_tfrecord.py --format voc --image_dir $(SAMPLE)/voc/JPEGImages \
-	    --annotations $(SAMPLE)/voc/Annotations \
-	    --split_file $(SAMPLE)/voc/ImageSets/Main/train.txt --output_dir $(SAMPLE)/data
-	$(PY) tools/convert_to_tfrecord.py --format voc --image_dir $(SAMPLE)/voc/JPEGImages \
-	    --annotations $(SAMPLE)/voc/Annotations \
-	    --split_file $(SAMPLE)/voc/ImageSets/Main/val.txt --output_dir $(SAMPLE)/data
-	$(PY) tools/make_references.py --format voc --image_dir $(SAMPLE)/voc/JPEGImages \
-	    --annotations $(SAMPLE)/voc/Annotations \
-	    --split_file $(SAMPLE)/voc/ImageSets/Main/train.txt \
-	    --output_dir $(SAMPLE)/references --per_class 3
+	$(call prepare_voc,$(SAMPLE)/voc,$(SAMPLE),3)
 	$(PY) tools/train.py --cfg cfgs/tiny_cpu.py
 	$(PY) tools/eval.py --cfg cfgs/tiny_cpu.py
+	$(PY) tools/export_savedmodel.py --cfg cfgs/tiny_cpu.py --overwrite
+	$(PY) tools/predict.py --saved_model output/tiny_cpu/export \
+	    --images $(SAMPLE)/voc/JPEGImages --output_dir output/tiny_cpu/predictions
+
+# Real data: BCCD (blood cells, VOC) from ../shared, trained from scratch on the CPU within
+# a time budget, then evaluated on val (docs/results.md).
+BCCD ?= ../shared/datasets/bccd
+BCCD_MINUTES ?= 55
+bccd: venv
+	$(call prepare_voc,$(BCCD),output/bccd,5)
+	$(PY) tools/train.py --cfg cfgs/bccd_cpu.py --max_minutes $(BCCD_MINUTES)
+	$(PY) tools/eval.py --cfg cfgs/bccd_cpu.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

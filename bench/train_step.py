@@ -7,7 +7,14 @@ Trains `--steps` steps into a temporary run directory (or --model_dir), times ev
 step with a SessionRunHook, and prints the median seconds/step after `--warmup` steps,
 the proposals and ROIs that flowed through the timed steps (a benchmark that drops
 proposals under-counts the second stage), and the process's peak RSS.
+
+With --breakdown (default on) one more step runs traced (tf.RunOptions FULL_TRACE, not
+in the median) and its op time is summed per block of the model, forward and backward
+together: query backbone + FPN, reference branch, RPN, Fast R-CNN head, optimizer
+(clipping + momentum), other (input, L2, summaries). Op times overlap on several cores,
+so the shares are of summed op time, not of wall time.
 """
+import collections
 import json
 import os
 import resource
@@ -29,6 +36,38 @@ flags.DEFINE_integer("steps", 6, "Steps to run in all.")
 flags.DEFINE_integer("warmup", 2, "First steps left out of the median.")
 flags.DEFINE_multi_string("set", [], "Config override FIELD=VALUE.")
 flags.DEFINE_bool("json", False, "Print one JSON line.")
+flags.DEFINE_bool("breakdown", True, "Trace one extra step and print op time per block.")
+
+BLOCKS = ("query backbone+FPN", "reference branch", "RPN", "Fast R-CNN head", "optimizer",
+          "other")
+
+
+def block_of(node_name, net_name):
+    """Which block of the model an op of the training graph belongs to (by its name;
+    gradient ops carry their forward op's scope after "gradients/")."""
+    name = node_name
+    if "reference_branch" in name or "background_prototype" in name:
+        return "reference branch"
+    if (name.startswith("Momentum") or "/Momentum" in name or "clip_by_norm" in name
+            or "ApplyMomentum" in name):
+        return "optimizer"
+    if "rpn_" in name:
+        return "RPN"
+    if "fast_rcnn" in name:
+        return "Fast R-CNN head"
+    if net_name in name or "build_pyramid" in name:
+        return "query backbone+FPN"
+    return "other"
+
+
+def breakdown(step_stats, net_name):
+    """{block: op seconds} of one traced step."""
+    seconds = collections.Counter({block: 0.0 for block in BLOCKS})
+    for device in step_stats.dev_stats:
+        for node in device.node_stats:
+            micros = node.op_end_rel_micros - node.op_start_rel_micros
+            seconds[block_of(node.node_name, net_name)] += micros / 1e6
+    return dict(seconds)
 
 
 def main(argv):
@@ -37,25 +76,37 @@ def main(argv):
     from libs.tf_compat import tf
 
     class StepTimer(tf.train.SessionRunHook):
-        def __init__(self):
+        def __init__(self, trace_step=None):
             self.times, self.counts = [], []
+            self.trace_step = trace_step      # index of the call to trace (not timed)
+            self.calls = 0
+            self.step_stats = None
 
         def before_run(self, run_context):
             self._start = time.perf_counter()
             # the first tower's proposals (model_fn names them "rpn_proposal_boxes")
             proposals = tf.get_default_graph().get_tensor_by_name("rpn_proposal_boxes:0")
-            return tf.train.SessionRunArgs({"proposals": proposals})
+            options = None
+            if self.calls == self.trace_step:
+                options = tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE)
+            return tf.train.SessionRunArgs({"proposals": proposals}, options=options)
 
         def after_run(self, run_context, run_values):
-            self.times.append(time.perf_counter() - self._start)
+            elapsed = time.perf_counter() - self._start
             boxes = run_values.results["proposals"]
-            self.counts.append(int((abs(boxes).sum(axis=-1) > 0).sum()))
+            if self.calls == self.trace_step:
+                self.step_stats = run_values.run_metadata.step_stats
+            else:
+                self.times.append(elapsed)
+                self.counts.append(int((abs(boxes).sum(axis=-1) > 0).sum()))
+            self.calls += 1
 
     cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
     model_dir = FLAGS.model_dir or tempfile.mkdtemp(prefix="bench_train_step_")
     run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, model_dir)
-    timer = StepTimer()
-    training.train(run, max_steps=FLAGS.steps, hooks=[timer])
+    timer = StepTimer(trace_step=FLAGS.steps if FLAGS.breakdown else None)
+    training.train(run, max_steps=FLAGS.steps + (1 if FLAGS.breakdown else 0),
+                   hooks=[timer])
     timed = timer.times[FLAGS.warmup:]
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     result = {"config": cfg.NAME, "side": cfg.TARGET_SIDE, "towers": cfg.NUM_GPUS,
@@ -63,6 +114,9 @@ def main(argv):
               "median_s_per_step": statistics.median(timed) if timed else None,
               "step_times_s": [round(t, 3) for t in timer.times],
               "proposals_per_step": timer.counts, "peak_rss_gib": round(peak_gib, 2)}
+    if timer.step_stats is not None:
+        result["op_seconds_per_block"] = {
+            k: round(v, 3) for k, v in breakdown(timer.step_stats, cfg.NET_NAME).items()}
     if FLAGS.json:
         print(json.dumps(result))
     else:
@@ -71,6 +125,13 @@ def main(argv):
               f"{result['median_s_per_step']:.2f} s/step over {len(timed)} steps "
               f"(all: {result['step_times_s']}), proposals per step "
               f"{timer.counts}, peak RSS {peak_gib:.2f} GiB")
+        blocks = result.get("op_seconds_per_block")
+        if blocks:
+            total = sum(blocks.values()) or 1.0
+            print(f"  op time of one traced step, per block (sum {total:.2f} s):")
+            for block in BLOCKS:
+                print(f"    {block:<20} {blocks[block]:8.3f} s  "
+                      f"{100 * blocks[block] / total:5.1f}%")
 
 
 if __name__ == "__main__":

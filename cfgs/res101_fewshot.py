@@ -93,3 +93,4 @@ class Config:
     GPU_GROUPS = ["/gpu:0", "/gpu:1"]         # one tower each; CPU devices without GPUs
     PER_GPU_IMAGE = 1
     FLIP_HORIZONTAL = True
+    FLIP_VERTICAL = False                     # not in the notebook; for microscopy images

@@ -75,7 +75,10 @@ class FastRCNN:
         self.mode = mode
         self.image_window = image_window
         self.prototypes = prototypes
-        self.batch_size = int(rpn_proposals.shape[0])
+        # None only in PREDICT for the exported model (any number of images per call).
+        self.batch_size = tf.compat.dimension_value(rpn_proposals.shape[0])
+        if self.batch_size is None and mode != tf.estimator.ModeKeys.PREDICT:
+            raise ValueError("training and evaluation need a static batch size")
         training = mode == tf.estimator.ModeKeys.TRAIN
         # The notebook passes is_training=False in every mode (frozen head BN); the
         # flag lets a from-scratch config train it, in TRAIN mode only.
@@ -172,8 +175,8 @@ class FastRCNN:
         if min_confidence is None:
             min_confidence = cfg.DETECTION_MIN_CONFIDENCE
         num_rois = int(self.rois.shape[1])
-        probs = tf.reshape(self.class_probs, [self.batch_size, num_rois, cfg.NUM_CLASS])
-        deltas = tf.reshape(self.box_deltas, [self.batch_size, num_rois, cfg.NUM_CLASS, 4])
+        probs = tf.reshape(self.class_probs, [-1, num_rois, cfg.NUM_CLASS])
+        deltas = tf.reshape(self.box_deltas, [-1, num_rois, cfg.NUM_CLASS, 4])
 
         def one_image(rois, image_probs, image_deltas, window):
             return refine_detections(rois, image_probs, image_deltas, window, cfg,
@@ -181,7 +184,8 @@ class FastRCNN:
 
         with tf.name_scope("fast_rcnn_detection"):
             return box_ops.batch_slice([self.rois, probs, deltas, self.image_window],
-                                       one_image, self.batch_size)
+                                       one_image, self.batch_size,
+                                       output_dtypes=tf.float32)
 
 
 # ------------------------------------------------------------------------ graph helpers
@@ -271,6 +275,8 @@ def roi_align(pyramid, rois, levels, batch_size, rois_per_image, crop_size, imag
     as crop_and_resize expects.
     """
     with tf.name_scope("roi_align"):
+        if batch_size is None:
+            batch_size = tf.shape(pyramid["P2"])[0]
         box_indices = tf.repeat(tf.range(batch_size), rois_per_image)
         order, crops = [], []
         for level in ROI_LEVELS:

@@ -61,9 +61,8 @@ class RPN:
         cfg = self.cfg
         num_anchors = int(self.anchors.shape[0])
         top_k = min(cfg.RPN_TOP_K_NMS, num_anchors)
-        batch_size = self.rpn_probs.shape[0]
-        if batch_size is None:
-            raise ValueError("RPN needs a static batch size")
+        # None in the exported model (any number of images per call).
+        batch_size = tf.compat.dimension_value(self.rpn_probs.shape[0])
 
         def one_image(scores, deltas, window):
             scores, order = tf.nn.top_k(scores, k=top_k, sorted=True)
@@ -81,7 +80,7 @@ class RPN:
             windows = self.image_window
             proposals, scores = box_ops.batch_slice(
                 [self.rpn_probs[:, :, 1], self.rpn_deltas, windows], one_image,
-                int(batch_size))
+                batch_size, output_dtypes=[tf.float32, tf.float32])
         return tf.stop_gradient(proposals), tf.stop_gradient(scores)
 
     def rpn_losses(self):

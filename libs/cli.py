@@ -65,8 +65,11 @@ def user_errors():
     from data.io.input_fn import DataError
     from data.io.label_map import LabelMapError
     from data.io.reference_set import ReferenceSetError
+    from libs.export import ExportError
+    from libs.prediction import PredictionError
     from libs.training import TrainingError
-    return (ConfigError, DataError, LabelMapError, ReferenceSetError, TrainingError)
+    return (ConfigError, DataError, LabelMapError, ReferenceSetError, TrainingError,
+            ExportError, PredictionError)
 
 
 def guarded(fn):

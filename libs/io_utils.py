@@ -4,6 +4,8 @@
                                     if the block succeeds
     atomic_path(path)               the same for writers that need a path (TFRecordWriter,
                                     cv2.imwrite): yields the temporary path to write to
+    atomic_directory(path, overwrite)  a temporary folder that becomes `path` (a whole
+                                    directory: an exported SavedModel) only on success
     Progress(total, desc)           "desc: i/total (x/s)" lines on stderr
 
 A reader (an input pipeline globbing `train-*.tfrecord`, a second converter run, a crash
@@ -14,6 +16,7 @@ temporary file is removed and the previous content of `path`, if any, is left as
 """
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -128,6 +131,45 @@ def atomic_write(path, mode="wb", encoding=None):
         with open(temp_path, mode, encoding=encoding) as handle:
             yield handle
             handle.flush()
+
+
+class DirectoryExistsError(FileExistsError):
+    """atomic_directory's target exists and overwrite was not asked for."""
+
+
+@contextlib.contextmanager
+def atomic_directory(path, overwrite=False):
+    """Yields an empty temporary folder beside `path`; it becomes `path` on success.
+
+    On failure the temporary folder is deleted and `path` is untouched. With overwrite,
+    an existing `path` is moved aside, replaced by the new folder, then deleted: a
+    reader finds the old complete directory, or (for the instant between two renames)
+    none, or the new complete one, never a half-written one.
+    """
+    path = os.path.abspath(path)
+    parent, name = os.path.split(path)
+    if os.path.exists(path) and not overwrite:
+        raise DirectoryExistsError(f"{path} already exists")
+    os.makedirs(parent, exist_ok=True)
+    temp_dir = tempfile.mkdtemp(prefix=f".{name}.", suffix=_TEMP_SUFFIX, dir=parent)
+    try:
+        yield temp_dir
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    old_dir = None
+    if os.path.exists(path):
+        old_dir = tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=parent)
+        os.rmdir(old_dir)
+        os.replace(path, old_dir)
+    # mkdtemp makes 0700 folders; give the one a plain os.makedirs would have.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp_dir, 0o777 & ~umask)
+    os.replace(temp_dir, path)
+    _fsync_directory(parent)
+    if old_dir is not None:
+        shutil.rmtree(old_dir, ignore_errors=True)
 
 
 class Progress:

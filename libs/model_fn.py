@@ -170,31 +170,32 @@ def init_backbone_from_checkpoint(cfg):
     return path
 
 
-def _restore_to_original(boxes, features):
-    def one(args):
-        image_boxes, window, scale = args
-        return preprocessing.restore_boxes(image_boxes, window, scale)
-
-    return tf.map_fn(one, (boxes, features["image_window"], features["image_scale"]),
-                     dtype=tf.float32)
-
-
-def predictions_from_detections(detections, features):
+def predictions_from_detections(detections, features, class_names=None):
     """Detections [B, MAX, 6] in network pixels -> the PREDICT outputs.
 
-    predict_bbox is in ORIGINAL image pixels ([y1, x1, y2, x2]); padding rows are 0.
+    predict_bbox is in ORIGINAL image pixels ([y1, x1, y2, x2]); padding rows are 0,
+    and have class id 0 and class name "". With class_names (NUM_CLASS-1 names) the
+    outputs include predict_class_name.
     """
     valid = detections[:, :, 4] > 0
-    boxes = _restore_to_original(detections[:, :, :4], features)
+    boxes = preprocessing.restore_boxes(detections[:, :, :4],
+                                        features["image_window"][:, tf.newaxis],
+                                        features["image_scale"][:, tf.newaxis])
     boxes = tf.where(tf.tile(valid[:, :, tf.newaxis], [1, 1, 4]), boxes,
                      tf.zeros_like(boxes))
-    return {
+    class_ids = tf.cast(detections[:, :, 5], tf.int32)
+    predictions = {
         "predict_bbox": boxes,
-        "predict_class_id": tf.cast(detections[:, :, 5], tf.int32),
+        "predict_class_id": class_ids,
         "predict_scores": detections[:, :, 4],
         "num_detections": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
         "image_id": features["image_id"],
     }
+    if class_names:
+        # Class 0 (background) only ever labels padding rows: its name is "".
+        names = tf.constant([""] + [str(name) for name in class_names], tf.string)
+        predictions["predict_class_name"] = tf.gather(names, class_ids)
+    return predictions
 
 
 def detection_metric_ops(detections, features, labels, params):
@@ -223,7 +224,8 @@ def model_fn(features, labels, mode, params):
 
     if mode == PREDICT:
         detections = frcnn.fast_rcnn_detection(cfg.DETECTION_MIN_CONFIDENCE)
-        predictions = predictions_from_detections(detections, features)
+        predictions = predictions_from_detections(detections, features,
+                                                  params.get("class_names"))
         export = {"serving_default": tf.estimator.export.PredictOutput(predictions)}
         return tf.estimator.EstimatorSpec(mode, predictions=predictions,
                                           export_outputs=export)

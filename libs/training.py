@@ -132,13 +132,14 @@ class Run:
     """Everything a train/eval/export command needs, resolved from config + flags."""
 
     def __init__(self, cfg, data_dir, reference_dir, model_dir, class_names,
-                 reference_images):
+                 reference_images, reference_paths=None):
         self.cfg = cfg
         self.data_dir = data_dir
         self.reference_dir = reference_dir
         self.model_dir = model_dir
         self.class_names = class_names
         self.reference_images = reference_images
+        self.reference_paths = reference_paths     # {class name: [files]} as loaded
 
     @property
     def params(self):
@@ -161,18 +162,45 @@ def prepare_run(cfg, data_dir=None, reference_dir=None, model_dir=None,
     labels = label_map_lib.read_label_map(data_dir)
     split_info = labels.splits.get(cfg.TRAIN_SPLIT, {})
     apply_dataset_info(cfg, labels.class_names, split_info.get("num_images", 0) or 1)
-    images = None
+    images, paths = None, None
     if need_references and cfg.CLASSIFIER == "comparison":
-        images = reference_set.load_reference_images(
+        images, paths = reference_set.load_reference_images(
             reference_dir, labels.class_names, cfg.NUM_SUPPORTS, cfg.REFERENCE_SIDE,
-            seed=cfg.SEED if cfg.REFERENCE_RANDOM else None)
-    return Run(cfg, data_dir, reference_dir, model_dir, labels.class_names, images)
+            seed=cfg.SEED if cfg.REFERENCE_RANDOM else None, return_paths=True)
+    return Run(cfg, data_dir, reference_dir, model_dir, labels.class_names, images,
+               {name: list(files) for name, files in paths.items()} if paths else None)
 
 
-def train(run, max_steps=None, distribute=True, hooks=None):
+class StopAfterTimeHook(tf.train.SessionRunHook):
+    """Asks training to stop once `minutes` of wall time have passed since it began.
+
+    A time budget on shared machines: the Estimator then writes its final checkpoint
+    as at max_steps, so the run resumes from there when rerun.
+    """
+
+    def __init__(self, minutes):
+        import time
+        self._clock = time.monotonic
+        self.limit_seconds = float(minutes) * 60.0
+        self.stopped_early = False
+        self._start = None
+
+    def begin(self):
+        self._start = self._clock()
+
+    def after_run(self, run_context, run_values):
+        if self._clock() - self._start >= self.limit_seconds and not self.stopped_early:
+            self.stopped_early = True
+            logging.warning("time budget of %.1f minutes reached: stopping and saving a "
+                            "checkpoint", self.limit_seconds / 60.0)
+            run_context.request_stop()
+
+
+def train(run, max_steps=None, distribute=True, hooks=None, max_minutes=None):
     """Trains run.cfg until max_steps (default: EPOCH epochs); resumes when it can.
 
-    Returns the global step reached.
+    max_minutes stops earlier when that much wall time has passed (a checkpoint is
+    written either way). Returns the global step reached.
     """
     from data.io.input_fn import TRAIN as TRAIN_MODE
     from data.io.input_fn import make_input_fn
@@ -185,6 +213,9 @@ def train(run, max_steps=None, distribute=True, hooks=None):
                  cfg.STEPS_PER_EPOCH, cfg.LR_VALUES, cfg.BOUNDARY, max_steps)
     estimator = make_estimator(cfg, run.model_dir, run.params, distribute=distribute)
     input_fn = make_input_fn(cfg, TRAIN_MODE, data_dir=run.data_dir)
+    hooks = list(hooks or [])
+    if max_minutes:
+        hooks.append(StopAfterTimeHook(max_minutes))
     estimator.train(input_fn, max_steps=max_steps, hooks=hooks)
     return estimator.get_variable_value("global_step")
 

@@ -7,16 +7,19 @@ from libs.tf_compat import slim, tf
 from tf_slim.nets import resnet_v1, resnet_v2
 
 SLIM_RESNETS = ("resnet_v1_50", "resnet_v1_101", "resnet_v2_50", "resnet_v2_101")
-ALL_NETS = SLIM_RESNETS + ("tiny_resnet",)
+ALL_NETS = SLIM_RESNETS + ("tiny_resnet", "tiny_resnet_gn", "small_resnet_gn")
 RESNET_CHANNELS = {"C2": 256, "C3": 512, "C4": 1024, "C5": 2048}
 TINY_CHANNELS = {"C2": 16, "C3": 32, "C4": 64, "C5": 128}
+SMALL_CHANNELS = {"C2": 32, "C3": 64, "C4": 128, "C5": 256}
+EXPECTED_CHANNELS = {"tiny_resnet": TINY_CHANNELS, "tiny_resnet_gn": TINY_CHANNELS,
+                     "small_resnet_gn": SMALL_CHANNELS}
 SIDE = 128
 REFERENCE_SIDE = 64
 
 
 # The reuse test covers the notebook's net, the v2 path (its C-levels come from a
 # per-call collection) and the tiny net; the other ResNets share their code paths.
-REUSE_CHECKED = ("resnet_v1_101", "resnet_v2_50", "tiny_resnet")
+REUSE_CHECKED = ("resnet_v1_101", "resnet_v2_50", "tiny_resnet", "small_resnet_gn")
 
 
 class BuiltBackbone:
@@ -57,7 +60,7 @@ def built():
 def test_registry_lists_every_backbone_and_their_channels():
     assert set(ALL_NETS) <= set(BACKBONES)
     for name in ALL_NETS:
-        expected = TINY_CHANNELS if name == "tiny_resnet" else RESNET_CHANNELS
+        expected = EXPECTED_CHANNELS.get(name, RESNET_CHANNELS)
         assert backbone_channels(name) == expected
 
 

@@ -372,3 +372,30 @@ def test_batch_slice_accepts_a_single_tensor():
     values = np.arange(12, dtype=np.float32).reshape(3, 4)
     got = _run(lambda: box_ops.batch_slice(tf.constant(values), lambda v: v * 2.0, 3))
     np.testing.assert_array_equal(got, values * 2.0)
+
+
+def test_batch_slice_with_a_run_time_batch_equals_the_unrolled_one():
+    """batch_size=None (the exported model's any-size batch) loops in the graph."""
+    rng = np.random.default_rng(9)
+    batch_boxes = np.stack([_clustered_boxes(rng, 30) for _ in range(3)])
+    batch_scores = rng.uniform(size=(3, 30)).astype(np.float32)
+
+    def one_image(boxes, scores):
+        kept_boxes, kept_scores, _, num_valid = box_ops.nms_padded(boxes, scores, 8, 0.5)
+        return kept_boxes, kept_scores, num_valid
+
+    unrolled = _run(lambda: box_ops.batch_slice([batch_boxes, batch_scores], one_image, 3))
+    with tf.Graph().as_default():
+        boxes = tf.placeholder(tf.float32, [None, 30, 4])
+        scores = tf.placeholder(tf.float32, [None, 30])
+        looped = box_ops.batch_slice([boxes, scores], one_image, None,
+                                     output_dtypes=[tf.float32, tf.float32, tf.int32])
+        with pytest.raises(ValueError, match="output_dtypes"):
+            box_ops.batch_slice([boxes, scores], one_image, None)
+        with tf.Session() as sess:
+            got = sess.run(looped, {boxes: batch_boxes, scores: batch_scores})
+            one = sess.run(looped, {boxes: batch_boxes[1:2], scores: batch_scores[1:2]})
+    for want, have in zip(unrolled, got):
+        np.testing.assert_array_equal(have, want)
+    for want, have in zip(unrolled, one):
+        np.testing.assert_array_equal(have[0], want[1])

@@ -237,26 +237,34 @@ def test_restore_boxes_inverts_transform_boxes():
 
 
 # ---------------------------------------------------------------------------------------
-# Horizontal flip
+# Flips
 # ---------------------------------------------------------------------------------------
 
-def test_flip_horizontal_mirrors_image_boxes_and_window():
+def _mirror_left_right(b, side):
+    b = np.asarray(b, np.float64)
+    return np.stack([b[..., 0], side - b[..., 3], b[..., 2], side - b[..., 1]], -1)
+
+
+def _mirror_top_bottom(b, side):
+    b = np.asarray(b, np.float64)
+    return np.stack([side - b[..., 2], b[..., 1], side - b[..., 0], b[..., 3]], -1)
+
+
+@pytest.mark.parametrize("flip, flip_pixels, mirror", [
+    (preprocessing.flip_horizontal, np.fliplr, _mirror_left_right),
+    (preprocessing.flip_vertical, np.flipud, _mirror_top_bottom),
+])
+def test_flips_mirror_image_boxes_and_window(flip, flip_pixels, mirror):
     side = 64
     rng = np.random.default_rng(0)
     image = rng.uniform(0, 255, (side, side, 3)).astype(np.float32)
     boxes = np.array([[1, 2, 30, 40], [10, 0, 20, 64], [5, 33.5, 6, 34]], np.float32)
     window = np.array([3, 7, 61, 50], np.float32)
     with tf.Graph().as_default(), tf.Session() as sess:
-        flipped = sess.run(preprocessing.flip_horizontal(
-            tf.constant(image), tf.constant(boxes), tf.constant(window)))
-    np.testing.assert_array_equal(flipped[0], np.fliplr(image))
-
-    def mirror(b):
-        b = np.asarray(b, np.float64)
-        return np.stack([b[..., 0], side - b[..., 3], b[..., 2], side - b[..., 1]], -1)
-
-    np.testing.assert_allclose(flipped[1], mirror(boxes), atol=1e-5)
-    np.testing.assert_allclose(flipped[2], mirror(window), atol=1e-5)
+        flipped = sess.run(flip(tf.constant(image), tf.constant(boxes), tf.constant(window)))
+    np.testing.assert_array_equal(flipped[0], flip_pixels(image))
+    np.testing.assert_allclose(flipped[1], mirror(boxes, side), atol=1e-5)
+    np.testing.assert_allclose(flipped[2], mirror(window, side), atol=1e-5)
 
 
 def test_train_flip_happens_sometimes_and_keeps_gt_in_window(tmp_path):
@@ -299,6 +307,38 @@ def test_train_flip_happens_sometimes_and_keeps_gt_in_window(tmp_path):
         np.testing.assert_array_equal(features["image_scale"], ref_features["image_scale"])
         assert np.all(gt[:count, :2] >= window[:2] - 1e-3)
         assert np.all(gt[:count, 2:] <= window[2:] + 1e-3)
+    assert any(flips) and not all(flips), flips
+
+
+def test_train_vertical_flip_is_its_own_coin(tmp_path):
+    """FLIP_VERTICAL alone: some elements come flipped top-bottom, with their GT."""
+    height, width = 97, 210      # landscape: the window is padded top and bottom
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(1, 256, (height, width, 3), dtype=np.uint8)
+    boxes = np.array([[5, 10, 40, 80], [50, 100, 96, 200]], np.float32)
+    data_dir = write_records(str(tmp_path), "train",
+                             [{"rgb": rgb, "boxes": boxes, "labels": [1, 2]}])
+    cfg = tiny_config(FLIP_HORIZONTAL=False, FLIP_VERTICAL=True)
+    side = cfg.TARGET_SIDE
+    ((ref_features, ref_labels),) = run_pipeline(cfg, input_fn.EVAL, data_dir, 1)
+    ref_image, ref_window = ref_features["image"][0], ref_features["image_window"][0]
+    ref_boxes = ref_labels["gt_boxes"][0, :2]
+
+    def mirror(b):
+        return _mirror_top_bottom(b, side)
+
+    flips = []
+    for features, labels in run_pipeline(cfg, input_fn.TRAIN, data_dir, 12):
+        image, window = features["image"][0], features["image_window"][0]
+        gt = labels["gt_boxes"][0, :2]
+        flipped = not np.array_equal(image, ref_image)
+        flips.append(flipped)
+        want_image, want_window, want_boxes = (
+            (np.flipud(ref_image), mirror(ref_window), mirror(ref_boxes)) if flipped
+            else (ref_image, ref_window, ref_boxes))
+        np.testing.assert_array_equal(image, want_image)
+        np.testing.assert_allclose(window, want_window, atol=1e-4)
+        np.testing.assert_allclose(sorted_rows(gt), sorted_rows(want_boxes), atol=1e-3)
     assert any(flips) and not all(flips), flips
 
 

@@ -27,6 +27,8 @@ def _define_flags():
     flags.DEFINE_string("model_dir", None, "Run directory (default: MODEL_DIR).")
     flags.DEFINE_integer("max_steps", None, "Stop at this global step "
                          "(default: EPOCH epochs of the training split).")
+    flags.DEFINE_float("max_minutes", None, "Stop after this many minutes of training "
+                       "(a checkpoint is saved; rerun to continue).")
     flags.DEFINE_bool("eval", False, "Evaluate every new checkpoint on EVAL_SPLIT while "
                       "training (mAP curves in TensorBoard under eval_<split>/).")
     flags.DEFINE_multi_string("set", [], "Config override FIELD=VALUE (Python literal), "
@@ -46,13 +48,15 @@ def _train():
     cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
     run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir)
     if FLAGS.eval:
+        if FLAGS.max_minutes:
+            raise training.TrainingError("--max_minutes works without --eval only")
         results = training.train_and_evaluate(run, max_steps=FLAGS.max_steps)
         step = results["global_step"]
         logging.info("last evaluation at step %d: VOC mAP@0.5 %.4f, COCO mAP %.4f", step,
                      results.get("voc/mAP@0.5", float("nan")),
                      results.get("coco/mAP", float("nan")))
     else:
-        step = training.train(run, max_steps=FLAGS.max_steps)
+        step = training.train(run, max_steps=FLAGS.max_steps, max_minutes=FLAGS.max_minutes)
     logging.info("training stopped at step %d; checkpoints and TensorBoard events in %s",
                  step, run.model_dir)
 

@@ -4,7 +4,7 @@ One function per step so the SavedModel's in-graph preprocessing is exactly the
 training one:
 
     decode -> resize (long side = target_side, aspect kept) -> pad centred to a square
-           -> [optional horizontal flip] -> GT filtered, shuffled, padded
+           -> [optional horizontal / vertical flips] -> GT filtered, shuffled, padded
 
 `image_window` is the [y1, x1, y2, x2] region of real image inside the padded square and
 `image_scale` the per-axis factor [sy, sx] from original to resized pixels (per axis
@@ -49,17 +49,25 @@ def resize_and_pad(image, target_side):
         return padded, window, image_scale
 
 
+def _box_scale_and_offset(image_window, image_scale):
+    # [..., 4] factors for [y1, x1, y2, x2]; any leading dimensions broadcast.
+    scale = tf.concat([image_scale, image_scale], axis=-1)
+    corner = image_window[..., :2]
+    return scale, tf.concat([corner, corner], axis=-1)
+
+
 def transform_boxes(boxes, image_window, image_scale):
-    """Original-pixel boxes [N, 4] -> network-input pixels (after resize_and_pad)."""
-    scale = tf.tile(image_scale, [2])
-    offset = tf.stack([image_window[0], image_window[1], image_window[0], image_window[1]])
+    """Original-pixel boxes [N, 4] -> network-input pixels (after resize_and_pad).
+
+    A batch works too: boxes [B, N, 4] with image_window [B, 1, 4], image_scale [B, 1, 2].
+    """
+    scale, offset = _box_scale_and_offset(image_window, image_scale)
     return boxes * scale + offset
 
 
 def restore_boxes(boxes, image_window, image_scale):
     """Inverse of transform_boxes: network-input pixels -> original-image pixels."""
-    scale = tf.tile(image_scale, [2])
-    offset = tf.stack([image_window[0], image_window[1], image_window[0], image_window[1]])
+    scale, offset = _box_scale_and_offset(image_window, image_scale)
     return (boxes - offset) / scale
 
 
@@ -71,6 +79,18 @@ def flip_horizontal(image, boxes, image_window):
     def mirror(b):
         y1, x1, y2, x2 = tf.unstack(b, axis=-1)
         return tf.stack([y1, side - x2, y2, side - x1], axis=-1)
+
+    return flipped, mirror(boxes), mirror(image_window)
+
+
+def flip_vertical(image, boxes, image_window):
+    """Mirrors the padded square image, its boxes and its window top-bottom."""
+    side = tf.cast(tf.shape(image)[0], tf.float32)
+    flipped = tf.reverse(image, axis=[0])
+
+    def mirror(b):
+        y1, x1, y2, x2 = tf.unstack(b, axis=-1)
+        return tf.stack([side - y2, x1, side - y1, x2], axis=-1)
 
     return flipped, mirror(boxes), mirror(image_window)
 

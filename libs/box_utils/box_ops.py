@@ -206,7 +206,7 @@ def nms_padded(boxes, scores, max_output_size, iou_threshold,
         return kept_boxes, kept_scores, kept_indices, num_valid
 
 
-def batch_slice(inputs, graph_fn, batch_size, names=None):
+def batch_slice(inputs, graph_fn, batch_size, names=None, output_dtypes=None):
     """Runs a per-image graph function over a batch and stacks the results.
 
     For ops that only exist for one image (NMS, boolean masks with per-image counts),
@@ -218,14 +218,20 @@ def batch_slice(inputs, graph_fn, batch_size, names=None):
         inputs: a tensor or a list of tensors, each with batch_size rows on dim 0.
         graph_fn: called as graph_fn(*[x[i] for x in inputs]); returns a tensor or a
             list/tuple of tensors.
-        batch_size: python int, the number of items to unroll.
+        batch_size: python int, the number of items to unroll; or None when the batch
+            size is only known at run time (the exported model takes any number of
+            images): then a tf.map_fn loops over the items and `output_dtypes` is
+            required.
         names: optional list of names, one per output of graph_fn, for the stacks.
+        output_dtypes: the dtype of each output of graph_fn (dynamic batch only).
 
     Returns:
         One tensor [batch_size, ...] if graph_fn returns one output, else a list.
     """
     if not isinstance(inputs, (list, tuple)):
         inputs = [inputs]
+    if batch_size is None:
+        return _map_slices(inputs, graph_fn, names, output_dtypes)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive python int, got {batch_size!r}")
 
@@ -247,3 +253,27 @@ def batch_slice(inputs, graph_fn, batch_size, names=None):
     stacked = [tf.stack(list(items), axis=0, name=name)
                for items, name in zip(per_output, names)]
     return stacked[0] if len(stacked) == 1 else stacked
+
+
+def _map_slices(inputs, graph_fn, names, output_dtypes):
+    """batch_slice for a run-time batch size: the same per-item graph in a tf.map_fn."""
+    if output_dtypes is None:
+        raise ValueError("batch_slice with a dynamic batch size needs output_dtypes")
+    single = not isinstance(output_dtypes, (list, tuple))
+    dtypes = [output_dtypes] if single else list(output_dtypes)
+
+    def one_item(items):
+        outputs = graph_fn(*items)
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        if len(outputs) != len(dtypes):
+            raise ValueError(f"graph_fn returned {len(outputs)} outputs but "
+                             f"{len(dtypes)} output_dtypes were given")
+        return list(outputs)
+
+    stacked = tf.map_fn(one_item, list(inputs), dtype=dtypes, back_prop=False)
+    if names is not None:
+        if len(names) != len(stacked):
+            raise ValueError(f"got {len(names)} names for {len(stacked)} outputs")
+        stacked = [tf.identity(t, name=n) if n else t for t, n in zip(stacked, names)]
+    return stacked[0] if single else stacked

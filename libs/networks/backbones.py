@@ -307,15 +307,37 @@ def tiny_resnet_backbone(images, is_training=False, weight_decay=1e-4, reuse=tf.
     return features
 
 
+def _group_norm_resnet_features(images, scope, depths, units, weight_decay, reuse):
+    with slim.arg_scope(tiny_resnet_arg_scope(weight_decay=weight_decay,
+                                              normalizer="group_norm")):
+        net, end_points = tiny_resnet(images, depths=depths, units_per_stage=units,
+                                      reuse=reuse, scope=scope)
+    features = {level: end_points[f"{scope}/stage{stage}"]
+                for stage, level in enumerate(FEATURE_LEVELS, 1)}
+    assert features["C5"] is net
+    return features
+
+
 @BACKBONES.register("tiny_resnet_gn", channels=dict(zip(FEATURE_LEVELS, TINY_RESNET_DEPTHS)))
 def tiny_resnet_gn_backbone(images, is_training=False, weight_decay=1e-4,
                             reuse=tf.AUTO_REUSE):
     """tiny_resnet with group norm: for from-scratch runs at one image per tower."""
     del is_training  # group norm has no training mode
-    with slim.arg_scope(tiny_resnet_arg_scope(weight_decay=weight_decay,
-                                              normalizer="group_norm")):
-        net, end_points = tiny_resnet(images, reuse=reuse, scope="tiny_resnet_gn")
-    features = {level: end_points[f"tiny_resnet_gn/stage{stage}"]
-                for stage, level in enumerate(FEATURE_LEVELS, 1)}
-    assert features["C5"] is net
-    return features
+    return _group_norm_resnet_features(images, "tiny_resnet_gn", TINY_RESNET_DEPTHS,
+                                       TINY_RESNET_UNITS, weight_decay, reuse)
+
+
+# ResNet-18's layout (two basic blocks per stage) at half its width: the from-scratch
+# CPU backbone of the BCCD configs, about 2.8M weights.
+SMALL_RESNET_DEPTHS = (32, 64, 128, 256)
+SMALL_RESNET_UNITS = (2, 2, 2, 2)
+
+
+@BACKBONES.register("small_resnet_gn",
+                    channels=dict(zip(FEATURE_LEVELS, SMALL_RESNET_DEPTHS)))
+def small_resnet_gn_backbone(images, is_training=False, weight_decay=1e-4,
+                             reuse=tf.AUTO_REUSE):
+    """A half-width ResNet-18 with group norm, for from-scratch training on CPU."""
+    del is_training  # group norm has no training mode
+    return _group_norm_resnet_features(images, "small_resnet_gn", SMALL_RESNET_DEPTHS,
+                                       SMALL_RESNET_UNITS, weight_decay, reuse)

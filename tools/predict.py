@@ -1,0 +1,87 @@
+"""Detects objects in images with an exported SavedModel or a training checkpoint.
+
+    python tools/predict.py --saved_model output/tiny_cpu/export \
+        --images output/sample/voc/JPEGImages --output_dir output/predictions
+    python tools/predict.py --cfg cfgs/tiny_cpu.py --images some.jpg   # latest checkpoint
+
+Writes each image with its boxes, class names and scores drawn to --output_dir, and
+<output_dir>/detections.json with every detection in original pixels. --images takes
+files and folders (repeat the flag). An unreadable image is reported and skipped; the
+others go on. --min_score filters what is drawn and listed (the model itself returns
+detections above DETECTION_MIN_CONFIDENCE).
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+    flags.DEFINE_string("saved_model", None, "An exported SavedModel folder "
+                        "(tools/export_savedmodel.py).")
+    flags.DEFINE_string("cfg", None, "Instead of --saved_model: a config, whose run "
+                        "directory's latest checkpoint (or --checkpoint) is used.")
+    flags.DEFINE_string("checkpoint", None, "With --cfg: a checkpoint prefix.")
+    flags.DEFINE_string("model_dir", None, "With --cfg: the run directory.")
+    flags.DEFINE_string("data_dir", None, "With --cfg: folder of label_map.json.")
+    flags.DEFINE_string("reference_dir", None, "With --cfg: the reference set.")
+    flags.DEFINE_multi_string("set", [], "With --cfg: config override FIELD=VALUE.")
+    flags.DEFINE_multi_string("images", [], "An image file or a folder of images "
+                              "(repeatable).")
+    flags.DEFINE_string("output_dir", "output/predictions", "Where drawn images and "
+                        "detections.json go.")
+    flags.DEFINE_float("min_score", 0.0, "Keep detections with at least this score.")
+    flags.DEFINE_bool("draw", True, "Write the images with boxes drawn "
+                      "(--nodraw: detections.json only).")
+
+
+def main(argv):
+    import sys as _sys
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {' '.join(argv[1:])}", file=_sys.stderr)
+        return 2
+    if bool(FLAGS.saved_model) == bool(FLAGS.cfg):
+        print("error: give exactly one model: --saved_model DIR or --cfg FILE",
+              file=_sys.stderr)
+        return 2
+    if not FLAGS.images:
+        print("error: --images is required (a file or a folder)", file=_sys.stderr)
+        return 2
+    from libs import cli
+    return cli.guarded(_predict)
+
+
+def _load_detector():
+    from libs import cli, export, training
+    if FLAGS.saved_model:
+        return export.Detector.from_saved_model(FLAGS.saved_model)
+    cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
+    run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir)
+    checkpoint = training.resolve_checkpoint(run.model_dir, FLAGS.checkpoint)
+    return export.Detector.from_checkpoint(run, checkpoint)
+
+
+def _predict():
+    from libs import prediction
+    with _load_detector() as detector:
+        summary = prediction.predict_files(detector, FLAGS.images, FLAGS.output_dir,
+                                           min_score=FLAGS.min_score, draw=FLAGS.draw)
+    found = sum(len(image["detections"]) for image in summary["images"])
+    print(f"{len(summary['images'])} image(s), {found} detection(s), "
+          f"{len(summary['skipped'])} skipped; results in {FLAGS.output_dir}/"
+          f"{prediction.DETECTIONS_FILE}")
+    for skipped in summary["skipped"]:
+        print(f"skipped {skipped['file']}: {skipped['reason']}")
+
+
+def run():
+    from libs import cli
+    cli.run_tool(_define_flags, main)
+
+
+if __name__ == "__main__":
+    run()
