@@ -16,6 +16,7 @@ inherited). What differs, and why, for a from-scratch run on a CPU:
 - Detection NMS 0.5 instead of the notebook's 0.3: red cells touch and overlap; at 0.3
   NMS removes real neighbouring cells.
 - Cells have no up or down: vertical flips double the augmentation of horizontal ones.
+- Linear comparison logits (COMPARISON_RELU = False), see below.
 """
 from cfgs.res101_fewshot import Config as Res101FewShot
 
@@ -35,6 +36,10 @@ class Config(Res101FewShot):
     TRAIN_BATCH_NORM = True                   # (no effect on group norm)
     HEAD_TRAIN_BATCH_NORM = True
     HEAD_BATCH_NORM_DECAY = 0.99
+    # With the notebook's ReLU every object class's logit went to 0 for good within
+    # 1000 steps here (fast R-CNN loss flat at the class prior through 8000 steps, no
+    # detection on val); linear logits keep every class trainable.
+    COMPARISON_RELU = False
     TARGET_SIDE = 384
     FPN_CHANNELS = 64
 

@@ -63,6 +63,11 @@ class Config:
     # norms run on their initial moving statistics. True trains them.
     HEAD_TRAIN_BATCH_NORM = False
     HEAD_BATCH_NORM_DECAY = 0.997             # the notebook's moving-average decay
+    # The notebook puts a ReLU on the comparison logits. A class whose normalised score
+    # is negative for every ROI then has logit 0 and no gradient, for good: trained
+    # from scratch on BCCD every object class died this way (docs/results.md). False
+    # keeps the logits linear.
+    COMPARISON_RELU = True
     ROI_SIZE = 7
     ROI_CANONICAL_SIZE = 224                  # an ROI of this side is pooled from P4
     # The notebook trains the second stage on RPN proposals only. True also adds the

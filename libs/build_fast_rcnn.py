@@ -12,7 +12,8 @@ suits its size, then:
     class;
   - classifier, chosen by CLASSIFIER from CLASSIFIERS:
       "comparison": logit_k = ReLU(BN(conv3d_[1,7,7]((f - p_k)^2))) for each prototype
-                    p_k (row 0 the learned background) - the Comparison Detector;
+                    p_k (row 0 the learned background) - the Comparison Detector
+                    (COMPARISON_RELU = False drops the ReLU);
       "fc":         an FC layer on the box branch's features - the plain FPN baseline.
 """
 import math
@@ -39,7 +40,8 @@ def comparison_classifier(roi_features, box_features, prototypes, cfg, bn_traini
         squared = tf.square(diff, name="squared_difference")
         size = cfg.ROI_SIZE
         scores = slim.conv3d(squared, 1, [1, size, size], padding="VALID",
-                             activation_fn=tf.nn.relu, normalizer_fn=slim.batch_norm,
+                             activation_fn=tf.nn.relu if cfg.COMPARISON_RELU else None,
+                             normalizer_fn=slim.batch_norm,
                              normalizer_params=dict(head_batch_norm_params(cfg, bn_training),
                                                     fused=False),
                              scope="compare_conv3d")                    # [M, K, 1, 1, 1]

@@ -224,6 +224,9 @@ class Detector:
     def run(self, encoded_images):
         """The raw signature outputs (padded arrays) for a list of encoded images."""
         batch = np.array(list(encoded_images), dtype=object)
+        if batch.shape != (len(batch),) or not len(batch):
+            raise ExportError(f"expected a non-empty list of encoded images, got "
+                              f"{len(batch)} item(s) of shape {batch.shape}")
         try:
             return self.session.run(self.output_tensors, {self.input_tensor: batch})
         except tf.errors.InvalidArgumentError as exc:

@@ -434,3 +434,26 @@ def test_export_and_predict_command_lines(trained, sample_data, tmp_path):
                    "--images", str(images))
     assert result.returncode == 1
     assert "not a SavedModel folder" in result.stderr.strip().splitlines()[-1]
+
+
+def test_empty_batch_is_refused_clearly(exported):
+    with export.Detector.from_saved_model(exported[0]) as detector:
+        with pytest.raises(export.ExportError, match="non-empty list"):
+            detector.detect([])
+
+
+def test_fc_baseline_exports_without_references(sample_data, tmp_path):
+    """CLASSIFIER = fc: no reference branch, no prototypes, same signature."""
+    cfg = tiny(CLASSIFIER="fc")
+    run = training.prepare_run(cfg, sample_data["data_dir"], sample_data["reference_dir"],
+                               str(tmp_path / "fc_run"))
+    training.train(run, max_steps=2)
+    checkpoint = training.resolve_checkpoint(run.model_dir)
+    info = export.export_saved_model(run, checkpoint, str(tmp_path / "fc_model"))
+    assert info["prototypes"].startswith("none") and info["reference_dir"] is None
+    images = [encoded for _, encoded in _records(sample_data["data_dir"], "val")]
+    with export.Detector.from_saved_model(str(tmp_path / "fc_model")) as detector:
+        out = detector.run(images)
+        ops = [op.name for op in detector.session.graph.get_operations()]
+    assert not any("prototypes" in name for name in ops)
+    assert out["predict_bbox"].shape == (len(images), cfg.DETECTION_MAX_INSTANCES, 4)

@@ -151,8 +151,9 @@ def test_prototypes_row0_is_learned_background_of_the_positives():
     np.testing.assert_allclose(protos[0], expected, rtol=1e-3, atol=1e-4)
 
 
-def test_comparison_logits_equal_numpy():
-    cfg = tiny_cfg()
+@pytest.mark.parametrize("relu", [True, False])
+def test_comparison_logits_equal_numpy(relu):
+    cfg = tiny_cfg(COMPARISON_RELU=relu)
     rng = np.random.RandomState(3)
     m, k, s, f = 5, cfg.NUM_CLASS, cfg.ROI_SIZE, 6
     rois = rng.normal(size=[m, s, s, f]).astype(np.float32)
@@ -173,7 +174,11 @@ def test_comparison_logits_equal_numpy():
     squared = (rois[:, None] - protos[None]) ** 2                         # [M, K, S, S, F]
     raw = np.einsum("mkijc,ijc->mk", squared.astype(np.float64), w[0, :, :, :, 0])
     eps = 1e-5  # the notebook's head batch-norm epsilon
-    expected = np.maximum(1.7 * (raw - 0.7) / np.sqrt(2.5 + eps) + 0.3, 0.0)
+    expected = 1.7 * (raw - 0.7) / np.sqrt(2.5 + eps) + 0.3
+    if relu:
+        expected = np.maximum(expected, 0.0)
+    else:
+        assert (expected < 0).any()      # the case the ReLU would have cut
     assert got.shape == (m, k)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
