@@ -1,7 +1,7 @@
 """The paper's claim, checked: comparison classifier vs FC baseline on few training images.
 
     python bench/fewshot.py --voc ../shared/datasets/bccd --sizes 5,10,30 --seeds 0,1 \
-        --steps 1500 --out output/fewshot
+        --steps 1000 --out output/fewshot
 
 For each subset size n and seed: n images drawn from the train split (seeded; redrawn
 until every class appears), converted to TFRecords with the full class list, and a
@@ -94,7 +94,7 @@ def main():
     parser.add_argument("--cfg", default=os.path.join(REPO, "cfgs", "bccd_cpu.py"))
     parser.add_argument("--sizes", default="5,10,30")
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--out", default=os.path.join(REPO, "output", "fewshot"))
     args = parser.parse_args()
 
@@ -106,9 +106,19 @@ def main():
     objects_by_id = {os.path.splitext(os.path.basename(i.filename))[0]:
                      {o.name for o in i.objects} for i in images}
     train_ids = sorted(objects_by_id)
+    results_file = os.path.join(args.out, "results.json")
+    done = {}
+    if os.path.exists(results_file):          # a rerun after an interruption goes on
+        with open(results_file) as handle:
+            previous = json.load(handle)
+        if previous["steps"] == args.steps and previous["config"] == args.cfg:
+            done = {(r["images"], r["seed"]): r for r in previous["runs"]}
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
+            if (size, seed) in done:
+                rows.append(done[(size, seed)])
+                continue
             ids = draw_subset(train_ids, objects_by_id, classes, size, seed)
             run_dir = os.path.join(args.out, f"n{size}_seed{seed}")
             data_dir, reference_dir, supports = prepare(args.voc, run_dir, ids, classes)
@@ -121,9 +131,11 @@ def main():
                                    if k.startswith(("voc/", "coco/"))}
             rows.append(row)
             print(json.dumps(row), flush=True)
-            with open(os.path.join(args.out, "results.json"), "w") as handle:
+            partial = results_file + ".partial"     # atomic: never a half-written file
+            with open(partial, "w") as handle:
                 json.dump({"steps": args.steps, "config": args.cfg, "runs": rows}, handle,
                           indent=1)
+            os.replace(partial, results_file)
     print("\nimages | seed | supports | val mAP@0.5 comparison | fc")
     for row in rows:
         print(f"{row['images']:6d} | {row['seed']:4d} | {row['supports']:8d} | "

@@ -61,8 +61,8 @@ class Config(Res101FewShot):
     DETECTION_NMS_THRESHOLD = 0.5
     DETECTION_MAX_INSTANCES = 100
 
-    # 55 epochs of the 205 train images = 11,275 steps, about 47 minutes at the 0.25
-    # s/step measured here (bench/train_step.py); make bccd caps training at 55 minutes.
+    # 55 epochs of the 205 train images = 11,275 steps: 30.5 minutes on this 2-core CPU
+    # (6.2 steps/s, docs/results.md); make bccd caps training at 55 minutes.
     LR = 0.01
     EPOCH = 55
     EPOCH_BOUNDARY = [40, 50]

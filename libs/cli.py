@@ -66,10 +66,11 @@ def user_errors():
     from data.io.label_map import LabelMapError
     from data.io.reference_set import ReferenceSetError
     from libs.export import ExportError
+    from libs.hooks import NonFiniteLossError
     from libs.prediction import PredictionError
     from libs.training import TrainingError
     return (ConfigError, DataError, LabelMapError, ReferenceSetError, TrainingError,
-            ExportError, PredictionError)
+            ExportError, PredictionError, NonFiniteLossError)
 
 
 def guarded(fn):

@@ -15,7 +15,7 @@ FastRCNN -> losses / train_op / detections.
 """
 import numpy as np
 
-from libs import build_fast_rcnn, build_fpn, build_rpn, losses, reference, summaries
+from libs import build_fast_rcnn, build_fpn, build_rpn, hooks, losses, reference, summaries
 from libs.box_utils.anchors import config_anchors
 from libs.networks import backbones
 from libs.tf_compat import tf
@@ -242,6 +242,14 @@ def model_fn(features, labels, mode, params):
         init_backbone_from_checkpoint(cfg)
     update_ops = tf.get_collection(tf.GraphKeys.UPDATE_OPS)[update_ops_before:]
     train_op, lr, clipped = build_train_op(loss, cfg, update_ops)
+    # Checked after every step by hooks.FiniteLossGuard, in every tower: the losses, the
+    # gradients, and the weights once updated (finite gradients times a huge LR can
+    # still overflow them, and the next checkpoint would save that).
+    with tf.control_dependencies([train_op]):
+        weights_norm = tf.global_norm(tf.trainable_variables())
+    hooks.guard_values(dict(parts, total_loss=loss,
+                            gradients=tf.global_norm([grad for grad, _ in clipped]),
+                            weights=weights_norm))
     if summaries.is_first_tower():
         summaries.add_training_summaries(loss, parts, lr, clipped, graph, features,
                                          labels, cfg, params.get("class_names"))

@@ -3,10 +3,13 @@
 tools/train.py, tools/eval.py and the tests all go through here, so a run is set up the
 same way whichever door it comes in by.
 """
+import json
 import os
+import shutil
 
 from absl import logging
 
+from libs import hooks as hooks_lib
 from libs.configs import finalize
 from libs.model_fn import model_fn
 from libs.tf_compat import tf
@@ -51,8 +54,69 @@ def tower_devices(cfg):
     return devices
 
 
+class ClusterTask:
+    """This process's place in a multi-worker cluster, read from TF_CONFIG."""
+
+    def __init__(self, task_type, index, num_workers, is_chief):
+        self.task_type = task_type
+        self.index = index
+        self.num_workers = num_workers
+        self.is_chief = is_chief
+
+    def __str__(self):
+        role = "chief" if self.is_chief else "not chief"
+        return f"{self.task_type}:{self.index} of {self.num_workers} workers ({role})"
+
+
+def cluster_task(environ=None):
+    """The ClusterTask that TF_CONFIG describes, or None for one process on its own.
+
+    TF_CONFIG is tf.distribute's own convention: {"cluster": {"chief": [host:port],
+    "worker": [host:port, ...]}, "task": {"type": "worker", "index": 0}}. The chief
+    (or worker 0 without a chief) writes checkpoints and summaries.
+    """
+    raw = (os.environ if environ is None else environ).get("TF_CONFIG", "").strip()
+    if not raw:
+        return None
+    try:
+        config = json.loads(raw)
+        cluster, task = dict(config.get("cluster") or {}), dict(config.get("task") or {})
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise TrainingError(f"TF_CONFIG is not a JSON object with 'cluster' and 'task': "
+                            f"{exc}") from exc
+    unsupported = sorted(set(cluster) - {"chief", "worker"})
+    if unsupported:
+        raise TrainingError(f"TF_CONFIG cluster has {unsupported} tasks: only 'chief' and "
+                            f"'worker' are supported (MultiWorkerMirroredStrategy)")
+    num_workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    if num_workers <= 1:
+        return None
+    task_type, index = task.get("type"), task.get("index", 0)
+    if task_type not in cluster or not isinstance(index, int) or not (
+            0 <= index < len(cluster[task_type])):
+        raise TrainingError(f"TF_CONFIG task {task} is not one of the cluster's tasks "
+                            f"{ {name: len(hosts) for name, hosts in cluster.items()} }")
+    is_chief = task_type == "chief" or ("chief" not in cluster and index == 0)
+    return ClusterTask(task_type, index, num_workers, is_chief)
+
+
+# Collectives wait at most this long for a peer; a worker that died then fails the
+# others instead of hanging them for ever.
+COLLECTIVE_TIMEOUT_SECONDS = 300
+
+
 def make_strategy(cfg):
-    """MirroredStrategy over the towers, or None for a single tower."""
+    """(strategy or None, tower devices): MultiWorkerMirroredStrategy when TF_CONFIG
+    names a cluster, MirroredStrategy over several towers, None for one tower."""
+    if cluster_task() is not None:
+        strategy = tf.distribute.experimental.MultiWorkerMirroredStrategy()
+        # The v1 strategy takes no CommunicationOptions argument; its extended object
+        # reads them when the Estimator's coordinator configures it for this task, so
+        # the timeout goes there (TF 2.15, the version this project pins).
+        strategy.extended._communication_options = (  # pylint: disable=protected-access
+            tf.distribute.experimental.CommunicationOptions(
+                timeout_seconds=COLLECTIVE_TIMEOUT_SECONDS))
+        return strategy, ["/cpu:0"]
     devices = tower_devices(cfg)
     if len(devices) == 1:
         return None, devices
@@ -91,11 +155,14 @@ def session_config(num_cpu_devices=1):
 
 
 def make_run_config(cfg, model_dir, strategy=None, num_cpu_devices=1):
+    # No checkpoint schedule here: training_hooks brings the CheckpointSaverHook, after
+    # the finite-loss guard (an Estimator-made saver would run before the guard).
     session_config_proto = session_config(num_cpu_devices)
     return tf.estimator.RunConfig(
         model_dir=model_dir,
         tf_random_seed=cfg.SEED,
-        save_checkpoints_steps=cfg.SAVE_CHECKPOINTS_STEPS,
+        save_checkpoints_steps=None,
+        save_checkpoints_secs=None,
         save_summary_steps=cfg.SAVE_SUMMARY_STEPS,
         keep_checkpoint_max=cfg.KEEP_CHECKPOINT_MAX,
         log_step_count_steps=cfg.LOG_EVERY_N_STEPS,
@@ -104,13 +171,41 @@ def make_run_config(cfg, model_dir, strategy=None, num_cpu_devices=1):
 
 
 def make_estimator(cfg, model_dir, params, distribute=True, warm_start_from=None):
-    """The Estimator of `cfg` writing to `model_dir`; towers when distribute is True."""
+    """The Estimator of `cfg` writing to `model_dir`; towers when distribute is True.
+
+    To train it, pass training_hooks(estimator, cfg) to estimator.train (train() does):
+    the checkpoint saver comes with them, after the finite-loss guard.
+    """
     strategy, devices = make_strategy(cfg) if distribute else (None, ["/cpu:0"])
     cpu_devices = len(devices) if devices[0].startswith("/cpu") else 1
     run_config = make_run_config(cfg, model_dir, strategy, cpu_devices)
     params = dict(params, net_config=cfg)
     return tf.estimator.Estimator(model_fn=model_fn, config=run_config, params=params,
                                   warm_start_from=warm_start_from)
+
+
+def training_hooks(estimator, cfg):
+    """[finite-loss guard, checkpoint saver]: the guard first, so a step whose loss or
+    gradients are not finite stops training before its weights can be saved."""
+    task = cluster_task()
+    hooks = [hooks_lib.FiniteLossGuard(estimator.model_dir)]
+    if task is not None and not task.is_chief:
+        # Saving reads the ON_READ (batch-norm moving average) variables through
+        # collectives that every worker must join, so a non-chief worker saves too, on
+        # the same schedule, into a scratch folder (TF's own convention for its
+        # summaries) that train() removes at the end.
+        hooks.append(tf.train.CheckpointSaverHook(worker_scratch_dir(estimator.model_dir,
+                                                                     task),
+                                                  save_steps=cfg.SAVE_CHECKPOINTS_STEPS))
+    elif task is not None or estimator.config.is_chief:
+        hooks.append(tf.train.CheckpointSaverHook(estimator.model_dir,
+                                                  save_steps=cfg.SAVE_CHECKPOINTS_STEPS))
+    return hooks
+
+
+def worker_scratch_dir(model_dir, task):
+    """Where a non-chief worker's throwaway checkpoints and summaries go."""
+    return os.path.join(model_dir, f"tmp_{task.task_type}_{task.index}")
 
 
 def describe_start(cfg, model_dir):
@@ -171,29 +266,12 @@ def prepare_run(cfg, data_dir=None, reference_dir=None, model_dir=None,
                {name: list(files) for name, files in paths.items()} if paths else None)
 
 
-class StopAfterTimeHook(tf.train.SessionRunHook):
-    """Asks training to stop once `minutes` of wall time have passed since it began.
-
-    A time budget on shared machines: the Estimator then writes its final checkpoint
-    as at max_steps, so the run resumes from there when rerun.
-    """
-
-    def __init__(self, minutes):
-        import time
-        self._clock = time.monotonic
-        self.limit_seconds = float(minutes) * 60.0
-        self.stopped_early = False
-        self._start = None
-
-    def begin(self):
-        self._start = self._clock()
-
-    def after_run(self, run_context, run_values):
-        if self._clock() - self._start >= self.limit_seconds and not self.stopped_early:
-            self.stopped_early = True
-            logging.warning("time budget of %.1f minutes reached: stopping and saving a "
-                            "checkpoint", self.limit_seconds / 60.0)
-            run_context.request_stop()
+def check_train_split(run):
+    """DataError now, not an hour into the run, if the train TFRecords are cut short."""
+    from data.io.input_fn import check_split
+    from data.io.label_map import read_label_map
+    info = read_label_map(run.data_dir).splits.get(run.cfg.TRAIN_SPLIT, {})
+    return check_split(run.data_dir, run.cfg.TRAIN_SPLIT, info.get("num_images"))
 
 
 def train(run, max_steps=None, distribute=True, hooks=None, max_minutes=None):
@@ -202,22 +280,38 @@ def train(run, max_steps=None, distribute=True, hooks=None, max_minutes=None):
     max_minutes stops earlier when that much wall time has passed (a checkpoint is
     written either way). Returns the global step reached.
     """
+    from data.io.input_fn import EVAL as EVAL_MODE
     from data.io.input_fn import TRAIN as TRAIN_MODE
     from data.io.input_fn import make_input_fn
 
     cfg = run.cfg
     max_steps = int(max_steps or cfg.MAX_STEPS)
+    check_train_split(run)
     logging.info("%s", describe_start(cfg, run.model_dir))
     logging.info("config %s: %d tower(s) x %d image(s), %d steps/epoch, LR %s at steps "
                  "%s, max_steps %d", cfg.NAME, cfg.NUM_GPUS, cfg.PER_GPU_IMAGE,
                  cfg.STEPS_PER_EPOCH, cfg.LR_VALUES, cfg.BOUNDARY, max_steps)
     estimator = make_estimator(cfg, run.model_dir, run.params, distribute=distribute)
     input_fn = make_input_fn(cfg, TRAIN_MODE, data_dir=run.data_dir)
-    hooks = list(hooks or [])
+    hooks = training_hooks(estimator, cfg) + list(hooks or [])
     if max_minutes:
-        hooks.append(StopAfterTimeHook(max_minutes))
-    estimator.train(input_fn, max_steps=max_steps, hooks=hooks)
-    return estimator.get_variable_value("global_step")
+        hooks.append(hooks_lib.StopAfterTimeHook(max_minutes))
+    task = cluster_task() if distribute else None
+    if task is None:
+        estimator.train(input_fn, max_steps=max_steps, hooks=hooks)
+        return estimator.get_variable_value("global_step")
+    # Estimator.train refuses a TF_CONFIG cluster; train_and_evaluate runs the
+    # distribute coordinator, which trains on every chief/worker task (an EvalSpec is
+    # required but only an 'evaluator' task would run it).
+    logging.info("multi-worker training: this process is %s", task)
+    tf.estimator.train_and_evaluate(
+        estimator, tf.estimator.TrainSpec(input_fn, max_steps=max_steps, hooks=hooks),
+        tf.estimator.EvalSpec(make_input_fn(cfg, EVAL_MODE, data_dir=run.data_dir),
+                              steps=None))
+    if not task.is_chief:
+        shutil.rmtree(worker_scratch_dir(run.model_dir, task), ignore_errors=True)
+    latest = tf.train.latest_checkpoint(run.model_dir)
+    return int(tf.train.load_variable(latest, "global_step")) if latest else max_steps
 
 
 def resolve_checkpoint(model_dir, checkpoint=None):
@@ -234,16 +328,6 @@ def resolve_checkpoint(model_dir, checkpoint=None):
     return latest
 
 
-class _ProgressHook(tf.train.SessionRunHook):
-    """Counts evaluated images (batches of one) on a Progress line."""
-
-    def __init__(self, progress):
-        self.progress = progress
-
-    def after_run(self, run_context, run_values):
-        self.progress.update()
-
-
 def evaluate(run, checkpoint=None, split=None):
     """Evaluates a checkpoint on a TFRecord split; returns (results dict, checkpoint).
 
@@ -251,7 +335,7 @@ def evaluate(run, checkpoint=None, split=None):
     mAP, COCO mAP / AP50 / AP75 / AR@100) plus global_step.
     """
     from data.io.input_fn import EVAL as EVAL_MODE
-    from data.io.input_fn import make_input_fn
+    from data.io.input_fn import check_split, make_input_fn
     from data.io.label_map import read_label_map
     from libs.io_utils import Progress
 
@@ -259,11 +343,12 @@ def evaluate(run, checkpoint=None, split=None):
     split = split or cfg.EVAL_SPLIT
     checkpoint = resolve_checkpoint(run.model_dir, checkpoint)
     total = read_label_map(run.data_dir).splits.get(split, {}).get("num_images")
+    check_split(run.data_dir, split, total)
     estimator = make_estimator(cfg, run.model_dir, run.params, distribute=False)
     input_fn = make_input_fn(cfg, EVAL_MODE, data_dir=run.data_dir, split=split)
     with Progress(total, f"evaluating {split}") as progress:
         results = estimator.evaluate(input_fn, checkpoint_path=checkpoint,
-                                     hooks=[_ProgressHook(progress)], name=split)
+                                     hooks=[hooks_lib.ProgressHook(progress)], name=split)
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in results.items()}, \
         checkpoint
 
@@ -283,12 +368,14 @@ def train_and_evaluate(run, max_steps=None, split=None, throttle_secs=0):
     cfg = run.cfg
     split = split or cfg.EVAL_SPLIT
     max_steps = int(max_steps or cfg.MAX_STEPS)
+    check_train_split(run)
     logging.info("%s", describe_start(cfg, run.model_dir))
     logging.info("evaluating each new checkpoint on '%s' (every %d steps)", split,
                  cfg.SAVE_CHECKPOINTS_STEPS)
     estimator = make_estimator(cfg, run.model_dir, run.params)
     train_spec = tf.estimator.TrainSpec(
-        make_input_fn(cfg, TRAIN_MODE, data_dir=run.data_dir), max_steps=max_steps)
+        make_input_fn(cfg, TRAIN_MODE, data_dir=run.data_dir), max_steps=max_steps,
+        hooks=training_hooks(estimator, cfg))
     eval_spec = tf.estimator.EvalSpec(
         make_input_fn(cfg, EVAL_MODE, data_dir=run.data_dir, split=split),
         steps=None, name=split, start_delay_secs=0, throttle_secs=throttle_secs)

@@ -10,6 +10,18 @@ if REPO_ROOT not in sys.path:
 import pytest  # noqa: E402
 
 
+def snapshot_tree(directory):
+    """{relative path: bytes} of every file under `directory` ({} if it does not exist):
+    compare two snapshots to prove that nothing was written, half-written or removed."""
+    found = {}
+    for base, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(base, name)
+            with open(path, "rb") as handle:
+                found[os.path.relpath(path, directory)] = handle.read()
+    return found
+
+
 @pytest.fixture(scope="session")
 def sample_data(tmp_path_factory):
     """Generated sample dataset, converted, with references: the tiny config's inputs.

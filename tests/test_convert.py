@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, snapshot_tree
 from data.io import convert, label_map, tfrecord_format
 from data.sample.generate import generate_voc_dataset
 from libs import io_utils
@@ -331,18 +331,11 @@ def test_fewer_shards_removes_stale_ones(sample, tmp_path):
 # Atomicity
 # ---------------------------------------------------------------------------------------
 
-def _snapshot(directory):
-    if not os.path.isdir(directory):
-        return {}
-    return {name: open(os.path.join(directory, name), "rb").read()
-            for name in sorted(os.listdir(directory))}
-
-
 def test_failure_midway_leaves_output_untouched(sample, tmp_path, monkeypatch):
     root, _ = sample
     fresh, previous = str(tmp_path / "fresh"), str(tmp_path / "previous")
     _convert_sample(root, previous, num_shards=1)
-    before = _snapshot(previous)
+    before = snapshot_tree(previous)
 
     real_make_example = tfrecord_format.make_example
     calls = []
@@ -358,8 +351,8 @@ def test_failure_midway_leaves_output_untouched(sample, tmp_path, monkeypatch):
         calls.clear()
         with pytest.raises(RuntimeError, match="disk on fire"):
             _convert_sample(root, output_dir, num_shards=2)
-    assert _snapshot(fresh) == {}
-    assert _snapshot(previous) == before   # no partial shard, no temp file, same map
+    assert snapshot_tree(fresh) == {}
+    assert snapshot_tree(previous) == before   # no partial shard, no temp file, same map
 
 
 def test_atomic_write_keeps_old_content_on_failure(tmp_path):

@@ -90,7 +90,10 @@ def test_block_output_shapes(classifier):
     assert props.min() >= 0 and props.max() <= side
     if classifier == "comparison":
         assert out["prototypes"].shape == (cfg.NUM_CLASS, cfg.ROI_SIZE, cfg.ROI_SIZE, f)
-        assert (out["logits"] >= 0).all()      # conv3d + BN + ReLU: logits >= 0
+        if cfg.COMPARISON_RELU:
+            assert (out["logits"] >= 0).all()  # conv3d + BN + ReLU: logits >= 0
+        else:
+            assert (out["logits"] < 0).any()   # linear: batch-normalised, both signs
     else:
         assert graph["prototypes"] is None
 

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, snapshot_tree
 from data.io import convert, reference_set
 from data.io.reference_set import ReferenceSetError, load_reference_images
 from data.sample.generate import generate_voc_dataset
@@ -24,16 +24,6 @@ def sample(tmp_path_factory):
         "voc", os.path.join(root, "JPEGImages"), os.path.join(root, "Annotations"),
         os.path.join(root, "ImageSets/Main/train.txt"))
     return root, images, names
-
-
-def _tree(directory):
-    found = {}
-    for base, _, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(base, name)
-            with open(path, "rb") as handle:
-                found[os.path.relpath(path, directory)] = handle.read()
-    return found
 
 
 # ---------------------------------------------------------------------------------------
@@ -88,7 +78,7 @@ def test_crops_are_deterministic_and_stale_ones_removed(sample, tmp_path):
     first, second = str(tmp_path / "a"), str(tmp_path / "b")
     reference_set.crop_references(images, first, per_class=4, progress_every_seconds=1e9)
     reference_set.crop_references(images, second, per_class=4, progress_every_seconds=1e9)
-    assert _tree(first) == _tree(second)
+    assert snapshot_tree(first) == snapshot_tree(second)
     # Fewer per class: crops of the earlier run that are no longer chosen go away,
     # a file the user put there stays.
     with open(os.path.join(first, "cell", "mine.png"), "wb") as handle:

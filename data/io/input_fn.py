@@ -27,6 +27,8 @@ a training step.
 """
 import os
 
+from absl import logging
+
 from libs.box_utils.anchors import config_anchors
 from libs.tf_compat import tf
 
@@ -56,6 +58,25 @@ def tfrecord_files(data_dir, split):
         raise DataError(f"no {split}-*.tfrecord files in {data_dir}: convert the "
                         f"'{split}' split first")
     return files
+
+
+def check_split(data_dir, split, expected_images=None):
+    """Refuses, before a run starts, a split whose TFRecords are cut short or do not
+    hold the number of images the label map recorded at conversion. Returns the count.
+    """
+    total = 0
+    for path in tfrecord_files(data_dir, split):
+        try:
+            total += tfrecord_format.count_records(path)
+        except tfrecord_format.TruncatedRecordError as exc:
+            raise DataError(str(exc)) from exc
+    if expected_images is not None and total != expected_images:
+        raise DataError(f"{data_dir}: the '{split}' TFRecords hold {total} images but "
+                        f"label_map.json recorded {expected_images} at conversion; convert "
+                        f"the split again")
+    if total == 0:
+        raise DataError(f"{data_dir}: the '{split}' TFRecords hold no image")
+    return total
 
 
 def _element_seed(cfg, index, salt):
@@ -187,6 +208,10 @@ def make_input_fn(cfg, mode, data_dir=None, split=None, batch_size=None,
             # shard files (even one) splits evenly across workers.
             dataset = dataset.shard(input_context.num_input_pipelines,
                                     input_context.input_pipeline_id)
+            logging.info("input pipeline %d of %d: this worker reads one record in %d "
+                         "of '%s'", input_context.input_pipeline_id,
+                         input_context.num_input_pipelines,
+                         input_context.num_input_pipelines, split)
         if mode == TRAIN:
             dataset = dataset.shuffle(1024, seed=cfg.SEED, reshuffle_each_iteration=True)
             dataset = dataset.repeat(num_epochs)

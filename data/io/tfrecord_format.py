@@ -22,6 +22,9 @@ evaluation, reference cropping) works in pixels.
 graph function (for tf.data), and `decode_example` its inverse in plain Python/numpy
 (for tools and tests that read a few records without a session).
 """
+import os
+import struct
+
 import numpy as np
 
 from libs.tf_compat import tf
@@ -204,3 +207,36 @@ def is_shard_of(name, split):
         return False
     parts = name[len(prefix):-len(".tfrecord")].split("-of-")
     return len(parts) == 2 and all(part.isdigit() for part in parts)
+
+
+class TruncatedRecordError(ValueError):
+    """A TFRecord file that ends inside a record; the message is one line."""
+
+
+def count_records(path):
+    """Number of records in a TFRecord file, checking only its framing.
+
+    Each record is [uint64 length][uint32 CRC of length][data][uint32 CRC of data]; the
+    headers are read and the payloads skipped (a seek), so a multi-GB file is checked
+    in milliseconds. A file cut short (a killed writer, a partial copy) raises
+    TruncatedRecordError. The CRCs are left to TensorFlow's reader.
+    """
+    size = os.path.getsize(path)
+    count, offset = 0, 0
+    with open(path, "rb") as handle:
+        while offset < size:
+            header = handle.read(12)
+            if len(header) < 12:
+                break
+            length = struct.unpack("<Q", header[:8])[0]
+            end = offset + 12 + length + 4
+            if end > size:
+                break
+            handle.seek(end)
+            offset = end
+            count += 1
+    if offset != size:
+        raise TruncatedRecordError(
+            f"{path} is truncated: it ends inside record {count + 1} (byte {offset} of "
+            f"{size}); convert the split again")
+    return count
