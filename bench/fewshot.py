@@ -87,6 +87,14 @@ def train_and_evaluate(cfg, data_dir, reference_dir, model_dir, size, steps, sup
         return json.load(handle)["results"]
 
 
+def _write_results(path, args, rows):
+    """Every run so far (atomic: never a half-written file, a rerun goes on from it)."""
+    partial = path + ".partial"
+    with open(partial, "w") as handle:
+        json.dump({"steps": args.steps, "config": args.cfg, "runs": rows}, handle, indent=1)
+    os.replace(partial, path)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--voc", default=os.path.join(REPO, "..", "shared", "datasets",
@@ -118,6 +126,7 @@ def main():
         for seed in [int(s) for s in args.seeds.split(",")]:
             if (size, seed) in done:
                 rows.append(done[(size, seed)])
+                _write_results(results_file, args, rows)
                 continue
             ids = draw_subset(train_ids, objects_by_id, classes, size, seed)
             run_dir = os.path.join(args.out, f"n{size}_seed{seed}")
@@ -131,11 +140,7 @@ def main():
                                    if k.startswith(("voc/", "coco/"))}
             rows.append(row)
             print(json.dumps(row), flush=True)
-            partial = results_file + ".partial"     # atomic: never a half-written file
-            with open(partial, "w") as handle:
-                json.dump({"steps": args.steps, "config": args.cfg, "runs": rows}, handle,
-                          indent=1)
-            os.replace(partial, results_file)
+            _write_results(results_file, args, rows)
     print("\nimages | seed | supports | val mAP@0.5 comparison | fc")
     for row in rows:
         print(f"{row['images']:6d} | {row['seed']:4d} | {row['supports']:8d} | "
