@@ -188,17 +188,18 @@ def training_hooks(estimator, cfg):
     """[finite-loss guard, checkpoint saver]: the guard first, so a step whose loss or
     gradients are not finite stops training before its weights can be saved."""
     task = cluster_task()
-    hooks = [hooks_lib.FiniteLossGuard(estimator.model_dir)]
-    if task is not None and not task.is_chief:
+    if task is None:
+        save_dir = estimator.model_dir if estimator.config.is_chief else None
+    else:
         # Saving reads the ON_READ (batch-norm moving average) variables through
         # collectives that every worker must join, so a non-chief worker saves too, on
         # the same schedule, into a scratch folder (TF's own convention for its
         # summaries) that train() removes at the end.
-        hooks.append(tf.train.CheckpointSaverHook(worker_scratch_dir(estimator.model_dir,
-                                                                     task),
-                                                  save_steps=cfg.SAVE_CHECKPOINTS_STEPS))
-    elif task is not None or estimator.config.is_chief:
-        hooks.append(tf.train.CheckpointSaverHook(estimator.model_dir,
+        save_dir = (estimator.model_dir if task.is_chief
+                    else worker_scratch_dir(estimator.model_dir, task))
+    hooks = [hooks_lib.FiniteLossGuard(estimator.model_dir)]
+    if save_dir:
+        hooks.append(tf.train.CheckpointSaverHook(save_dir,
                                                   save_steps=cfg.SAVE_CHECKPOINTS_STEPS))
     return hooks
 
@@ -266,12 +267,13 @@ def prepare_run(cfg, data_dir=None, reference_dir=None, model_dir=None,
                {name: list(files) for name, files in paths.items()} if paths else None)
 
 
-def check_train_split(run):
-    """DataError now, not an hour into the run, if the train TFRecords are cut short."""
+def check_run_split(run, split):
+    """DataError now, not an hour into the run, if the TFRecords of `split` are cut short
+    or do not hold the images label_map.json counted; returns the number of images."""
     from data.io.input_fn import check_split
     from data.io.label_map import read_label_map
-    info = read_label_map(run.data_dir).splits.get(run.cfg.TRAIN_SPLIT, {})
-    return check_split(run.data_dir, run.cfg.TRAIN_SPLIT, info.get("num_images"))
+    info = read_label_map(run.data_dir).splits.get(split, {})
+    return check_split(run.data_dir, split, info.get("num_images"))
 
 
 def train(run, max_steps=None, distribute=True, hooks=None, max_minutes=None):
@@ -286,7 +288,7 @@ def train(run, max_steps=None, distribute=True, hooks=None, max_minutes=None):
 
     cfg = run.cfg
     max_steps = int(max_steps or cfg.MAX_STEPS)
-    check_train_split(run)
+    check_run_split(run, cfg.TRAIN_SPLIT)
     logging.info("%s", describe_start(cfg, run.model_dir))
     logging.info("config %s: %d tower(s) x %d image(s), %d steps/epoch, LR %s at steps "
                  "%s, max_steps %d", cfg.NAME, cfg.NUM_GPUS, cfg.PER_GPU_IMAGE,
@@ -335,15 +337,13 @@ def evaluate(run, checkpoint=None, split=None):
     mAP, COCO mAP / AP50 / AP75 / AR@100) plus global_step.
     """
     from data.io.input_fn import EVAL as EVAL_MODE
-    from data.io.input_fn import check_split, make_input_fn
-    from data.io.label_map import read_label_map
+    from data.io.input_fn import make_input_fn
     from libs.io_utils import Progress
 
     cfg = run.cfg
     split = split or cfg.EVAL_SPLIT
     checkpoint = resolve_checkpoint(run.model_dir, checkpoint)
-    total = read_label_map(run.data_dir).splits.get(split, {}).get("num_images")
-    check_split(run.data_dir, split, total)
+    total = check_run_split(run, split)
     estimator = make_estimator(cfg, run.model_dir, run.params, distribute=False)
     input_fn = make_input_fn(cfg, EVAL_MODE, data_dir=run.data_dir, split=split)
     with Progress(total, f"evaluating {split}") as progress:
@@ -368,7 +368,7 @@ def train_and_evaluate(run, max_steps=None, split=None, throttle_secs=0):
     cfg = run.cfg
     split = split or cfg.EVAL_SPLIT
     max_steps = int(max_steps or cfg.MAX_STEPS)
-    check_train_split(run)
+    check_run_split(run, cfg.TRAIN_SPLIT)
     logging.info("%s", describe_start(cfg, run.model_dir))
     logging.info("evaluating each new checkpoint on '%s' (every %d steps)", split,
                  cfg.SAVE_CHECKPOINTS_STEPS)
