@@ -154,11 +154,11 @@ def measure(cfg, data_dir, split, args):
     """Runs the pipeline; returns the dict of figures."""
     from data.io import input_fn as input_lib
     from libs.box_utils.anchors import config_anchors
-    from libs.tf_compat import tf
+    from libs.tf_compat import seeded_graph, tf
 
     files = input_lib.tfrecord_files(data_dir, split)
     batch_size = cfg.PER_GPU_IMAGE
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         with _rpn_targets_skipped(input_lib, args.skip_rpn_targets):
             dataset = input_lib.make_input_fn(cfg, input_lib.TRAIN, data_dir=data_dir,
                                               split=split)()

@@ -47,12 +47,11 @@ flags.DEFINE_bool("json", False, "Print one JSON line.")
 def _random_checkpoint(run, directory):
     """A checkpoint of freshly initialised weights (every variable the model has)."""
     from libs import export
-    from libs.tf_compat import tf
+    from libs.tf_compat import seeded_graph, tf
     params = {"net_config": run.cfg, "class_names": run.class_names,
               "reference_images": run.reference_images}
-    graph = tf.Graph()
+    graph = seeded_graph(run.cfg.SEED)
     with graph.as_default():
-        tf.set_random_seed(run.cfg.SEED)
         export.build_serving_graph(params)
         with tf.Session() as session:
             session.run(tf.global_variables_initializer())

@@ -33,7 +33,7 @@ import numpy as np
 from libs import reference
 from libs.io_utils import atomic_directory
 from libs.model_fn import PREDICT, make_pyramid_fn, model_fn
-from libs.tf_compat import tf
+from libs.tf_compat import seeded_graph, tf
 
 INPUT_KEY = "images"
 SIGNATURE = "serving_default"
@@ -67,7 +67,7 @@ def compute_prototypes(cfg, checkpoint, reference_images):
     Row 0 is the learned background prototype. The branch is the one model_fn builds
     (batch-norm moving statistics, shared backbone and FPN weights).
     """
-    graph = tf.Graph()
+    graph = seeded_graph(cfg.SEED)   # initializers are built, then overwritten by restore
     with graph.as_default():
         images = tf.constant(np.asarray(reference_images, np.uint8))
         prototypes = reference.build_prototypes(
@@ -136,7 +136,7 @@ def export_saved_model(run, checkpoint, export_dir, overwrite=False,
         "input": INPUT_KEY,
         "outputs": list(OUTPUT_KEYS),
     }
-    graph = tf.Graph()
+    graph = seeded_graph(cfg.SEED)
     try:
         with atomic_directory(export_dir, overwrite=overwrite) as temp_dir:
             model_dir = os.path.join(temp_dir, "model")
@@ -212,7 +212,7 @@ class Detector:
     @classmethod
     def from_checkpoint(cls, run, checkpoint, cache_prototypes=True):
         params = serving_params(run, checkpoint, cache_prototypes)
-        graph = tf.Graph()
+        graph = seeded_graph(run.cfg.SEED)
         with graph.as_default():
             inputs, outputs = build_serving_graph(params)
             session = _session(graph)

@@ -16,6 +16,13 @@ only place that knows the two traps below.
    ``tf_keras.src.legacy_tf_layers``, so the first batch norm raises
    ``ModuleNotFoundError: No module named 'tf_keras.legacy_tf_layers'``. We register the
    real package under the name TensorFlow looks for.
+3. A racy gradient. On the CPU, ``CropAndResizeGradImage`` (the backward pass of
+   ROI-align, which carries the second stage's gradient into the FPN) splits the ROIs
+   over threads that add into the same feature cells without a lock: overlapping ROIs
+   lose updates (3-5% of that gradient on most runs of 512 overlapping ROIs), and two
+   runs with the same seed differ. With op determinism on, TensorFlow runs it on one
+   thread; no measurable cost in a training step here (docs/reliability.md). Tested by
+   tests/test_model_blocks.py::test_roi_align_gradient_equals_numpy_on_every_run.
 """
 import importlib
 import os
@@ -83,8 +90,24 @@ skip_autograph_for_tf_keras()
 
 tf = _tf2.compat.v1
 tf.disable_v2_behavior()
+# Trap 3 in the module docstring: without this the ROI-align gradient is wrong.
+_tf2.config.experimental.enable_op_determinism()
 tf.logging.set_verbosity(tf.logging.INFO)
 
 import tf_slim as slim  # noqa: E402  (after the alias, by design)
 
-__all__ = ["tf", "slim", "LEGACY_ALIAS_INSTALLED", "install_legacy_layers_alias"]
+
+def seeded_graph(seed=0):
+    """A new graph with a graph-level seed.
+
+    With op determinism on, TensorFlow refuses to build a random op (every variable
+    initializer) in a graph without a seed, so every graph that creates variables
+    outside an Estimator (which seeds its own from RunConfig.tf_random_seed) starts here.
+    """
+    graph = tf.Graph()
+    graph.seed = seed
+    return graph
+
+
+__all__ = ["tf", "slim", "seeded_graph", "LEGACY_ALIAS_INSTALLED",
+           "install_legacy_layers_alias"]

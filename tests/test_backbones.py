@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from libs.networks import BACKBONES, FEATURE_LEVELS, backbone_channels, build_backbone
-from libs.tf_compat import slim, tf
+from libs.tf_compat import seeded_graph, slim, tf
 from tf_slim.nets import resnet_v1, resnet_v2
 
 SLIM_RESNETS = ("resnet_v1_50", "resnet_v1_101", "resnet_v2_50", "resnet_v2_101")
@@ -30,7 +30,7 @@ class BuiltBackbone:
     """
 
     def __init__(self, net_name):
-        self.graph = tf.Graph()
+        self.graph = seeded_graph()
         with self.graph.as_default():
             self.images = tf.placeholder(tf.float32, [1, SIDE, SIDE, 3], name="images")
             self.features = build_backbone(net_name, self.images)
@@ -65,7 +65,7 @@ def test_registry_lists_every_backbone_and_their_channels():
 
 
 def test_unknown_backbone_is_a_value_error_naming_the_known_ones():
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         images = tf.zeros([1, 64, 64, 3])
         with pytest.raises(ValueError, match="resnet_v1_101.*tiny_resnet"):
             build_backbone("resnet_v9_7", images)
@@ -83,7 +83,7 @@ def test_feature_levels_have_strides_4_to_32_and_documented_channels(built, net_
 
 
 def test_tiny_resnet_strides_at_run_time_on_a_non_square_image():
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         images = tf.placeholder(tf.float32, [1, None, None, 3])
         features = build_backbone("tiny_resnet", images)
         image = np.random.RandomState(0).normal(size=[1, 192, 128, 3])
@@ -131,7 +131,7 @@ def test_slim_resnets_get_is_training_and_detector_settings(monkeypatch, net_nam
         raise StopBuilding
 
     monkeypatch.setattr(resnet_v1 if "_v1_" in net_name else resnet_v2, net_name, spy)
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         with pytest.raises(StopBuilding):
             build_backbone(net_name, tf.zeros([1, 64, 64, 3]), is_training=is_training)
     assert received["is_training"] is is_training
@@ -161,7 +161,7 @@ def test_variables_are_those_of_slims_imagenet_classifier(built, net_name):
     names = {v.op.name for v in built(net_name).variables_after_query}
     net_fn = getattr(resnet_v1 if "_v1_" in net_name else resnet_v2, net_name)
     arg_scope = (resnet_v1 if "_v1_" in net_name else resnet_v2).resnet_arg_scope
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         with slim.arg_scope(arg_scope()):
             # is_training only changes the graph, not the variables (and builds faster).
             net_fn(tf.zeros([1, 224, 224, 3]), num_classes=1000, is_training=False)
@@ -172,7 +172,7 @@ def test_variables_are_those_of_slims_imagenet_classifier(built, net_name):
 @pytest.mark.parametrize("is_training", [False, True])
 def test_is_training_switches_batch_norm_statistics_only(is_training):
     net_name = "tiny_resnet"
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         images = tf.constant(np.random.RandomState(1).normal(
             2.0, 3.0, size=[2, 64, 64, 3]).astype(np.float32))
         features = build_backbone(net_name, images, is_training=is_training)
@@ -213,7 +213,7 @@ def test_tiny_resnet_trains_from_scratch(is_training):
     images_np = (rng.normal(size=[4, 2, 64, 2, 64, 3]) + offsets).reshape(4, 128, 128, 3)
     images_np = images_np.astype(np.float32)
     targets_np = images_np.reshape(4, 2, 64, 2, 64, 3).mean(axis=(2, 4, 5))
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         tf.set_random_seed(0)
         features = build_backbone("tiny_resnet", tf.constant(images_np),
                                   is_training=is_training)

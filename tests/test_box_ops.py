@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from libs.box_utils import box_ops
-from libs.tf_compat import tf
+from libs.tf_compat import seeded_graph, tf
 
 STD_DEV = [0.1, 0.1, 0.25, 0.27]
 
@@ -19,7 +19,7 @@ STD_DEV = [0.1, 0.1, 0.25, 0.27]
 
 def _run(build_fn, feed=None):
     """Builds the ops of build_fn() in a fresh graph and evaluates them."""
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         fetches = build_fn()
         with tf.Session() as sess:
             return sess.run(fetches, feed_dict=feed)
@@ -147,7 +147,7 @@ def test_iou_matrix_with_unknown_and_empty_sizes():
         boxes2 = tf.placeholder(tf.float32, [None, 4])
         return boxes1, boxes2, box_ops.iou_matrix(boxes1, boxes2)
 
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         boxes1, boxes2, iou = build()
         with tf.Session() as sess:
             empty = sess.run(iou, {boxes1: _random_boxes(np.random.default_rng(3), 5),
@@ -231,7 +231,7 @@ def test_clip_boxes_matches_numpy():
         window_input = tf.placeholder(tf.float32, [4])
         return box_ops.clip_boxes(boxes, window_input), window_input
 
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         clipped, window_input = build()
         with tf.Session() as sess:
             got = sess.run(clipped, {window_input: window})
@@ -281,7 +281,7 @@ def test_nms_padded_matches_greedy_numpy(seed, iou_threshold, max_output_size,
                                      iou_threshold, score_threshold)
         return box_input, score_input, outputs
 
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         box_input, score_input, outputs = build()
         # Static shapes are known although the input length is not.
         assert outputs[0].shape.as_list() == [max_output_size, 4]
@@ -317,7 +317,7 @@ def test_nms_padded_with_no_boxes_is_all_padding():
 
 
 def test_nms_padded_needs_python_int_size():
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         with pytest.raises(ValueError, match="python int"):
             box_ops.nms_padded(tf.zeros([3, 4]), tf.zeros([3]), tf.constant(3), 0.5)
 
@@ -335,7 +335,7 @@ def test_batch_slice_single_output_equals_per_item():
                                   names=["weighted"])
         return out
 
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         out = build()
         assert out.name.startswith("weighted")
         with tf.Session() as sess:
@@ -385,7 +385,7 @@ def test_batch_slice_with_a_run_time_batch_equals_the_unrolled_one():
         return kept_boxes, kept_scores, num_valid
 
     unrolled = _run(lambda: box_ops.batch_slice([batch_boxes, batch_scores], one_image, 3))
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         boxes = tf.placeholder(tf.float32, [None, 30, 4])
         scores = tf.placeholder(tf.float32, [None, 30])
         looped = box_ops.batch_slice([boxes, scores], one_image, None,

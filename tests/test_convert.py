@@ -16,7 +16,7 @@ from conftest import REPO_ROOT, snapshot_tree
 from data.io import convert, label_map, tfrecord_format
 from data.sample.generate import generate_voc_dataset
 from libs import io_utils
-from libs.tf_compat import tf
+from libs.tf_compat import seeded_graph, tf
 
 CONVERTER = os.path.join(REPO_ROOT, "tools", "convert_to_tfrecord.py")
 
@@ -58,7 +58,7 @@ def read_records(output_dir, split):
     """All records of a split through tf.data + parse_example in a session."""
     files = sorted(glob.glob(os.path.join(output_dir, f"{split}-*.tfrecord")))
     records = []
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         dataset = tf.data.TFRecordDataset(files).map(tfrecord_format.parse_example)
         parsed = tf.data.make_one_shot_iterator(dataset).get_next()
         decoded = tf.io.decode_image(parsed["image"], channels=3, expand_animations=False)

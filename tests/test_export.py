@@ -16,7 +16,7 @@ from data.io import input_fn as input_lib
 from data.io import preprocessing, reference_set, tfrecord_format
 from libs import export, io_utils, model_fn as model_lib, training
 from libs.configs import load_config
-from libs.tf_compat import tf
+from libs.tf_compat import seeded_graph, tf
 from tests.conftest import REPO_ROOT
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
@@ -89,7 +89,7 @@ def test_serving_boxes_map_back_to_original_pixels(height, width):
     x = np.sort(rng.uniform(0, width, size=(5, 2)), axis=1)
     boxes = np.stack([y[:, 0], x[:, 0], y[:, 1], x[:, 1]], axis=1).astype(np.float32)
     image = rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         encoded = tf.placeholder(tf.string, [None])
         features = input_lib.serving_features(encoded, cfg)
         network = preprocessing.transform_boxes(tf.constant(boxes)[tf.newaxis],
@@ -117,14 +117,14 @@ def test_serving_preprocessing_equals_the_input_pipeline(sample_data):
     cfg = tiny()
     records = _records(sample_data["data_dir"], "val")
     pipeline = []
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         dataset = input_lib.make_input_fn(cfg, input_lib.PREDICT,
                                           data_dir=sample_data["data_dir"], split="val")()
         element = tf.data.make_one_shot_iterator(dataset).get_next()
         with tf.Session() as session:
             for _ in records:
                 pipeline.append(session.run(element))
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         encoded = tf.placeholder(tf.string, [None])
         features = input_lib.serving_features(encoded, cfg)
         with tf.Session() as session:
@@ -207,7 +207,7 @@ def test_prototypes_are_cached_not_recomputed(trained, exported):
     expected = export.compute_prototypes(run.cfg, checkpoint, run.reference_images)
     assert expected.shape == (run.cfg.NUM_CLASS, run.cfg.ROI_SIZE, run.cfg.ROI_SIZE,
                               run.cfg.FPN_CHANNELS)
-    with tf.Graph().as_default() as graph, tf.Session() as session:
+    with seeded_graph().as_default() as graph, tf.Session() as session:
         tf.saved_model.loader.load(session, ["serve"], export_dir)
         names = [op.name for op in graph.get_operations()]
         assert not [n for n in names if "reference_branch" in n]
@@ -231,7 +231,7 @@ def test_another_reference_dir_changes_only_the_prototypes(trained, exported, sa
     info = export.export_saved_model(other_run, checkpoint, str(tmp_path / "other_model"))
     assert info["reference_dir"] == os.path.abspath(other)
     assert info["checkpoint"] == exported[1]["checkpoint"]
-    with tf.Graph().as_default() as graph, tf.Session() as session:
+    with seeded_graph().as_default() as graph, tf.Session() as session:
         tf.saved_model.loader.load(session, ["serve"], str(tmp_path / "other_model"))
         cached = session.run(graph.get_tensor_by_name("cached_prototypes:0"))
     mine = export.compute_prototypes(run.cfg, checkpoint, other_run.reference_images)

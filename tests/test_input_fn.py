@@ -18,7 +18,7 @@ from data.sample.generate import generate_voc_dataset
 from libs.box_utils import box_ops
 from libs.box_utils.anchors import config_anchors
 from libs.configs import load_config
-from libs.tf_compat import tf
+from libs.tf_compat import seeded_graph, tf
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
 RES101 = os.path.join(REPO_ROOT, "cfgs", "res101_fewshot.py")
@@ -93,7 +93,7 @@ def write_records(data_dir, split, images):
 def run_pipeline(cfg, mode, data_dir, count, split="train", expect_end=False):
     """The first `count` elements (batches) of the pipeline, as numpy; with
     `expect_end`, asserts that the dataset ends right after them."""
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         dataset = input_fn.make_input_fn(cfg, mode, data_dir=data_dir, split=split)()
         element = tf.data.make_one_shot_iterator(dataset).get_next()
         with tf.Session() as sess:
@@ -228,7 +228,7 @@ def test_restore_boxes_inverts_transform_boxes():
     boxes[:, 2:] += boxes[:, :2]
     window = np.array([12.0, 0.0, 500.0, 512.0], np.float32)
     scale = np.array([0.73, 0.7312], np.float32)
-    with tf.Graph().as_default(), tf.Session() as sess:
+    with seeded_graph().as_default(), tf.Session() as sess:
         moved = preprocessing.transform_boxes(tf.constant(boxes), window, scale)
         back = preprocessing.restore_boxes(moved, window, scale)
         moved, back = sess.run([moved, back])
@@ -260,7 +260,7 @@ def test_flips_mirror_image_boxes_and_window(flip, flip_pixels, mirror):
     image = rng.uniform(0, 255, (side, side, 3)).astype(np.float32)
     boxes = np.array([[1, 2, 30, 40], [10, 0, 20, 64], [5, 33.5, 6, 34]], np.float32)
     window = np.array([3, 7, 61, 50], np.float32)
-    with tf.Graph().as_default(), tf.Session() as sess:
+    with seeded_graph().as_default(), tf.Session() as sess:
         flipped = sess.run(flip(tf.constant(image), tf.constant(boxes), tf.constant(window)))
     np.testing.assert_array_equal(flipped[0], flip_pixels(image))
     np.testing.assert_allclose(flipped[1], mirror(boxes, side), atol=1e-5)
@@ -390,7 +390,7 @@ def check_rpn_targets(anchors, gt, labels, deltas, cfg):
 
     # Deltas: positives in increasing anchor order, then zero padding.
     assert np.all(deltas[len(positive):] == 0)
-    with tf.Graph().as_default(), tf.Session() as sess:
+    with seeded_graph().as_default(), tf.Session() as sess:
         decoded = sess.run(box_ops.decode_boxes(
             anchors[positive], deltas[:len(positive)], cfg.RPN_BBOX_STD_DEV))
     for row, anchor in enumerate(positive):
@@ -409,7 +409,7 @@ def rpn_session():
     def run(cfg, gt, seed):
         key = cfg.CONFIG_PATH
         if key not in graphs:
-            graph = tf.Graph()
+            graph = seeded_graph()
             with graph.as_default():
                 anchors = config_anchors(cfg)
                 gt_in = tf.placeholder(tf.float32, [None, 4])

@@ -334,14 +334,14 @@ def expected_results(images, class_names):
 
 
 def test_estimator_bridge_matches_evaluator_and_resets():
-    from libs.tf_compat import tf
+    from libs.tf_compat import seeded_graph, tf
 
     class_names = ["a", "b", "c"]
     images = synthetic_dataset(seed=3, num_images=6)
     images = [image for image in images if len(image[3]) <= 12 and len(image[0]) <= 7]
     first, second = images[:2], images[2:4]
     new_data = synthetic_dataset(seed=4, num_images=3)
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         detections = tf.placeholder(tf.float32, [None, None, 6])
         gt_boxes = tf.placeholder(tf.float32, [None, None, 4])
         gt_labels = tf.placeholder(tf.int32, [None, None])
@@ -384,9 +384,9 @@ def test_estimator_bridge_matches_evaluator_and_resets():
 
 
 def test_estimator_bridge_subset_and_optional_inputs():
-    from libs.tf_compat import tf
+    from libs.tf_compat import seeded_graph, tf
 
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         detections = tf.constant([[[0, 0, 10, 10, 0.9, 1], [0, 0, 0, 0, 0, 0]]],
                                  tf.float32)
         gt_boxes = tf.constant([[[0, 0, 10, 10], [0, 0, 0, 0]]], tf.float32)

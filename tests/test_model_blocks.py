@@ -8,7 +8,7 @@ import pytest
 from libs import build_fast_rcnn, losses, reference
 from libs.configs import load_config
 from libs.model_fn import detector_graph
-from libs.tf_compat import tf
+from libs.tf_compat import seeded_graph, tf
 from tests.conftest import REPO_ROOT
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
@@ -53,7 +53,7 @@ def reference_images(cfg, seed=1):
 def test_block_output_shapes(classifier):
     cfg = tiny_cfg(CLASSIFIER=classifier)
     batch, side, f = 2, cfg.TARGET_SIDE, cfg.FPN_CHANNELS
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         features, targets = fake_batch(cfg, batch)
         graph = detector_graph(features, targets, TRAIN,
                                {"net_config": cfg, "reference_images": reference_images(cfg)})
@@ -103,7 +103,7 @@ def test_class_prototypes_average_supports_then_levels():
     num_classes, supports, channels, size = 3, 2, 4, 7
     rng = np.random.RandomState(0)
     values = rng.normal(size=[4, num_classes * supports, channels]).astype(np.float32)
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         pyramid = {}
         for i, level in enumerate(reference.PROTOTYPE_LEVELS):
             side = 32 // (2 ** i)
@@ -133,7 +133,7 @@ def _conv3x3_same(x, w, b):
 
 def test_prototypes_row0_is_learned_background_of_the_positives():
     cfg = tiny_cfg()
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         features, targets = fake_batch(cfg, 1)
         graph = detector_graph(features, targets, TRAIN,
                                {"net_config": cfg, "reference_images": reference_images(cfg)})
@@ -161,7 +161,7 @@ def test_comparison_logits_equal_numpy(relu):
     m, k, s, f = 5, cfg.NUM_CLASS, cfg.ROI_SIZE, 6
     rois = rng.normal(size=[m, s, s, f]).astype(np.float32)
     protos = rng.normal(size=[k, s, s, f]).astype(np.float32)
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         logits = build_fast_rcnn.comparison_classifier(
             tf.constant(rois), None, tf.constant(protos), cfg, bn_training=False)
         variables = {v.op.name.split("/")[-1]: v for v in tf.global_variables()}
@@ -189,7 +189,7 @@ def test_comparison_logits_equal_numpy(relu):
 def test_assign_levels_matches_formula():
     rois = np.array([[0, 0, 224, 224], [0, 0, 112, 112], [0, 0, 20, 30], [0, 0, 900, 900],
                      [0, 0, 448, 448], [0, 0, 0, 0]], np.float32)
-    with tf.Graph().as_default(), tf.Session() as sess:
+    with seeded_graph().as_default(), tf.Session() as sess:
         got = sess.run(build_fast_rcnn.assign_levels(tf.constant(rois), 224.0))
     expected = []
     for y1, x1, y2, x2 in rois:
@@ -204,7 +204,7 @@ def test_roi_align_samples_the_right_feature_coordinates():
     side, crop = 64, 7
     rois = np.array([[8, 10, 40, 50], [4, 4, 12, 20]], np.float32)
     levels = np.array([2, 3], np.int32)
-    with tf.Graph().as_default(), tf.Session() as sess:
+    with seeded_graph().as_default(), tf.Session() as sess:
         pyramid = {}
         for level in build_fast_rcnn.ROI_LEVELS:
             n = side // 2 ** level
@@ -219,6 +219,63 @@ def test_roi_align_samples_the_right_feature_coordinates():
         np.testing.assert_allclose(crop_values[3, :, 0], expected_x, atol=1e-4)
 
 
+def _bilinear_backward(grads, boxes, image_side):
+    """numpy: d(sum(crops * grads)) / d(feature map) for crop_and_resize on one
+    [H, H, F] map: every crop sample's gradient spread on its 4 bilinear neighbours."""
+    num_boxes, crop, _, depth = grads.shape
+    out = np.zeros([image_side, image_side, depth], np.float64)
+    top = image_side - 1
+    for box, grad in zip(boxes.astype(np.float64), grads.astype(np.float64)):
+        y1, x1, y2, x2 = box
+        for i in range(crop):
+            in_y = y1 * top + i * (y2 - y1) * top / (crop - 1)
+            if not 0 <= in_y <= top:
+                continue
+            y0, dy = int(np.floor(in_y)), in_y - np.floor(in_y)
+            for j in range(crop):
+                in_x = x1 * top + j * (x2 - x1) * top / (crop - 1)
+                if not 0 <= in_x <= top:
+                    continue
+                x0, dx = int(np.floor(in_x)), in_x - np.floor(in_x)
+                ya, xa = int(np.ceil(in_y)), int(np.ceil(in_x))
+                out[y0, x0] += (1 - dy) * (1 - dx) * grad[i, j]
+                out[y0, xa] += (1 - dy) * dx * grad[i, j]
+                out[ya, x0] += dy * (1 - dx) * grad[i, j]
+                out[ya, xa] += dy * dx * grad[i, j]
+    return out
+
+
+def test_roi_align_gradient_equals_numpy_on_every_run():
+    """Many overlapping ROIs on one level: the gradient reaching the feature map is the
+    exact bilinear scatter, on each of 4 runs.
+
+    TensorFlow's CPU CropAndResizeGradImage shards the ROIs over threads that add into
+    the same feature cells without a lock: lost updates, a 3-5% error on most runs of
+    this case, unless op determinism is on (libs/tf_compat.py turns it on).
+    """
+    side, crop, depth, num_rois = 32, 7, 256, 512
+    rng = np.random.RandomState(0)
+    corners = np.sort(rng.uniform(40, 88, [num_rois, 2, 2]), axis=1)  # overlapping
+    rois = np.concatenate([corners[:, 0], corners[:, 1]], axis=1).astype(np.float32)
+    rois[:, 2:] += 2.0                                            # no zero-size ROI
+    levels = np.full([num_rois], 2, np.int32)                   # all on P2 (stride 4)
+    upstream = rng.normal(size=[num_rois, crop, crop, depth]).astype(np.float32)
+    with seeded_graph().as_default(), tf.Session() as sess:
+        pyramid = {f"P{level}": tf.zeros([1] + [side * 4 // 2 ** level] * 2 + [depth])
+                   for level in build_fast_rcnn.ROI_LEVELS}
+        pyramid["P2"] = tf.constant(rng.normal(size=[1, side, side, depth]), tf.float32)
+        pooled = build_fast_rcnn.roi_align(pyramid, tf.constant(rois), tf.constant(levels),
+                                           1, num_rois, crop, side * 4)
+        # Fed, not a constant: grappler would fold the whole (linear) gradient once.
+        upstream_input = tf.placeholder(tf.float32, upstream.shape)
+        gradient = tf.gradients(tf.reduce_sum(pooled * upstream_input), pyramid["P2"])[0]
+        runs = [sess.run(gradient, {upstream_input: upstream})[0] for _ in range(4)]
+    boxes = (rois / 4 - 0.5) / (side - 1)                 # as roi_align normalises them
+    expected = _bilinear_backward(upstream, boxes, side)
+    for got in runs:
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+
+
 def test_fast_rcnn_targets_without_positives_give_an_empty_minibatch():
     cfg = tiny_cfg()
     proposals = np.array([[0, 0, 10, 10], [100, 100, 120, 120]], np.float32)
@@ -227,7 +284,7 @@ def test_fast_rcnn_targets_without_positives_give_an_empty_minibatch():
     labels = np.zeros([cfg.FAST_RCNN_MAX_INSTANCES], np.int32)
     labels[0] = 1
     cfg.ADD_GT_TO_PROPOSALS = False
-    with tf.Graph().as_default(), tf.Session() as sess:
+    with seeded_graph().as_default(), tf.Session() as sess:
         rois, roi_labels, _ = sess.run(build_fast_rcnn.fast_rcnn_targets(
             tf.constant(proposals), tf.constant(gt), tf.constant(labels), cfg, 16))
     assert (roi_labels == -1).all() and not rois.any()
@@ -244,7 +301,7 @@ def test_fast_rcnn_targets_respect_sampling_rules():
     labels = np.zeros([cfg.FAST_RCNN_MAX_INSTANCES], np.int32)
     labels[:3] = [1, 2, 1]
     num_rois = cfg.FAST_RCNN_MINIBATCH_SIZE
-    with tf.Graph().as_default(), tf.Session() as sess:
+    with seeded_graph().as_default(), tf.Session() as sess:
         rois, roi_labels, deltas = sess.run(build_fast_rcnn.fast_rcnn_targets(
             tf.constant(proposals), tf.constant(gt), tf.constant(labels), cfg, num_rois))
     positives = roi_labels > 0
@@ -286,7 +343,7 @@ def test_refine_detections_nms_per_class_and_drops():
                       [0.9, 0.05, 0.05], [0.0, 1.0, 0.0]], np.float32)
     deltas = np.zeros([5, cfg.NUM_CLASS, 4], np.float32)
     window = np.array([0, 0, 128, 128], np.float32)
-    with tf.Graph().as_default(), tf.Session() as sess:
+    with seeded_graph().as_default(), tf.Session() as sess:
         det = sess.run(build_fast_rcnn.refine_detections(
             tf.constant(rois), tf.constant(probs), tf.constant(deltas),
             tf.constant(window), cfg, 0.5))
@@ -303,7 +360,7 @@ def test_l2_regularisation_is_size_normalised_and_skips_batch_norm():
     rng = np.random.RandomState(0)
     a = rng.normal(size=[3, 3, 2, 4]).astype(np.float32)
     b = rng.normal(size=[5]).astype(np.float32)
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         va = tf.Variable(a, name="conv/weights")
         vb = tf.Variable(b, name="conv/biases")
         vg = tf.Variable(np.ones(4, np.float32), name="conv/BatchNorm/gamma")
@@ -316,7 +373,7 @@ def test_l2_regularisation_is_size_normalised_and_skips_batch_norm():
 
 
 def test_losses_of_an_empty_minibatch_are_zero_not_nan():
-    with tf.Graph().as_default(), tf.Session() as sess:
+    with seeded_graph().as_default(), tf.Session() as sess:
         ce = losses.sparse_softmax_cross_entropy(tf.zeros([0], tf.int32), tf.zeros([0, 3]))
         l1 = losses.safe_mean(losses.smooth_l1(tf.zeros([0, 4]), tf.zeros([0, 4])))
         assert sess.run([ce, l1]) == [0.0, 0.0]

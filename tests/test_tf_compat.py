@@ -3,7 +3,7 @@ import importlib
 
 import numpy as np
 
-from libs.tf_compat import slim, tf
+from libs.tf_compat import seeded_graph, slim, tf
 
 
 def test_graph_mode_not_eager():
@@ -18,7 +18,7 @@ def test_legacy_keras_layers_importable_after_tf_compat():
 
 
 def test_slim_batch_norm_builds_and_runs():
-    graph = tf.Graph()
+    graph = seeded_graph()
     with graph.as_default():
         inputs = tf.placeholder(tf.float32, [4, 3, 3, 2])
         outputs = slim.batch_norm(inputs, is_training=True, scale=True, decay=0.5,

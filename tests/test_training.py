@@ -14,7 +14,7 @@ from libs import model_fn as model_lib
 from libs import training
 from libs.configs import load_config
 from libs.networks import backbones
-from libs.tf_compat import tf
+from libs.tf_compat import seeded_graph, tf
 from tests.conftest import REPO_ROOT
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
@@ -49,7 +49,7 @@ def test_two_towers_of_one_image_update_like_one_tower_of_two(sample_data, tmp_p
 def test_learning_rate_is_piecewise_at_the_boundaries():
     cfg = tiny(NUM_TRAIN_IMAGES=10, EPOCH=40, EPOCH_BOUNDARY=[30, 36], LR=0.02)
     assert cfg.BOUNDARY == [300, 360]
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         step = tf.placeholder(tf.int64, [])
         lr = model_lib.learning_rate(cfg, step)
         with tf.Session() as sess:
@@ -62,7 +62,7 @@ def test_learning_rate_is_piecewise_at_the_boundaries():
 
 def test_each_gradient_is_clipped_by_its_own_norm():
     cfg = tiny(NUM_TRAIN_IMAGES=4, CLIP_GRADIENT_NORM=0.5, LR=0.1)
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         tf.train.get_or_create_global_step()
         big = tf.Variable(np.full([3], 10.0, np.float32), name="big")
         small = tf.Variable(np.full([2], 0.01, np.float32), name="small")
@@ -88,7 +88,7 @@ def test_each_gradient_is_clipped_by_its_own_norm():
 def _save_backbone_checkpoint(path, net_name, seed=7):
     """A checkpoint holding only the backbone, with values a fresh init cannot produce."""
     values = {}
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         backbones.build_backbone(net_name, tf.zeros([1, 64, 64, 3]))
         variables = tf.global_variables()
         rng = np.random.RandomState(seed)
@@ -112,7 +112,7 @@ def test_init_from_checkpoint_restores_the_backbone(tmp_path, sample_data):
     prefix = str(tmp_path / "pretrained" / "model.ckpt")
     cfg = tiny(NUM_TRAIN_IMAGES=4, CHECKPOINT_DIR=str(tmp_path / "pretrained"))
     saved = _save_backbone_checkpoint(prefix, cfg.NET_NAME)
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         features, labels = fake_batch(cfg, 1)
         _build_training_graph(cfg, features, labels,
                               {"reference_images": reference_images(cfg)})
@@ -143,13 +143,13 @@ def test_init_from_checkpoint_errors_are_one_clear_line(tmp_path, which, message
         path = str(tmp_path)
     else:
         path = str(tmp_path / "other" / "model.ckpt")
-        with tf.Graph().as_default():
+        with seeded_graph().as_default():
             var = tf.Variable(1.0, name="resnet_v1_50/conv1/weights")
             with tf.Session() as sess:
                 sess.run(var.initializer)
                 tf.train.Saver([var]).save(sess, path)
     cfg = tiny(NUM_TRAIN_IMAGES=4, CHECKPOINT_DIR=path)
-    with tf.Graph().as_default():
+    with seeded_graph().as_default():
         features, labels = fake_batch(cfg, 1)
         with pytest.raises(ValueError) as err:
             _build_training_graph(cfg, features, labels,
