@@ -6,7 +6,7 @@ Every module of the project imports TensorFlow as::
 
 which gives ``tensorflow.compat.v1`` in graph mode and ``tf_slim`` with its batch norm
 working. Importing TensorFlow any other way in product code is a bug: this module is the
-only place that knows the two traps below.
+only place that knows the three traps below.
 
 1. Graph mode. The port is TF1-style (placeholders, collections, ``tf.estimator``), so
    v2 behaviour is disabled before anything builds a graph.

@@ -222,7 +222,7 @@ def test_roi_align_samples_the_right_feature_coordinates():
 def _bilinear_backward(grads, boxes, image_side):
     """numpy: d(sum(crops * grads)) / d(feature map) for crop_and_resize on one
     [H, H, F] map: every crop sample's gradient spread on its 4 bilinear neighbours."""
-    num_boxes, crop, _, depth = grads.shape
+    _, crop, _, depth = grads.shape
     out = np.zeros([image_side, image_side, depth], np.float64)
     top = image_side - 1
     for box, grad in zip(boxes.astype(np.float64), grads.astype(np.float64)):
