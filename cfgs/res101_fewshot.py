@@ -41,6 +41,15 @@ class Config:
     NUM_SUPPORTS = 3                          # reference images per class
     REFERENCE_SIDE = 224
     REFERENCE_RANDOM = False                  # notebook: the first NUM_SUPPORTS per class
+    # Training only: each step averages a random n of each class's NUM_SUPPORTS
+    # references (None: all of them, the notebook). The reference branch then costs
+    # n / NUM_SUPPORTS as much (libs/reference.py).
+    REFERENCE_SUPPORTS_PER_STEP = None
+    # "stacked" (the notebook): a conv over the C positive prototypes stacked along
+    # channels, sized by the number of classes. "pooled": one conv per prototype,
+    # averaged over classes - with BOX_REGRESSION = "class_agnostic" a checkpoint then
+    # runs with any number of classes (new classes from references, no retraining).
+    BACKGROUND_PROTOTYPE = "stacked"
 
     # ---- anchors and RPN --------------------------------------------------------------
     BASE_ANCHOR_SIZE_LIST = [32, 64, 128, 256, 512]   # one size per level P2..P6
@@ -68,12 +77,20 @@ class Config:
     # from scratch on BCCD every object class died this way (docs/results.md). False
     # keeps the logits linear.
     COMPARISON_RELU = True
+    # "learned" (the notebook): conv3d weights of either sign + batch norm over the
+    # squared differences. "distance": minus a weighted squared distance (weights >= 0,
+    # learned scale), so the nearest prototype wins - also for classes added from
+    # references after training (libs/build_fast_rcnn.py, docs/fewshot.md).
+    COMPARISON_SCORE = "learned"
     ROI_SIZE = 7
     ROI_CANONICAL_SIZE = 224                  # an ROI of this side is pooled from P4
     # The notebook trains the second stage on RPN proposals only. True also adds the
     # GT boxes to them (Detectron-style), which helps a from-scratch run start.
     ADD_GT_TO_PROPOSALS = False
     HEAD_CHANNELS = 1024
+    # "per_class" (the notebook): NUM_CLASS x 4 deltas, the predicted class's are used.
+    # "class_agnostic": 4 deltas per ROI, for any class (see BACKGROUND_PROTOTYPE).
+    BOX_REGRESSION = "per_class"
     BBOX_STD_DEV = [0.13, 0.13, 0.27, 0.26]
     FAST_RCNN_POSITIVE_IOU = 0.5
     FAST_RCNN_MINIBATCH_SIZE = 200

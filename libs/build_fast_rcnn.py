@@ -27,25 +27,83 @@ ROI_LEVELS = (2, 3, 4, 5)
 
 # --------------------------------------------------------------------------- classifiers
 
-def comparison_classifier(roi_features, box_features, prototypes, cfg, bn_training):
-    """Logits [M, NUM_CLASS] from squared differences to each prototype.
+def weighted_squared_distances(roi_features, prototypes, weights):
+    """sum_d w_d (f_d - p_kd)^2 for every ROI f and prototype p_k: [M, K].
 
-    roi_features [M, S, S, F]; prototypes [K, S, S, F]. The [1, S, S] conv3d slides over
-    the K axis, so one set of weights scores every class the same way: what is learned
-    is how to compare, not what each class looks like (that comes from the references).
+    roi_features [M, S, S, F], prototypes [K, S, S, F], weights [S*S*F, 1]. Expanded as
+
+        f^2 . w - 2 f . (w * p_k) + p_k^2 . w
+
+    and computed as matrix products instead of a [M, K, S, S, F] tensor of differences:
+    the same value (and gradients) with far less memory and time. Both sides are
+    centred on the prototypes' mean first, which leaves every difference unchanged and
+    keeps f^2 and p^2 small so the sum does not cancel.
+    """
+    depth = int(weights.shape[0])
+    queries = tf.reshape(roi_features, [-1, depth])
+    protos = tf.reshape(prototypes, [-1, depth])
+    centre = tf.reduce_mean(protos, axis=0, keepdims=True)
+    queries, protos = queries - centre, protos - centre
+    query_term = tf.matmul(tf.square(queries), weights)                          # [M, 1]
+    cross_term = tf.matmul(queries, protos * tf.transpose(weights), transpose_b=True)
+    proto_term = tf.transpose(tf.matmul(tf.square(protos), weights))             # [1, K]
+    return tf.add(query_term - 2.0 * cross_term, proto_term,
+                  name="weighted_squared_distance")
+
+
+def comparison_classifier(roi_features, box_features, prototypes, cfg, bn_training):
+    """Logits [M, K] from squared differences to each of the K prototypes.
+
+    roi_features [M, S, S, F]; prototypes [K, S, S, F]. One set of weights scores every
+    class the same way: what is learned is how to compare, not what each class looks
+    like (that comes from the references). COMPARISON_SCORE chooses how:
+
+    "learned" (the notebook): a [1, S, S] conv3d sliding over the K axis of
+        (f - p_k)^2, then batch norm (and ReLU with COMPARISON_RELU). That conv3d is a
+        weighted sum of squared differences with weights of either sign, computed
+        here as weighted_squared_distances (oneDNN's conv3d backward is slow; the
+        variables are the conv3d's own). Nothing makes a nearer prototype score
+        higher: trained on few classes, it can learn to score a class by how far its
+        prototype is, and a new class's prototype then takes over (measured:
+        docs/fewshot.md).
+    "distance": logit_k = -scale * mean_d w_d (f_d - p_kd)^2 with w_d = softplus(v_d)
+        >= 0 and a learned scale > 0, plus a learned bias on the background's logit:
+        a nearer prototype always scores higher, for classes the model never saw too
+        (prototypical networks' rule, with learned per-feature weights).
     """
     del box_features
+    size, channels = cfg.ROI_SIZE, int(roi_features.shape[-1])
+    depth = size * size * channels
+    num_prototypes = (tf.compat.dimension_value(prototypes.shape[0])
+                      or tf.shape(prototypes)[0])
     with tf.variable_scope("comparison_classifier", reuse=tf.AUTO_REUSE):
-        diff = roi_features[:, tf.newaxis] - prototypes[tf.newaxis]   # [M, K, S, S, F]
-        squared = tf.square(diff, name="squared_difference")
-        size = cfg.ROI_SIZE
-        scores = slim.conv3d(squared, 1, [1, size, size], padding="VALID",
-                             activation_fn=tf.nn.relu if cfg.COMPARISON_RELU else None,
-                             normalizer_fn=slim.batch_norm,
-                             normalizer_params=dict(head_batch_norm_params(cfg, bn_training),
-                                                    fused=False),
-                             scope="compare_conv3d")                    # [M, K, 1, 1, 1]
-        return tf.reshape(scores, [-1, cfg.NUM_CLASS], name="class_logits")
+        if cfg.COMPARISON_SCORE == "distance":
+            with tf.variable_scope("distance"):
+                # softplus(0.5413) = 1: every feature starts with weight 1
+                raw = slim.model_variable("feature_weights", shape=[depth, 1],
+                                          initializer=tf.constant_initializer(0.5413))
+                log_scale = slim.model_variable("log_scale", shape=[],
+                                                initializer=tf.zeros_initializer())
+                background_bias = slim.model_variable("background_bias", shape=[],
+                                                      initializer=tf.zeros_initializer())
+                distances = weighted_squared_distances(roi_features, prototypes,
+                                                       tf.nn.softplus(raw)) / depth
+                logits = -tf.exp(log_scale) * distances
+                bias = tf.one_hot(0, num_prototypes) * background_bias
+                return tf.add(logits, bias, name="class_logits")
+        with tf.variable_scope("compare_conv3d"):
+            weights = slim.model_variable(
+                "weights", shape=[1, size, size, channels, 1],
+                initializer=slim.initializers.xavier_initializer())
+            scores = weighted_squared_distances(roi_features, prototypes,
+                                                tf.reshape(weights, [depth, 1]))
+            # Batch norm over every (ROI, class) score, as on the conv3d's 5-D output.
+            scores = slim.batch_norm(tf.reshape(scores, [-1, num_prototypes, 1, 1, 1]),
+                                     **dict(head_batch_norm_params(cfg, bn_training),
+                                            fused=False))
+            if cfg.COMPARISON_RELU:
+                scores = tf.nn.relu(scores)
+        return tf.reshape(scores, [-1, num_prototypes], name="class_logits")
 
 
 def fc_classifier(roi_features, box_features, prototypes, cfg, bn_training):
@@ -97,12 +155,15 @@ class FastRCNN:
                                           self.batch_size, int(self.rois.shape[1]),
                                           cfg.ROI_SIZE, cfg.TARGET_SIDE)
             box_features = self._box_branch(self.roi_features)
+            # Per class (the notebook) or one set for every class (BOX_REGRESSION).
+            self.num_box_classes = (cfg.NUM_CLASS if cfg.BOX_REGRESSION == "per_class"
+                                    else 1)
             with tf.variable_scope("box_regressor"):
                 deltas = slim.fully_connected(
-                    box_features, cfg.NUM_CLASS * 4, activation_fn=None,
+                    box_features, self.num_box_classes * 4, activation_fn=None,
                     weights_initializer=tf.random_normal_initializer(stddev=0.001),
                     scope="bbox_pred")
-            self.box_deltas = tf.reshape(deltas, [-1, cfg.NUM_CLASS, 4])
+            self.box_deltas = tf.reshape(deltas, [-1, self.num_box_classes, 4])
             classify = CLASSIFIERS[cfg.CLASSIFIER]
             self.class_logits = classify(self.roi_features, box_features, prototypes,
                                          cfg, self.bn_training)
@@ -130,13 +191,10 @@ class FastRCNN:
     def _box_branch(self, roi_features):
         cfg = self.cfg
         with tf.variable_scope("box_branch"):
+            bn_params = head_batch_norm_params(cfg, self.bn_training)
+            net = window_conv(roi_features, cfg.HEAD_CHANNELS, bn_params, "conv_7x7")
             with slim.arg_scope([slim.conv2d], normalizer_fn=slim.batch_norm,
-                                normalizer_params=head_batch_norm_params(
-                                    cfg, self.bn_training),
-                                activation_fn=tf.nn.relu):
-                net = slim.conv2d(roi_features, cfg.HEAD_CHANNELS,
-                                  [cfg.ROI_SIZE, cfg.ROI_SIZE], padding="VALID",
-                                  scope="conv_7x7")
+                                normalizer_params=bn_params, activation_fn=tf.nn.relu):
                 net = slim.conv2d(net, cfg.HEAD_CHANNELS, [1, 1], scope="conv_1x1")
             return tf.reshape(net, [-1, cfg.HEAD_CHANNELS])
 
@@ -152,7 +210,8 @@ class FastRCNN:
         cfg = self.cfg
         num_rois = int(self.rois.shape[1])
         logits = tf.reshape(self.class_logits, [self.batch_size, num_rois, cfg.NUM_CLASS])
-        deltas = tf.reshape(self.box_deltas, [self.batch_size, num_rois, cfg.NUM_CLASS, 4])
+        deltas = tf.reshape(self.box_deltas,
+                            [self.batch_size, num_rois, self.num_box_classes, 4])
         with tf.name_scope("fast_rcnn_loss"):
             cls_losses, loc_losses = [], []
             for b in range(self.batch_size):
@@ -163,6 +222,8 @@ class FastRCNN:
                     logits=tf.gather(logits[b], sampled)))
                 positive = tf.where(labels > 0)[:, 0]
                 class_of_positive = tf.cast(tf.gather(labels, positive), tf.int64)
+                if self.num_box_classes == 1:
+                    class_of_positive = tf.zeros_like(class_of_positive)
                 predicted = tf.gather_nd(deltas[b],
                                          tf.stack([positive, class_of_positive], axis=1))
                 loc_losses.append(losses.safe_mean(losses.smooth_l1(
@@ -178,7 +239,7 @@ class FastRCNN:
             min_confidence = cfg.DETECTION_MIN_CONFIDENCE
         num_rois = int(self.rois.shape[1])
         probs = tf.reshape(self.class_probs, [-1, num_rois, cfg.NUM_CLASS])
-        deltas = tf.reshape(self.box_deltas, [-1, num_rois, cfg.NUM_CLASS, 4])
+        deltas = tf.reshape(self.box_deltas, [-1, num_rois, self.num_box_classes, 4])
 
         def one_image(rois, image_probs, image_deltas, window):
             return refine_detections(rois, image_probs, image_deltas, window, cfg,
@@ -191,6 +252,29 @@ class FastRCNN:
 
 
 # ------------------------------------------------------------------------ graph helpers
+
+def window_conv(inputs, num_outputs, normalizer_params, scope):
+    """slim.conv2d(inputs, num_outputs, [S, S], padding="VALID") + batch norm + ReLU on
+    S x S inputs, computed as one matrix product.
+
+    A VALID convolution whose kernel covers the whole input is a dot product per output
+    channel: [M, S*S*C] x [S*S*C, num_outputs]. oneDNN runs it as a convolution whose
+    backward pass is pathologically slow on CPUs without AVX-512 (the 7x7 box-branch
+    conv's gradients were 22 of the 50 op-seconds of a ResNet-101 step at side 512).
+    The variables are the convolution's own (same names, shapes and initialiser), so
+    checkpoints of either form load into the other. Returns [M, 1, 1, num_outputs].
+    """
+    size, channels = int(inputs.shape[1]), int(inputs.shape[-1])
+    with tf.variable_scope(scope):
+        weights = slim.model_variable(
+            "weights", shape=[size, size, channels, num_outputs],
+            initializer=slim.initializers.xavier_initializer())
+        flat = tf.reshape(inputs, [-1, size * size * channels])
+        net = tf.matmul(flat, tf.reshape(weights, [size * size * channels, num_outputs]))
+        net = tf.reshape(net, [-1, 1, 1, num_outputs])
+        net = slim.batch_norm(net, **normalizer_params)
+        return tf.nn.relu(net)
+
 
 def _shuffle(indices, seed):
     """A stateless shuffle: the same seed gives the same order on any device/tower."""
@@ -309,7 +393,9 @@ def refine_detections(rois, probs, deltas, window, cfg, min_confidence):
     class_ids = tf.argmax(probs, axis=1, output_type=tf.int32)
     scores = tf.reduce_max(probs, axis=1)
     row = tf.range(tf.shape(probs)[0])
-    class_deltas = tf.gather_nd(deltas, tf.stack([row, class_ids], axis=1))
+    # deltas [N, NUM_CLASS or 1, 4]: the predicted class's, or the class-agnostic set.
+    delta_column = class_ids if int(deltas.shape[1]) > 1 else tf.zeros_like(class_ids)
+    class_deltas = tf.gather_nd(deltas, tf.stack([row, delta_column], axis=1))
     boxes = box_ops.decode_boxes(rois, class_deltas, cfg.BBOX_STD_DEV)
     boxes = box_ops.clip_boxes(boxes, window)
     is_real = tf.reduce_any(tf.not_equal(rois, 0.0), axis=1)

@@ -47,10 +47,11 @@ def make_pyramid_fn(cfg, mode, reference_branch=False):
     return pyramid_fn
 
 
-def build_prototypes_from_params(params, pyramid_fn, cfg):
+def build_prototypes_from_params(params, pyramid_fn, cfg, support_seed=None):
     """Prototypes from precomputed values (export) or from reference images.
 
     `pyramid_fn` is the reference branch's: make_pyramid_fn(..., reference_branch=True).
+    support_seed (training): see reference.build_prototypes.
     """
     if cfg.CLASSIFIER != "comparison":
         return None
@@ -65,7 +66,24 @@ def build_prototypes_from_params(params, pyramid_fn, cfg):
         raise ValueError("the comparison classifier needs params['reference_images'] "
                          "(load them with data.io.reference_set.load_reference_images)")
     return reference.build_prototypes(tf.constant(np.asarray(images, np.uint8)),
-                                      pyramid_fn, cfg)
+                                      pyramid_fn, cfg, support_seed=support_seed)
+
+
+def class_count_dependent_parts(cfg):
+    """The parts of cfg's model sized by NUM_CLASS, described for the user.
+
+    Empty: a checkpoint of this config runs with any number of classes (prototypes from
+    a reference set of other classes, no retraining).
+    """
+    parts = []
+    if cfg.CLASSIFIER != "comparison":
+        parts.append(f"CLASSIFIER = '{cfg.CLASSIFIER}' (one output per class)")
+    elif cfg.BACKGROUND_PROTOTYPE == "stacked":
+        parts.append("BACKGROUND_PROTOTYPE = 'stacked' (its conv reads every class's "
+                     "prototype)")
+    if cfg.BOX_REGRESSION == "per_class":
+        parts.append("BOX_REGRESSION = 'per_class' (4 deltas per class)")
+    return parts
 
 
 def sampling_seeds(features, cfg):
@@ -91,8 +109,14 @@ def detector_graph(features, labels, mode, params):
     # Named for benchmarks; not "proposals", which would push the image summary of that
     # name to "proposals_1".
     proposals = tf.identity(proposals, name="rpn_proposal_boxes")
+    # In training, which references make each prototype may change per step
+    # (REFERENCE_SUPPORTS_PER_STEP): the same choice in every tower, from (SEED, step).
+    support_seed = None
+    if mode == TRAIN:
+        support_seed = tf.stack([tf.constant(cfg.SEED, tf.int64),
+                                 tf.cast(tf.train.get_or_create_global_step(), tf.int64)])
     prototypes = build_prototypes_from_params(
-        params, make_pyramid_fn(cfg, mode, reference_branch=True), cfg)
+        params, make_pyramid_fn(cfg, mode, reference_branch=True), cfg, support_seed)
     frcnn = build_fast_rcnn.FastRCNN(pyramid, proposals, prototypes, window, cfg, mode,
                                      gt_boxes=labels.get("gt_boxes"),
                                      gt_labels=labels.get("gt_labels"),

@@ -8,6 +8,19 @@ prototype is a 3x3 conv over the positives stacked along channels. Row 0 of the 
 is the background:
 
     prototypes = build_prototypes(reference_images, backbone_fn, cfg)  # [C+1, S, S, F]
+
+The background prototype is chosen by BACKGROUND_PROTOTYPE from BACKGROUND_PROTOTYPES:
+  "stacked" (the notebook): a 3x3 conv over the C positives laid side by side along
+            channels; its kernel has C*F input channels, so a checkpoint only runs with
+            the C classes it was trained on;
+  "pooled": the same 3x3 conv (F -> F) applied to each positive prototype, then the
+            mean over classes; nothing depends on C, so a checkpoint trained with C
+            classes runs with any number of prototypes (new classes from references).
+
+With REFERENCE_SUPPORTS_PER_STEP = n (training only), each step builds every class's
+prototype from a random n of its NUM_SUPPORTS references instead of all of them: the
+reference branch costs n / NUM_SUPPORTS as much, and the classifier learns to compare
+against prototypes from few, varying supports (what it meets with new classes).
 """
 from libs.tf_compat import slim, tf
 
@@ -27,7 +40,7 @@ def class_prototypes(reference_pyramid, num_classes, num_supports, roi_size):
 
 
 def background_prototype(positives, channels, scope="background_prototype"):
-    """The learned background prototype [1, S, S, F] from positives [C, S, S, F].
+    """The notebook's learned background prototype [1, S, S, F] from positives [C, S, S, F].
 
     The C positive prototypes are laid side by side along channels ([1, S, S, C*F]) and
     a 3x3 conv maps them to F channels: the background is learned as a function of what
@@ -42,21 +55,58 @@ def background_prototype(positives, channels, scope="background_prototype"):
                            normalizer_fn=None, scope="conv3x3")
 
 
-def build_prototypes(reference_images, pyramid_fn, cfg):
+def pooled_background_prototype(positives, channels, scope="background_prototype"):
+    """A background prototype [1, S, S, F] that does not depend on the number of classes.
+
+    One 3x3 conv (F -> F, linear) maps each positive prototype to a background guess;
+    the guesses are averaged over classes. The conv being linear, that is the conv of
+    the mean prototype, but written per class it reads as what it is: a class-count-
+    independent summary of what the classes look like.
+    """
+    with tf.variable_scope(scope, reuse=tf.AUTO_REUSE):
+        per_class = slim.conv2d(positives, channels, [3, 3], activation_fn=None,
+                                normalizer_fn=None, scope="conv3x3_per_class")
+    return tf.reduce_mean(per_class, axis=0, keepdims=True)
+
+
+BACKGROUND_PROTOTYPES = {"stacked": background_prototype,
+                         "pooled": pooled_background_prototype}
+
+
+def sample_supports(images, per_step, seed):
+    """[C, K, ...] -> [C, per_step, ...]: a random per_step of each class's K supports.
+
+    Stateless: the same seed (model_fn passes SEED and the global step) picks the same
+    supports in every tower and on every rerun.
+    """
+    num_classes, num_supports = int(images.shape[0]), int(images.shape[1])
+    keys = tf.random.stateless_uniform([num_classes, num_supports], seed=seed)
+    chosen = tf.argsort(keys, axis=1)[:, :per_step]
+    return tf.gather(images, chosen, axis=1, batch_dims=1)
+
+
+def build_prototypes(reference_images, pyramid_fn, cfg, support_seed=None):
     """reference_images: uint8/float [C, K, R, R, 3] RGB. pyramid_fn: images -> P-dict.
 
-    Returns prototypes [NUM_CLASS, ROI_SIZE, ROI_SIZE, FPN_CHANNELS], background first.
+    support_seed (int64 [2]), in training only: build each prototype from a random
+    REFERENCE_SUPPORTS_PER_STEP of the K supports (all of them when that is None).
+    Returns prototypes [C + 1, ROI_SIZE, ROI_SIZE, FPN_CHANNELS], background first.
     """
     with tf.name_scope("reference_branch"):
         shape = reference_images.shape.as_list()
-        num_classes, num_supports = shape[0], shape[1]
+        num_classes = shape[0]
         if num_classes != cfg.NUM_CLASS - 1:
             raise ValueError(f"reference images hold {num_classes} classes but NUM_CLASS "
                              f"is {cfg.NUM_CLASS} (background + {cfg.NUM_CLASS - 1})")
+        per_step = cfg.REFERENCE_SUPPORTS_PER_STEP
+        if support_seed is not None and per_step and per_step < shape[1]:
+            reference_images = sample_supports(reference_images, per_step, support_seed)
+        num_supports = int(reference_images.shape[1])
         images = tf.reshape(tf.cast(reference_images, tf.float32),
                             [num_classes * num_supports] + shape[2:])
         images = images - tf.constant(cfg.PIXEL_MEANS, tf.float32)
         pyramid = pyramid_fn(images)
         positives = class_prototypes(pyramid, num_classes, num_supports, cfg.ROI_SIZE)
-        background = background_prototype(positives, cfg.FPN_CHANNELS)
+        background = BACKGROUND_PROTOTYPES[cfg.BACKGROUND_PROTOTYPE](positives,
+                                                                    cfg.FPN_CHANNELS)
         return tf.concat([background, positives], axis=0, name="prototypes")

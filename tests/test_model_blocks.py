@@ -7,7 +7,7 @@ import pytest
 
 from libs import build_fast_rcnn, losses, reference
 from libs.configs import load_config
-from libs.model_fn import detector_graph
+from libs.model_fn import detector_graph, make_pyramid_fn
 from libs.tf_compat import seeded_graph, tf
 from tests.conftest import REPO_ROOT
 
@@ -152,6 +152,154 @@ def test_prototypes_row0_is_learned_background_of_the_positives():
     stacked = np.concatenate([pos[c] for c in range(num_pos)], axis=-1)  # [S, S, C*F]
     expected = _conv3x3_same(stacked.astype(np.float64), w, b)
     np.testing.assert_allclose(protos[0], expected, rtol=1e-3, atol=1e-4)
+
+
+def test_window_conv_equals_a_valid_convolution_and_its_gradients():
+    """The box branch's 7x7 conv as one matmul: same outputs and gradients as conv2d."""
+    rng = np.random.RandomState(2)
+    inputs = rng.normal(size=[6, 7, 7, 5]).astype(np.float32)
+    upstream = rng.normal(size=[6, 1, 1, 8]).astype(np.float32)
+    params = {"is_training": False, "epsilon": 1e-5, "scale": True}
+    with seeded_graph().as_default(), tf.Session() as sess:
+        x = tf.constant(inputs)
+        got = build_fast_rcnn.window_conv(x, 8, params, "conv_7x7")
+        weights = [v for v in tf.global_variables() if v.op.name == "conv_7x7/weights"][0]
+        # batch norm at its initial statistics (mean 0, variance 1, gamma 1, beta 0)
+        expected = tf.nn.relu(tf.nn.conv2d(x, weights, [1, 1, 1, 1], "VALID") /
+                              tf.sqrt(1.0 + 1e-5))
+        grads = [tf.gradients(tf.reduce_sum(t * upstream), [x, weights])
+                 for t in (got, expected)]
+        sess.run(tf.global_variables_initializer())
+        (a, b), (ga, gb) = sess.run([(got, expected), grads])
+    assert weights.shape.as_list() == [7, 7, 5, 8]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for x_grad, y_grad in zip(ga, gb):
+        np.testing.assert_allclose(x_grad, y_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_pooled_background_is_the_class_mean_of_one_conv_per_prototype():
+    cfg = tiny_cfg(BACKGROUND_PROTOTYPE="pooled")
+    rng = np.random.RandomState(5)
+    positives = rng.normal(size=[4, cfg.ROI_SIZE, cfg.ROI_SIZE, 6]).astype(np.float32)
+    with seeded_graph().as_default():
+        background = reference.BACKGROUND_PROTOTYPES["pooled"](tf.constant(positives), 6)
+        kernel, bias = [v for v in tf.global_variables()
+                        if v.op.name.startswith("background_prototype/conv3x3_per_class/")]
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            sess.run(bias.assign(np.linspace(-1, 1, 6)))
+            got, w, b = sess.run([background, kernel, bias])
+    # The kernel takes F channels whatever the number of classes.
+    assert w.shape == (3, 3, 6, 6)
+    expected = np.mean([_conv3x3_same(p.astype(np.float64), w, b) for p in positives], 0)
+    assert got.shape == (1, cfg.ROI_SIZE, cfg.ROI_SIZE, 6)
+    np.testing.assert_allclose(got[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_sample_supports_takes_distinct_supports_per_class_from_the_seed():
+    num_classes, supports, per_step = 3, 5, 2
+    # support s of class c is a constant image of value 10 * c + s
+    values = 10 * np.arange(num_classes)[:, None] + np.arange(supports)[None]
+    images = np.broadcast_to(values[:, :, None, None, None],
+                             [num_classes, supports, 4, 4, 3]).astype(np.float32)
+    with seeded_graph().as_default(), tf.Session() as sess:
+        seed = tf.placeholder(tf.int64, [2])
+        picked = reference.sample_supports(tf.constant(images), per_step, seed)
+        draws = [sess.run(picked, {seed: [0, step]}) for step in range(12)]
+        again = sess.run(picked, {seed: [0, 3]})
+    np.testing.assert_array_equal(again, draws[3])           # stateless: seed -> choice
+    chosen_sets = set()
+    for draw in draws:
+        assert draw.shape == (num_classes, per_step, 4, 4, 3)
+        chosen = draw[:, :, 0, 0, 0]
+        for c in range(num_classes):
+            # per_step different supports of class c, nothing from another class
+            assert len(set(chosen[c])) == per_step
+            assert set(chosen[c]) <= set(values[c])
+        chosen_sets.add(tuple(map(tuple, chosen)))
+    assert len(chosen_sets) > 1                              # the choice changes per step
+
+
+def test_prototypes_from_sampled_supports_average_only_those():
+    """With REFERENCE_SUPPORTS_PER_STEP the prototype is that of the sampled supports."""
+    cfg = tiny_cfg(NUM_SUPPORTS=3, REFERENCE_SUPPORTS_PER_STEP=1)
+    images = reference_images(cfg)
+    with seeded_graph().as_default(), tf.Session() as sess:
+        pyramid_fn = make_pyramid_fn(cfg, TRAIN, reference_branch=True)
+        sampled = reference.build_prototypes(tf.constant(images), pyramid_fn, cfg,
+                                             support_seed=tf.constant([0, 7], tf.int64))
+        chosen = reference.sample_supports(tf.constant(images), 1,
+                                           tf.constant([0, 7], tf.int64))
+        alone = reference.build_prototypes(chosen, pyramid_fn,
+                                           tiny_cfg(NUM_SUPPORTS=1))
+        every = reference.build_prototypes(tf.constant(images), pyramid_fn, cfg)
+        sess.run(tf.global_variables_initializer())
+        got, expected, all_supports = sess.run([sampled, alone, every])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got, all_supports, atol=1e-4)
+
+
+def test_class_agnostic_box_regression_decodes_every_class_with_one_set_of_deltas():
+    cfg = tiny_cfg(BOX_REGRESSION="class_agnostic", DETECTION_NMS_THRESHOLD=0.3)
+    rois = np.array([[10, 10, 50, 50], [60, 60, 90, 100]], np.float32)
+    probs = np.array([[0.1, 0.9, 0.0], [0.2, 0.0, 0.8]], np.float32)
+    deltas = np.array([[[0.1, -0.2, 0.3, 0.1]], [[-0.3, 0.2, -0.1, 0.2]]], np.float32)
+    window = np.array([0, 0, 128, 128], np.float32)
+    with seeded_graph().as_default(), tf.Session() as sess:
+        det = sess.run(build_fast_rcnn.refine_detections(
+            tf.constant(rois), tf.constant(probs), tf.constant(deltas),
+            tf.constant(window), cfg, 0.5))
+    std = np.array(cfg.BBOX_STD_DEV)
+    for row, roi, d in zip(det[:2], rois, deltas[:, 0] * std):
+        h, w = roi[2] - roi[0], roi[3] - roi[1]
+        cy, cx = roi[0] + h / 2 + d[0] * h, roi[1] + w / 2 + d[1] * w
+        h, w = h * np.exp(d[2]), w * np.exp(d[3])
+        np.testing.assert_allclose(row[:4], [cy - h / 2, cx - w / 2, cy + h / 2,
+                                             cx + w / 2], rtol=1e-4)
+    assert det[:2, 5].tolist() == [1, 2]
+
+
+def test_class_count_independent_head_restores_with_other_class_counts(tmp_path):
+    """Trained with C classes, it runs with more: no variable is sized by NUM_CLASS."""
+    options = dict(BACKGROUND_PROTOTYPE="pooled", BOX_REGRESSION="class_agnostic")
+    shapes = {}
+    for num_class in (3, 5):
+        cfg = tiny_cfg(NUM_CLASS=num_class, **options)
+        with seeded_graph().as_default():
+            features, targets = fake_batch(cfg, 1)
+            graph = detector_graph(features, None, PREDICT,
+                                   {"net_config": cfg,
+                                    "reference_images": reference_images(cfg)})
+            detections = graph["fast_rcnn"].fast_rcnn_detection(0.0)
+            saver = tf.train.Saver()
+            with tf.Session() as sess:
+                if num_class == 3:
+                    sess.run(tf.global_variables_initializer())
+                    saver.save(sess, str(tmp_path / "model"))
+                else:
+                    saver.restore(sess, str(tmp_path / "model"))
+                logits, det = sess.run([graph["fast_rcnn"].class_logits, detections])
+            shapes[num_class] = {v.op.name: v.shape.as_list()
+                                 for v in tf.global_variables()}
+        assert logits.shape[1] == num_class
+        assert det[:, :, 5].max() < num_class
+    assert shapes[3] == shapes[5]
+
+
+def test_notebook_head_is_sized_by_the_number_of_classes():
+    shapes = {}
+    for num_class in (3, 5):
+        cfg = tiny_cfg(NUM_CLASS=num_class)
+        with seeded_graph().as_default():
+            features, _ = fake_batch(cfg, 1)
+            detector_graph(features, None, PREDICT,
+                           {"net_config": cfg, "reference_images": reference_images(cfg)})
+            shapes[num_class] = {v.op.name: v.shape.as_list()
+                                 for v in tf.global_variables()}
+    differ = sorted(n for n in shapes[3] if shapes[3][n] != shapes[5][n])
+    assert differ == ["background_prototype/conv3x3/weights",
+                      "fast_rcnn/box_regressor/bbox_pred/biases",
+                      "fast_rcnn/box_regressor/bbox_pred/weights"]
 
 
 @pytest.mark.parametrize("relu", [True, False])

@@ -31,6 +31,10 @@ class ConfigError(ValueError):
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _CLASSIFIERS = ("comparison", "fc")
+_CHOICES = {"CLASSIFIER": _CLASSIFIERS,
+            "BACKGROUND_PROTOTYPE": ("stacked", "pooled"),
+            "BOX_REGRESSION": ("per_class", "class_agnostic"),
+            "COMPARISON_SCORE": ("learned", "distance")}
 
 
 def _import_module(path):
@@ -184,10 +188,15 @@ def _validate(cfg, source):
               f"got {bounds}")
     if cfg.LR <= 0:
         _fail(source, "LR", f"must be positive, got {cfg.LR}")
-    if cfg.CLASSIFIER not in _CLASSIFIERS:
-        _fail(source, "CLASSIFIER", f"must be one of {_CLASSIFIERS}, got {cfg.CLASSIFIER!r}")
+    for field, choices in _CHOICES.items():
+        if getattr(cfg, field) not in choices:
+            _fail(source, field, f"must be one of {choices}, got {getattr(cfg, field)!r}")
     if not isinstance(cfg.NUM_SUPPORTS, int) or cfg.NUM_SUPPORTS < 1:
         _fail(source, "NUM_SUPPORTS", f"must be a positive integer, got {cfg.NUM_SUPPORTS!r}")
+    per_step = cfg.REFERENCE_SUPPORTS_PER_STEP
+    if per_step is not None and (not isinstance(per_step, int) or per_step < 1):
+        _fail(source, "REFERENCE_SUPPORTS_PER_STEP",
+              f"must be None or a positive integer, got {per_step!r}")
     for field in ("RPN_POSITIVE_RATIO", "FAST_RCNN_POSITIVE_RATIO"):
         if not 0 < getattr(cfg, field) <= 1:
             _fail(source, field, "must be in (0, 1]")
