@@ -125,13 +125,28 @@ def make_strategy(cfg):
 
 # ------------------------------------------------------------------------------ config
 
-def apply_dataset_info(cfg, class_names, num_train_images):
-    """Checks NUM_CLASS against the data and fills NUM_TRAIN_IMAGES (LR boundaries)."""
+def apply_dataset_info(cfg, class_names, num_train_images, adopt_classes=False):
+    """Checks NUM_CLASS against the classes and fills NUM_TRAIN_IMAGES (LR boundaries).
+
+    adopt_classes (evaluation, export, prediction): a model whose head does not depend
+    on the number of classes takes NUM_CLASS from `class_names` instead (prototypes of
+    other classes than it was trained on); any other model must match.
+    """
+    from libs.model_fn import class_count_dependent_parts
     if cfg.NUM_CLASS != len(class_names) + 1:
-        raise TrainingError(
-            f"config {cfg.NAME}: NUM_CLASS = {cfg.NUM_CLASS} but the label map has "
-            f"{len(class_names)} classes {list(class_names)} (+ background = "
-            f"{len(class_names) + 1})")
+        blockers = class_count_dependent_parts(cfg)
+        if not adopt_classes or blockers:
+            hint = (f"; config {cfg.NAME} cannot run with other classes than it was "
+                    f"trained on: {', '.join(blockers)}" if adopt_classes else "")
+            raise TrainingError(
+                f"config {cfg.NAME}: NUM_CLASS = {cfg.NUM_CLASS} but there are "
+                f"{len(class_names)} classes {list(class_names)} (+ background = "
+                f"{len(class_names) + 1}){hint}")
+        logging.info("config %s: NUM_CLASS %d -> %d for the classes %s (the head does "
+                     "not depend on the number of classes)", cfg.NAME, cfg.NUM_CLASS,
+                     len(class_names) + 1, list(class_names))
+        cfg.NUM_CLASS = len(class_names) + 1
+        finalize(cfg)
     if cfg.NUM_TRAIN_IMAGES is None:
         cfg.NUM_TRAIN_IMAGES = int(num_train_images)
         finalize(cfg)
@@ -244,26 +259,46 @@ class Run:
 
 
 def prepare_run(cfg, data_dir=None, reference_dir=None, model_dir=None,
-                need_references=True):
+                need_references=True, inference=False, classes_from_references=False):
     """Resolves directories, reads the label map, loads the reference images.
 
+    inference (evaluation, export, prediction): a model whose head does not depend on
+    the number of classes runs with the classes of the data's label map (see
+    apply_dataset_info). classes_from_references (export, prediction), with a
+    reference_dir given: when the reference set's classes differ from the label map's,
+    the model detects the reference set's classes (new classes from references, no
+    retraining; no label map is needed then).
     Raises TrainingError / LabelMapError / ReferenceSetError with one-line messages.
     """
     from data.io import label_map as label_map_lib
     from data.io import reference_set
 
+    new_classes = bool(inference and classes_from_references and reference_dir is not None
+                       and need_references and cfg.CLASSIFIER == "comparison")
     data_dir = data_dir or cfg.DATA_DIR
     reference_dir = reference_dir or cfg.REFERENCE_DIR
     model_dir = model_dir or cfg.MODEL_DIR
-    labels = label_map_lib.read_label_map(data_dir)
-    split_info = labels.splits.get(cfg.TRAIN_SPLIT, {})
-    apply_dataset_info(cfg, labels.class_names, split_info.get("num_images", 0) or 1)
+    comparison = need_references and cfg.CLASSIFIER == "comparison"
+    class_names, split_info = None, {}
+    try:
+        labels = label_map_lib.read_label_map(data_dir)
+        class_names = labels.class_names
+        split_info = labels.splits.get(cfg.TRAIN_SPLIT, {})
+    except label_map_lib.LabelMapError:
+        if not new_classes:
+            raise
+    if new_classes:
+        found = reference_set.reference_classes(reference_dir)
+        if class_names is None or set(found) != set(class_names):
+            class_names = found
+    apply_dataset_info(cfg, class_names, split_info.get("num_images", 0) or 1,
+                       adopt_classes=inference)
     images, paths = None, None
-    if need_references and cfg.CLASSIFIER == "comparison":
+    if comparison:
         images, paths = reference_set.load_reference_images(
-            reference_dir, labels.class_names, cfg.NUM_SUPPORTS, cfg.REFERENCE_SIDE,
+            reference_dir, class_names, cfg.NUM_SUPPORTS, cfg.REFERENCE_SIDE,
             seed=cfg.SEED if cfg.REFERENCE_RANDOM else None, return_paths=True)
-    return Run(cfg, data_dir, reference_dir, model_dir, labels.class_names, images,
+    return Run(cfg, data_dir, reference_dir, model_dir, class_names, images,
                {name: list(files) for name, files in paths.items()} if paths else None)
 
 

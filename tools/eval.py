@@ -41,7 +41,8 @@ def _evaluate():
     from libs import cli, metrics, training
     from libs.io_utils import atomic_write
     cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
-    run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir)
+    run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir,
+                               inference=True)
     split = FLAGS.split or cfg.EVAL_SPLIT
     results, checkpoint = training.evaluate(run, FLAGS.checkpoint, split)
     print(f"checkpoint {checkpoint} (step {results.get('global_step')}), split {split}")

@@ -53,7 +53,8 @@ def main(argv):
 def _export():
     from libs import cli, export, training
     cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
-    run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir)
+    run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir,
+                               inference=True, classes_from_references=True)
     checkpoint = training.resolve_checkpoint(run.model_dir, FLAGS.checkpoint)
     export_dir = FLAGS.export_dir or os.path.join(run.model_dir, "export")
     info = export.export_saved_model(run, checkpoint, export_dir, overwrite=FLAGS.overwrite,

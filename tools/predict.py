@@ -60,7 +60,8 @@ def _load_detector():
     if FLAGS.saved_model:
         return export.Detector.from_saved_model(FLAGS.saved_model)
     cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
-    run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir)
+    run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir,
+                               inference=True, classes_from_references=True)
     checkpoint = training.resolve_checkpoint(run.model_dir, FLAGS.checkpoint)
     return export.Detector.from_checkpoint(run, checkpoint)
 

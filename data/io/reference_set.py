@@ -243,6 +243,28 @@ def _class_files(reference_dir, class_name):
     return folder, images, others
 
 
+def reference_classes(reference_dir):
+    """The class names a reference set holds, sorted.
+
+    From the manifest a cropping tool wrote (original names, which folder names may
+    have altered), else the sub-folders that hold at least one image file.
+    """
+    if not reference_dir or not os.path.isdir(reference_dir):
+        raise ReferenceSetError(f"reference dir {reference_dir} does not exist (crop one "
+                                f"with tools/make_references.py)")
+    manifest = _read_manifest(reference_dir)
+    if manifest and isinstance(manifest.get("classes"), dict):
+        names = [name for name, entries in manifest["classes"].items() if entries]
+    else:
+        names = [name for name in os.listdir(reference_dir)
+                 if not name.startswith(".")
+                 and os.path.isdir(os.path.join(reference_dir, name))
+                 and _class_files(reference_dir, name)[1]]
+    if not names:
+        raise ReferenceSetError(f"{reference_dir}: no class folder with images in it")
+    return sorted(names)
+
+
 def _read_rgb(path):
     with open(path, "rb") as handle:
         data = handle.read()
