@@ -37,6 +37,8 @@ flags.DEFINE_integer("warmup", 2, "First steps left out of the median.")
 flags.DEFINE_multi_string("set", [], "Config override FIELD=VALUE.")
 flags.DEFINE_bool("json", False, "Print one JSON line.")
 flags.DEFINE_bool("breakdown", True, "Trace one extra step and print op time per block.")
+flags.DEFINE_integer("top_ops", 0, "With --breakdown, also print the N ops and op types "
+                     "that took the most time in the traced step.")
 
 BLOCKS = ("query backbone+FPN", "reference branch", "RPN", "Fast R-CNN head", "optimizer",
           "other")
@@ -68,6 +70,24 @@ def breakdown(step_stats, net_name):
             micros = node.op_end_rel_micros - node.op_start_rel_micros
             seconds[block_of(node.node_name, net_name)] += micros / 1e6
     return dict(seconds)
+
+
+def top_ops(step_stats, count):
+    """([(op seconds, node name, op type)], [(op seconds, op type, calls)]) of a traced step."""
+    by_node, by_type, calls = collections.Counter(), collections.Counter(), collections.Counter()
+    kinds = {}
+    for device in step_stats.dev_stats:
+        for node in device.node_stats:
+            seconds = (node.op_end_rel_micros - node.op_start_rel_micros) / 1e6
+            kind = node.timeline_label.split("=")[-1].split("(")[0].strip() or "?"
+            name = node.node_name.split(":")[0]
+            by_node[name] += seconds
+            kinds[name] = kind
+            by_type[kind] += seconds
+            calls[kind] += 1
+    nodes = [(s, n, kinds[n]) for n, s in by_node.most_common(count)]
+    types = [(s, k, calls[k]) for k, s in by_type.most_common(count)]
+    return nodes, types
 
 
 def main(argv):
@@ -132,6 +152,14 @@ def main(argv):
             for block in BLOCKS:
                 print(f"    {block:<20} {blocks[block]:8.3f} s  "
                       f"{100 * blocks[block] / total:5.1f}%")
+        if FLAGS.top_ops and timer.step_stats is not None:
+            nodes, types = top_ops(timer.step_stats, FLAGS.top_ops)
+            print("  top op types:")
+            for seconds, kind, count in types:
+                print(f"    {seconds:8.3f} s  {kind} x{count}")
+            print("  top ops:")
+            for seconds, name, kind in nodes:
+                print(f"    {seconds:8.3f} s  {name} ({kind})")
 
 
 if __name__ == "__main__":
