@@ -69,11 +69,10 @@ def _candidates(images, wanted, min_size, skipped):
         for obj in image.objects:
             if obj.name not in wanted:
                 continue
-            y1, x1, y2, x2 = obj.box
-            if obj.problem or not all(math.isfinite(v) for v in obj.box) \
-                    or x2 <= x1 or y2 <= y1:
+            if convert.box_problem(obj):
                 skipped["invalid_box"] += 1
                 continue
+            y1, x1, y2, x2 = obj.box
             if obj.difficult:
                 skipped["difficult"] += 1
                 continue
