@@ -480,6 +480,10 @@ def test_base_tool_end_to_end(sample_data, tmp_path):
      "error: --novel_classes lists every class (cell, crystal); no base class is left"),
     (["--shots", "2", "--classes", "cell", "--label_map", "x"], 1,
      "error: give --classes or --label_map, not both"),
+    (["--shots", "2", "--val_split_file", "/no/val.txt"], 1,
+     "error: --val_split_file /no/val.txt: no such file"),
+    (["--shots", "2", "--label_map", "/no/data"], 1,
+     "error: /no/data: no label map (convert a dataset first)"),
 ])
 def test_tool_errors_are_one_line(sample_data, tmp_path, args, code, message):
     out = str(tmp_path / "out")

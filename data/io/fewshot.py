@@ -210,14 +210,17 @@ def sample_kshot(images, class_names, shots, seed):
     return KShotSet(shots=int(shots), seed=int(seed), draws=draws)
 
 
+def _drawn(kshot_set):
+    """(record id, class name, source image, shots kept) in record order."""
+    pairs = [(name, image, objects) for name, draw in kshot_set.draws.items()
+             for image, objects in draw.images]
+    return [(record_id, *pair) for record_id, pair in enumerate(pairs, start=1)]
+
+
 def kshot_records(kshot_set):
     """One ImageAnnotation per (class, drawn image), ids 1..N, only that class's shots."""
-    records = []
-    for draw in kshot_set.draws.values():
-        for image, objects in draw.images:
-            records.append(dataclasses.replace(image, image_id=len(records) + 1,
-                                               objects=list(objects)))
-    return records
+    return [dataclasses.replace(image, image_id=record_id, objects=list(objects))
+            for record_id, _, image, objects in _drawn(kshot_set)]
 
 
 def remove_classes(images, class_names):
@@ -293,7 +296,15 @@ def _write_manifest(path, content):
         handle.write("\n")
 
 
+def _check_val_split_file(val_split_file):
+    # Before anything is written: a missing file found after the train split would
+    # leave a half-made output.
+    if val_split_file and not os.path.isfile(val_split_file):
+        raise FewShotError(f"--val_split_file {val_split_file}: no such file")
+
+
 def _read(fmt, image_dir, annotations, split_file):
+    """read_annotations (which checks the input paths first, one line each)."""
     report = convert.Report()
     images, found = convert.read_annotations(fmt, image_dir, annotations, split_file,
                                              report)
@@ -329,7 +340,7 @@ def make_kshot_split(fmt, image_dir, annotations, output_dir, shots, seed,
     (crops of exactly the drawn instances) and <output_dir>/kshot.json last.
     """
     _check_shots_and_seed(shots, seed)
-    convert.check_inputs(fmt, image_dir, annotations, split_file)
+    _check_val_split_file(val_split_file)
     images, found, report = _read(fmt, image_dir, annotations, split_file)
     names = class_order(found, classes, label_map)
     base, novel = label_map_lib.split_base_novel(names, novel_classes)
@@ -363,26 +374,26 @@ def make_kshot_split(fmt, image_dir, annotations, output_dir, shots, seed,
         val = _write_val(fmt, image_dir, annotations, val_split_file, data_dir, names,
                          None, progress_every_seconds)
 
-    per_class, record_id = collections.OrderedDict(), 0
-    for name, draw in kshot_set.draws.items():
-        entries = []
-        for image, objects in draw.images:
-            record_id += 1
-            entries.append({"record_id": record_id, "image_id": image.image_id,
-                            "filename": image.filename,
-                            "objects": [obj.index for obj in objects],
-                            "boxes": [[float(v) for v in obj.box] for obj in objects]})
-        per_class[name] = {"instances": draw.instances, "written": written.get(name, 0),
-                           "references": references["classes"].get(name, 0),
-                           "available_instances": draw.available_instances,
-                           "available_images": draw.available_images,
-                           "difficult_dropped": draw.difficult_dropped,
-                           "images": entries}
+    entries = collections.defaultdict(list)
+    drawn = _drawn(kshot_set)
+    for record_id, name, image, objects in drawn:
+        entries[name].append({"record_id": record_id, "image_id": image.image_id,
+                              "filename": image.filename,
+                              "objects": [obj.index for obj in objects],
+                              "boxes": [[float(v) for v in obj.box] for obj in objects]})
+    per_class = collections.OrderedDict(
+        (name, {"instances": draw.instances, "written": written.get(name, 0),
+                "references": references["classes"].get(name, 0),
+                "available_instances": draw.available_instances,
+                "available_images": draw.available_images,
+                "difficult_dropped": draw.difficult_dropped,
+                "images": entries[name]})
+        for name, draw in kshot_set.draws.items())
     manifest = {"rule": KSHOT_RULE, "shots": kshot_set.shots, "seed": kshot_set.seed,
                 "classes": names, "novel_classes": novel,
                 "base_classes": base if novel else None,
                 "source": _source(fmt, image_dir, annotations, split_file),
-                "records": record_id, "per_class": per_class,
+                "records": len(drawn), "per_class": per_class,
                 "problems": kshot_set.problems(), "val": val}
     _write_manifest(os.path.join(output_dir, KSHOT_MANIFEST), manifest)
     return manifest
@@ -397,9 +408,9 @@ def make_base_split(fmt, image_dir, annotations, output_dir, novel_classes,
     map of the base classes only (and the val split, filtered alike, when
     val_split_file is given); <output_dir>/base.json last.
     """
-    convert.check_inputs(fmt, image_dir, annotations, split_file)
     if not novel_classes:
         raise FewShotError("--novel_classes is required for base-training data")
+    _check_val_split_file(val_split_file)
     images, found, report = _read(fmt, image_dir, annotations, split_file)
     names = class_order(found, classes, label_map)
     base, novel = label_map_lib.split_base_novel(names, novel_classes)
