@@ -42,6 +42,7 @@ setup(
         "console_scripts": [
             "cd-convert=tools.convert_to_tfrecord:run",
             "cd-make-references=tools.make_references:run",
+            "cd-make-fewshot-split=tools.make_fewshot_split:run",
             "cd-train=tools.train:run",
             "cd-eval=tools.eval:run",
             "cd-export=tools.export_savedmodel:run",

@@ -236,7 +236,6 @@ class DetectionEvaluator:
 
     def _voc_results(self):
         results = {}
-        aps = []
         for class_id, name in enumerate(self.class_names, start=1):
             scores, is_tp, num_gt = self._voc_class_outcomes(class_id)
             results[f"voc/num_gt/{name}"] = float(num_gt)
@@ -250,9 +249,8 @@ class DetectionEvaluator:
                 recall = tp_cumulative / num_gt
                 precision = tp_cumulative / np.maximum(tp_cumulative + fp_cumulative, 1)
                 ap = average_precision(recall, precision, self.use_07_metric)
-                aps.append(ap)
             results[f"voc/AP@0.5/{name}"] = ap
-        results["voc/mAP@0.5"] = float(np.mean(aps)) if aps else float("nan")
+        results["voc/mAP@0.5"] = mean_ap(results, self.class_names)
         return results
 
     # ------------------------------------------------------------------ COCO
@@ -378,33 +376,75 @@ def _to_xywh(boxes):
                      boxes[:, 2] - boxes[:, 0]], axis=1)
 
 
+# ---------------------------------------------------------------------- base / novel
+
+BASE_AP = "voc/bAP@0.5"
+NOVEL_AP = "voc/nAP@0.5"
+
+
+def mean_ap(results, class_names):
+    """Mean VOC AP@0.5 of `class_names` in `results`, classes with an undefined (NaN) AP
+    left out as voc/mAP@0.5 does; NaN when none is defined."""
+    aps = [results.get(f"voc/AP@0.5/{name}", float("nan")) for name in class_names]
+    aps = [ap for ap in aps if not np.isnan(ap)]
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def base_novel_ap(results, class_names, novel_classes):
+    """bAP50 and nAP50 of the few-shot protocol (DESIGN.md section 9).
+
+    {BASE_AP: mean AP@0.5 over the base classes (every class of class_names not in
+    novel_classes), NOVEL_AP: mean over the novel classes}, each by mean_ap. Raises
+    LabelMapError (one line, naming the known classes) for a novel name not in
+    class_names.
+    """
+    from data.io.label_map import split_base_novel
+    base, novel = split_base_novel(class_names, novel_classes)
+    return {BASE_AP: mean_ap(results, base), NOVEL_AP: mean_ap(results, novel)}
+
+
 # ---------------------------------------------------------------------- report
 
 def _format_value(value):
     return "n/a" if value is None or np.isnan(value) else f"{value:.4f}"
 
 
-def format_table(results, class_names, coco_summary=None):
+def format_table(results, class_names, coco_summary=None, novel_classes=None):
     """Per-class table (class, #GT, #detections, AP@0.5) and the summary lines.
 
     ``results`` is a dict from ``DetectionEvaluator.evaluate``; ``coco_summary`` (e.g.
     ``evaluator.coco_summary_text``) is appended verbatim when given. "n/a" marks a class
     without non-difficult ground truth (its AP is undefined and not in the mean).
+    With ``novel_classes``, novel rows are marked and bAP50 / nAP50 lines follow mAP.
     """
+    base, novel = (None, None)
+    if novel_classes:
+        from data.io.label_map import split_base_novel
+        base, novel = split_base_novel(class_names, novel_classes)
     width = max([len("class")] + [len(str(name)) for name in class_names])
     header = f"{'class':<{width}}  {'#GT':>7}  {'#det':>7}  {'AP@0.5':>8}"
+    if novel is not None:
+        header += "  set"
     lines = [header, "-" * len(header)]
     for name in class_names:
         num_gt = results.get(f"voc/num_gt/{name}", float("nan"))
         num_det = results.get(f"voc/num_detections/{name}", float("nan"))
         ap = results.get(f"voc/AP@0.5/{name}", float("nan"))
-        lines.append(f"{name:<{width}}  {_count(num_gt):>7}  {_count(num_det):>7}  "
-                     f"{_format_value(ap):>8}")
+        row = (f"{name:<{width}}  {_count(num_gt):>7}  {_count(num_det):>7}  "
+               f"{_format_value(ap):>8}")
+        if novel is not None:
+            row += "  novel" if name in novel else "  base"
+        lines.append(row)
     lines.append("-" * len(header))
-    with_gt = sum(1 for name in class_names
-                  if not np.isnan(results.get(f"voc/AP@0.5/{name}", float("nan"))))
-    lines.append(f"VOC mAP@0.5 ({with_gt}/{len(class_names)} classes with ground truth): "
+    lines.append(f"VOC mAP@0.5 ({_with_ap(results, class_names)}/{len(class_names)} "
+                 f"classes with ground truth): "
                  f"{_format_value(results.get('voc/mAP@0.5', float('nan')))}")
+    if novel is not None:
+        values = base_novel_ap(results, class_names, novel)
+        for label, key, names in (("bAP50", BASE_AP, base), ("nAP50", NOVEL_AP, novel)):
+            lines.append(f"{label} ({_with_ap(results, names)}/{len(names)} "
+                         f"{'base' if key == BASE_AP else 'novel'} classes with ground "
+                         f"truth): {_format_value(values[key])}")
     lines.append("COCO mAP@[.5:.95]: {}   AP50: {}   AP75: {}   AR@100: {}".format(
         *(_format_value(results.get(key, float("nan")))
           for key in ("coco/mAP", "coco/AP50", "coco/AP75", "coco/AR@100"))))
@@ -415,6 +455,11 @@ def format_table(results, class_names, coco_summary=None):
         lines.append("pycocotools summary:")
         lines.append(coco_summary.rstrip("\n"))
     return "\n".join(lines)
+
+
+def _with_ap(results, class_names):
+    return sum(1 for name in class_names
+               if not np.isnan(results.get(f"voc/AP@0.5/{name}", float("nan"))))
 
 
 def _count(value):

@@ -272,14 +272,22 @@ def test_train_and_eval_cli_run_and_write_their_outputs(tmp_path, sample_data):
     assert tf.train.latest_checkpoint(model_dir).endswith("model.ckpt-3")
 
     result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "eval.py"),
-                             *common], capture_output=True, text=True, timeout=300)
+                             *common, "--novel_classes", "crystal"],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "VOC mAP@0.5" in result.stdout and "COCO mAP@[.5:.95]" in result.stdout
+    assert "bAP50 (" in result.stdout and "nAP50 (" in result.stdout
     assert "evaluating val: 4/4" in result.stderr            # progress, with the total
     report_path = os.path.join(model_dir, "model.ckpt-3.eval_val.json")
     with open(report_path) as handle:
         report = json.load(handle)
     assert report["split"] == "val" and "voc/mAP@0.5" in report["results"]
+    # one class each: bAP50 / nAP50 are that class's AP (NaN == NaN for an untrained model)
+    assert (report["base_classes"], report["novel_classes"]) == (["cell"], ["crystal"])
+    np.testing.assert_equal(report["results"]["voc/bAP@0.5"],
+                            report["results"]["voc/AP@0.5/cell"])
+    np.testing.assert_equal(report["results"]["voc/nAP@0.5"],
+                            report["results"]["voc/AP@0.5/crystal"])
 
     result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "eval.py"),
                              *common, "--checkpoint", str(tmp_path / "nope")],

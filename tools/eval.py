@@ -3,9 +3,14 @@
     python tools/eval.py --cfg cfgs/tiny_cpu.py                 # latest checkpoint
     python tools/eval.py --cfg cfgs/tiny_cpu.py --checkpoint output/tiny_cpu/model.ckpt-960
 
+    python tools/eval.py --cfg cfgs/deeppcb_cpu.py --novel_classes short,spur,pin-hole
+
 Prints a per-class table (VOC AP@0.5) and the COCO figures (pycocotools: mAP@[.5:.95],
 AP50, AP75, AR@100), and writes the JSON report `<checkpoint>.eval_<split>.json` beside
 the checkpoint. The same metrics appear in TensorBoard under `eval_<split>/`.
+--novel_classes adds the few-shot protocol's bAP50 (mean AP@0.5 over the other,
+base classes) and nAP50 (over the listed classes) to the table and to the report
+(results "voc/bAP@0.5" and "voc/nAP@0.5"; libs/metrics.base_novel_ap).
 """
 import json
 import os
@@ -27,6 +32,8 @@ def _define_flags():
                         "in the run directory).")
     flags.DEFINE_string("split", None, "Split to evaluate (default: EVAL_SPLIT).")
     flags.DEFINE_multi_string("set", [], "Config override FIELD=VALUE.")
+    flags.DEFINE_string("novel_classes", None, "Comma-separated novel classes: also "
+                        "report bAP50 (the other classes) and nAP50 (these).")
 
 
 def main(argv):
@@ -38,19 +45,28 @@ def main(argv):
 
 
 def _evaluate():
+    from data.io import convert, label_map
     from libs import cli, metrics, training
     from libs.io_utils import atomic_write
     cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
     run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir,
                                inference=True)
+    novel = convert.parse_classes(FLAGS.novel_classes)
+    base_novel = {}
+    if novel:
+        # Checked before the evaluation, which takes minutes, not after it.
+        base, novel = label_map.split_base_novel(run.class_names, novel)
+        base_novel = {"base_classes": base, "novel_classes": novel}
     split = FLAGS.split or cfg.EVAL_SPLIT
     results, checkpoint = training.evaluate(run, FLAGS.checkpoint, split)
+    if novel:
+        results.update(metrics.base_novel_ap(results, run.class_names, novel))
     print(f"checkpoint {checkpoint} (step {results.get('global_step')}), split {split}")
-    print(metrics.format_table(results, run.class_names))
+    print(metrics.format_table(results, run.class_names, novel_classes=novel))
     report = f"{checkpoint}.eval_{split}.json"
     with atomic_write(report, "w") as handle:
         json.dump({"checkpoint": checkpoint, "split": split, "config": cfg.NAME,
-                   "results": results}, handle, indent=2, sort_keys=True,
+                   "results": results, **base_novel}, handle, indent=2, sort_keys=True,
                   default=float)
         handle.write("\n")
     print(f"report: {report}")

@@ -2,9 +2,13 @@
 
     convert_dataset(fmt, image_dir, annotations, output_dir, split_file=None, split=None,
                     classes=None, num_shards=1) -> summary dict
+    write_records(images, labels, output_dir, split, num_shards=1) -> summary dict
 
-writes `<output_dir>/<split>-00000-of-0000N.tfrecord` (schema: data/io/tfrecord_format.py)
-and `<output_dir>/label_map.json` (data/io/label_map.py).
+write `<output_dir>/<split>-00000-of-0000N.tfrecord` (schema: data/io/tfrecord_format.py)
+and `<output_dir>/label_map.json` (data/io/label_map.py). convert_dataset reads a whole
+split and picks the label map; write_records writes any list of annotated images read
+by read_annotations (a filtered or sampled one: data/io/fewshot.py) under a given label
+map. Both apply the same rules and the same atomic publishing.
 
 Conventions
 - Boxes are [y1, x1, y2, x2] in pixels of the stored image. VOC corners are taken as
@@ -13,7 +17,8 @@ Conventions
 - Image ids: COCO keeps its ids; VOC uses the 1-based position of the XML file in the
   sorted listing of the annotation folder, so train and val converted from one folder
   never share an id and re-running gives the same ids.
-- Records are written in image-id order, record k into shard k % num_shards. Output
+- Records are written in image-id order (write_records: in the order given), record k
+  into shard k % num_shards. Output
   bytes depend only on the input (no timestamps, no randomness).
 - Atomic: every shard is written to a hidden temporary file and all are renamed
   together at the end; the label map is written last. A failure leaves the output
@@ -524,6 +529,21 @@ def _fmt_box(box):
                           for key, value in zip(("y1", "x1", "y2", "x2"), box)) + "]"
 
 
+def box_problem(obj):
+    """(rule, message) when an annotated box can never be used, else None.
+
+    The checks of clean_objects that need no image (the image size decides the rest),
+    shared by the tools that choose objects before loading images (references, K-shot).
+    """
+    if obj.problem or not all(math.isfinite(v) for v in obj.box):
+        return "box_not_finite", obj.problem or f"coordinates {_fmt_box(obj.box)} are " \
+                                                f"not finite"
+    y1, x1, y2, x2 = obj.box
+    if x2 <= x1 or y2 <= y1:
+        return "box_degenerate", f"box {_fmt_box(obj.box)} has zero or negative size"
+    return None
+
+
 def clean_objects(image, height, width, known_classes, report):
     """Applies the box rules to one image's objects -> [CleanObject].
 
@@ -533,15 +553,11 @@ def clean_objects(image, height, width, known_classes, report):
     for obj in image.objects:
         where = f"{image.source}: {image.filename} object {obj.index} {obj.name!r}"
         box = obj.box
-        if obj.problem or not all(math.isfinite(v) for v in box):
-            report.add("box_not_finite", where,
-                       obj.problem or f"coordinates {_fmt_box(box)} are not finite")
+        problem = box_problem(obj)
+        if problem:
+            report.add(problem[0], where, problem[1])
             continue
         y1, x1, y2, x2 = box
-        if x2 <= x1 or y2 <= y1:
-            report.add("box_degenerate", where, f"box {_fmt_box(box)} has zero or "
-                       f"negative size")
-            continue
         if known_classes is not None and obj.name not in known_classes:
             report.add("box_unknown_class", where,
                        f"class {obj.name!r} is not one of {list(known_classes)} "
@@ -610,26 +626,24 @@ def format_summary(summary):
     return "\n".join(lines)
 
 
+def _check_output_names(split, num_shards):
+    if not isinstance(num_shards, int) or num_shards < 1:
+        raise ConversionError(f"--num_shards must be a positive integer, got {num_shards!r}")
+    if not split or os.sep in split or split.startswith("."):
+        raise ConversionError(f"--split {split!r} is not a usable file-name prefix")
+
+
 def convert_dataset(fmt, image_dir, annotations, output_dir, split_file=None, split=None,
                     classes=None, num_shards=1, progress_every_seconds=5.0):
     """Converts one split; see the module docstring. Returns the summary dict:
 
     split, output_dir, files, classes (id order), images_read (annotations read),
-    images_written,
-    objects_written, and one count per rule of RULES.
+    images_written, objects_written, objects_per_class, and one count per rule of RULES.
     Raises ConversionError for fatal problems (nothing is written then).
     """
-    # TensorFlow is imported here, not at module level: its import takes seconds and
-    # prints C++ banners, which would bury the one-line error of a bad flag.
-    from data.io import tfrecord_format
-    from libs.tf_compat import tf
-
     check_inputs(fmt, image_dir, annotations, split_file)
-    if not isinstance(num_shards, int) or num_shards < 1:
-        raise ConversionError(f"--num_shards must be a positive integer, got {num_shards!r}")
     split = split or default_split(split_file)
-    if not split or os.sep in split or split.startswith("."):
-        raise ConversionError(f"--split {split!r} is not a usable file-name prefix")
+    _check_output_names(split, num_shards)
 
     report = Report()
     images, found_names = read_annotations(fmt, image_dir, annotations, split_file, report)
@@ -644,11 +658,35 @@ def convert_dataset(fmt, image_dir, annotations, output_dir, split_file=None, sp
         raise ConversionError(str(exc)) from None
     if existing is not None:
         logging.info("reusing the class ids of %s: %s", map_path, labels.class_names)
+    return write_records(images, labels, output_dir, split, num_shards=num_shards,
+                         report=report, progress_every_seconds=progress_every_seconds)
 
+
+def write_records(images, labels, output_dir, split, num_shards=1, report=None,
+                  progress_every_seconds=5.0):
+    """Writes annotated images as the TFRecord shards of `split` + the label map.
+
+    images: [ImageAnnotation] in the order to write (already selected or filtered by
+    the caller: a whole split, a K-shot set, base classes only). labels: the LabelMap
+    the records use; boxes of classes it does not list are dropped and reported. Every
+    image and box rule applies here, counted in `report` (a Report, possibly holding the
+    counts of the reading step). Publishing is atomic as the module docstring says.
+    Returns the summary dict of convert_dataset; raises ConversionError when no image
+    survives (nothing is written then).
+    """
+    # TensorFlow is imported here, not at module level: its import takes seconds and
+    # prints C++ banners, which would bury the one-line error of a bad flag.
+    from data.io import tfrecord_format
+    from libs.tf_compat import tf
+
+    _check_output_names(split, num_shards)
+    report = report or Report()
+    os.makedirs(output_dir, exist_ok=True)
     names = [tfrecord_format.shard_name(split, i, num_shards) for i in range(num_shards)]
     pending = [PendingFile(os.path.join(output_dir, name)) for name in names]
     writers = []
     images_written = objects_written = 0
+    per_class = collections.Counter()
     try:
         writers = [tf.io.TFRecordWriter(p.temp_path) for p in pending]
         with Progress(len(images), f"convert {split}", progress_every_seconds) as progress:
@@ -673,11 +711,13 @@ def convert_dataset(fmt, image_dir, annotations, output_dir, split_file=None, sp
                 writers[images_written % num_shards].write(example.SerializeToString())
                 images_written += 1
                 objects_written += len(objects)
+                per_class.update(o.name for o in objects)
         for writer in writers:
             writer.close()
         writers = []
         if images_written == 0:
-            _log_summary(_summary(split, output_dir, [], labels, len(images), 0, 0, report))
+            _log_summary(_summary(split, output_dir, [], labels, len(images), 0, 0,
+                                  per_class, report))
             raise ConversionError(
                 f"no image of split {split!r} survived validation "
                 f"({len(images)} listed; see the warnings above); nothing written")
@@ -697,20 +737,21 @@ def convert_dataset(fmt, image_dir, annotations, output_dir, split_file=None, sp
             os.remove(os.path.join(output_dir, name))
             logging.info("removed %s (left from an earlier conversion of %s)", name, split)
     labels = labels.with_split(split, images_written, objects_written, names)
-    label_map_lib.write_label_map(map_path, labels)
+    label_map_lib.write_label_map(label_map_lib.label_map_path(output_dir), labels)
 
     summary = _summary(split, output_dir, names, labels, len(images), images_written,
-                       objects_written, report)
+                       objects_written, per_class, report)
     _log_summary(summary)
     return summary
 
 
 def _summary(split, output_dir, files, labels, images_read, images_written,
-             objects_written, report):
+             objects_written, per_class, report):
     summary = collections.OrderedDict(
         split=split, output_dir=output_dir, files=list(files), classes=labels.class_names,
         images_read=images_read, images_written=images_written,
-        objects_written=objects_written)
+        objects_written=objects_written,
+        objects_per_class={name: per_class[name] for name in labels.class_names})
     summary.update(report.counts)
     return summary
 

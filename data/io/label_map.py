@@ -167,3 +167,42 @@ def choose_classes(found_names, explicit=None, existing=None):
     if explicit is not None:
         return LabelMap(explicit)
     return LabelMap(sorted(set(found_names)))
+
+
+def id_mapping(from_map, to_map):
+    """{class id in from_map: class id of the same NAME in to_map}, for every class.
+
+    Class identity is by name across label maps (a base model's map lists the base
+    classes in its own order; a K-shot set's lists base + novel): e.g. fine-tuning moves
+    the classifier rows of a base checkpoint into the rows of the full label map.
+    Either argument may be a LabelMap or a list of class names in id order. Background
+    (0) maps to itself and is not listed. Raises LabelMapError naming the classes of
+    from_map that to_map lacks.
+    """
+    source, target = _as_label_map(from_map), _as_label_map(to_map)
+    missing = [name for name in source.class_names if name not in target]
+    if missing:
+        raise LabelMapError(f"class(es) {', '.join(repr(n) for n in missing)} not in the "
+                            f"target label map ({', '.join(target.class_names)})")
+    return {source.id_of(name): target.id_of(name) for name in source.class_names}
+
+
+def _as_label_map(value):
+    return value if isinstance(value, LabelMap) else LabelMap(list(value))
+
+
+def split_base_novel(class_names, novel_classes):
+    """(base names, novel names), both in class_names order; base = every other class.
+
+    Raises LabelMapError naming the known classes when a novel name is not one of them
+    (a typo would otherwise silently count the class as base).
+    """
+    class_names = list(class_names)
+    novel = set(novel_classes or [])
+    unknown = [name for name in dict.fromkeys(novel_classes or []) if name not in class_names]
+    if unknown:
+        raise LabelMapError(f"--novel_classes: unknown class(es) "
+                            f"{', '.join(repr(n) for n in unknown)}; known: "
+                            f"{', '.join(class_names)}")
+    return ([name for name in class_names if name not in novel],
+            [name for name in class_names if name in novel])

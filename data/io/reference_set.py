@@ -2,6 +2,8 @@
 
     crop_references(images, output_dir, per_class, margin=0.1, min_size=8, classes=None)
         -> summary dict         crops annotated objects into R/<class>/<image>_<k>.png
+    crop_instances(instances, output_dir, margin=0.1)
+        -> summary dict         the same for given objects (a K-shot set's instances)
     load_reference_images(reference_dir, class_names, num_supports, side, seed=None)
         -> uint8 [num_classes, num_supports, side, side, 3] RGB
 
@@ -69,11 +71,10 @@ def _candidates(images, wanted, min_size, skipped):
         for obj in image.objects:
             if obj.name not in wanted:
                 continue
-            y1, x1, y2, x2 = obj.box
-            if obj.problem or not all(math.isfinite(v) for v in obj.box) \
-                    or x2 <= x1 or y2 <= y1:
+            if convert.box_problem(obj):
                 skipped["invalid_box"] += 1
                 continue
+            y1, x1, y2, x2 = obj.box
             if obj.difficult:
                 skipped["difficult"] += 1
                 continue
@@ -122,19 +123,50 @@ def crop_references(images, output_dir, per_class, margin=0.1, min_size=8, class
     """
     if not isinstance(per_class, int) or per_class < 1:
         raise ReferenceSetError(f"--per_class must be a positive integer, got {per_class!r}")
-    if margin < 0:
-        raise ReferenceSetError(f"--margin must be >= 0, got {margin}")
     if classes is None:
         classes = sorted({obj.name for image in images for obj in image.objects
                           if obj.name.strip()})
     if not classes:
         raise ReferenceSetError("no class to crop: the annotations contain no objects")
-    wanted = set(classes)
     skipped = collections.Counter()
-    candidates = _candidates(images, wanted, min_size, skipped)
+    candidates = [(image, obj) for _, image, obj in
+                  _candidates(images, set(classes), min_size, skipped)]
+    return _write_crops(candidates, output_dir, {name: per_class for name in classes},
+                        margin, skipped, {"rule": SELECTION_RULE, "per_class": per_class,
+                                          "min_size": min_size},
+                        skip_partly_outside=True,
+                        progress_every_seconds=progress_every_seconds)
+
+
+def crop_instances(instances, output_dir, margin=0.1, rule="given instances",
+                   progress_every_seconds=5.0):
+    """Crops exactly the given objects, as crop_references writes its choice.
+
+    instances: {class name: [(convert.ImageAnnotation, convert.ObjectAnnotation)]}, e.g.
+    the instances of a K-shot set (data/io/fewshot.py), so that the references are the
+    very objects the detector is trained on. No selection rule applies: a box reaching
+    outside the image is cropped clipped, small objects are kept. `rule` is recorded in
+    the manifest. Returns the summary of crop_references, with "per_class" the number
+    of instances given per class.
+    """
+    candidates = [(image, obj) for pairs in instances.values() for image, obj in pairs]
+    limits = {name: len(pairs) for name, pairs in instances.items()}
+    return _write_crops(candidates, output_dir, limits, margin, collections.Counter(),
+                        {"rule": rule, "per_class": limits}, skip_partly_outside=False,
+                        progress_every_seconds=progress_every_seconds)
+
+
+def _write_crops(candidates, output_dir, limits, margin, skipped, manifest_fields,
+                 skip_partly_outside, progress_every_seconds):
+    """Crops (image, object) pairs in order until each class has limits[class] crops.
+
+    The one writer of reference folders and their manifest (references.json).
+    """
+    if margin < 0:
+        raise ReferenceSetError(f"--margin must be >= 0, got {margin}")
     report = convert.Report()
-    counts = collections.OrderedDict((name, 0) for name in classes)
-    written, entries = [], collections.OrderedDict((name, []) for name in classes)
+    counts = collections.OrderedDict((name, 0) for name in limits)
+    written, entries = [], collections.OrderedDict((name, []) for name in limits)
     loaded_cache, failed = collections.OrderedDict(), set()
 
     def load(image):
@@ -162,18 +194,18 @@ def crop_references(images, output_dir, per_class, margin=0.1, min_size=8, class
         return rgb
 
     os.makedirs(output_dir, exist_ok=True)
-    with Progress(per_class * len(classes), "references", progress_every_seconds) as progress:
-        for _, image, obj in candidates:
-            if all(count >= per_class for count in counts.values()):
+    with Progress(sum(limits.values()), "references", progress_every_seconds) as progress:
+        for image, obj in candidates:
+            if all(counts[name] >= limit for name, limit in limits.items()):
                 break
-            if counts[obj.name] >= per_class:
+            if counts[obj.name] >= limits[obj.name]:
                 continue
             rgb = load(image)
             if rgb is None:
                 continue
             height, width = rgb.shape[:2]
             y1, x1, y2, x2 = obj.box
-            if y1 < 0 or x1 < 0 or y2 > height or x2 > width:
+            if skip_partly_outside and (y1 < 0 or x1 < 0 or y2 > height or x2 > width):
                 skipped["partly_outside"] += 1
                 continue
             crop = _crop(rgb, obj.box, margin)
@@ -197,19 +229,19 @@ def crop_references(images, output_dir, per_class, margin=0.1, min_size=8, class
         if os.path.isfile(path):
             os.remove(path)
             logging.info("removed %s (an earlier run's reference, not chosen now)", path)
-    manifest = {"rule": SELECTION_RULE, "per_class": per_class, "margin": margin,
-                "min_size": min_size, "classes": entries, "files": written}
+    manifest = dict(manifest_fields, margin=margin, classes=entries, files=written)
     with atomic_write(os.path.join(output_dir, MANIFEST), "w") as handle:
         json.dump(manifest, handle, indent=2, sort_keys=True)
         handle.write("\n")
 
     for name, count in counts.items():
-        if count < per_class:
+        if count < limits[name]:
             logging.warning("class %r: only %d of %d references found (qualifying objects "
-                            "ran out)", name, count, per_class)
+                            "ran out)", name, count, limits[name])
     skipped.update({rule: n for rule, n in report.counts.items() if n})
-    summary = {"classes": dict(counts), "per_class": per_class, "files": written,
-               "skipped": dict(sorted(skipped.items())), "output_dir": output_dir}
+    summary = {"classes": dict(counts), "per_class": manifest_fields["per_class"],
+               "files": written, "skipped": dict(sorted(skipped.items())),
+               "output_dir": output_dir}
     logging.info("references in %s: %s", output_dir,
                  ", ".join(f"{name} {count}" for name, count in counts.items()))
     logging.info("objects not used: %s", ", ".join(
