@@ -69,8 +69,9 @@ def user_errors():
     from libs.hooks import NonFiniteLossError
     from libs.prediction import PredictionError
     from libs.training import TrainingError
+    from libs.warm_start import WarmStartError
     return (ConfigError, DataError, LabelMapError, ReferenceSetError, TrainingError,
-            ExportError, PredictionError, NonFiniteLossError)
+            ExportError, PredictionError, NonFiniteLossError, WarmStartError)
 
 
 def guarded(fn):
