@@ -16,6 +16,12 @@ class Config:
     TRAIN_SPLIT = "train"
     EVAL_SPLIT = "val"
     CHECKPOINT_DIR = None                     # pretrained TF-slim checkpoint, or None
+    # Fine-tuning: start from another run of this project (a checkpoint or a run
+    # folder): every variable of the same name; class-sized ones matched by class name
+    # (libs/warm_start.py). TRAINABLE_VARIABLES: regexes of the variables to train
+    # (None: all); the others stay frozen.
+    INIT_CHECKPOINT = None
+    TRAINABLE_VARIABLES = None
     SEED = 0
     SAVE_CHECKPOINTS_STEPS = 500
     SAVE_SUMMARY_STEPS = 50
@@ -40,6 +46,7 @@ class Config:
     # ---- references (few-shot prototypes) ------------------------------------------------
     NUM_SUPPORTS = 3                          # reference images per class
     REFERENCE_SIDE = 224
+    REFERENCE_MARGIN = 0.1                    # context around the object in a reference
     REFERENCE_RANDOM = False                  # notebook: the first NUM_SUPPORTS per class
     # Training only: each step averages a random n of each class's NUM_SUPPORTS
     # references (None: all of them, the notebook). The reference branch then costs
@@ -83,6 +90,12 @@ class Config:
     # references after training (libs/build_fast_rcnn.py, docs/fewshot.md).
     COMPARISON_SCORE = "learned"
     ROI_SIZE = 7
+    # "by_size" (the notebook): an ROI is pooled from the one level its size picks; a
+    # reference's levels are each resized whole and averaged. "all_levels": ROIs and
+    # the references' objects (their box inside the crop, REFERENCE_MARGIN) are pooled
+    # alike from every level P2..P5 and averaged, so an object and its reference give
+    # the same feature whatever the class - also one the model never saw.
+    ROI_POOLING = "by_size"
     ROI_CANONICAL_SIZE = 224                  # an ROI of this side is pooled from P4
     # The notebook trains the second stage on RPN proposals only. True also adds the
     # GT boxes to them (Detectron-style), which helps a from-scratch run start.

@@ -6,6 +6,8 @@ params:
     net_config        the config object (libs.configs.load_config)
     reference_images  uint8 [NUM_CLASS-1, NUM_SUPPORTS, R, R, 3] RGB, for the
                       comparison classifier (the reference branch runs in the graph)
+    reference_counts  optional [NUM_CLASS-1] ints: real references per class when
+                      some have fewer than NUM_SUPPORTS (the rest are empty slots)
     prototypes        optional float32 [NUM_CLASS, S, S, F]: precomputed prototypes
                       (export); when given, the reference branch is not built
     class_names       optional list of NUM_CLASS-1 names (summaries, export)
@@ -15,7 +17,8 @@ FastRCNN -> losses / train_op / detections.
 """
 import numpy as np
 
-from libs import build_fast_rcnn, build_fpn, build_rpn, hooks, losses, reference, summaries
+from libs import (build_fast_rcnn, build_fpn, build_rpn, hooks, losses, reference,
+                  summaries, warm_start)
 from libs.box_utils.anchors import config_anchors
 from libs.networks import backbones
 from libs.tf_compat import tf
@@ -66,7 +69,8 @@ def build_prototypes_from_params(params, pyramid_fn, cfg, support_seed=None):
         raise ValueError("the comparison classifier needs params['reference_images'] "
                          "(load them with data.io.reference_set.load_reference_images)")
     return reference.build_prototypes(tf.constant(np.asarray(images, np.uint8)),
-                                      pyramid_fn, cfg, support_seed=support_seed)
+                                      pyramid_fn, cfg, support_seed=support_seed,
+                                      counts=params.get("reference_counts"))
 
 
 def class_count_dependent_parts(cfg):
@@ -152,6 +156,9 @@ def learning_rate(cfg, global_step):
 def build_train_op(loss, cfg, update_ops):
     """Momentum on the piecewise LR, each gradient clipped by norm, UPDATE_OPS first.
 
+    Only the variables TRAINABLE_VARIABLES names train (all when None); the update ops
+    of the others (batch-norm moving statistics) are dropped, so a frozen layer stays
+    exactly as it was.
     Under a tf.distribute strategy this runs once per tower: compute_gradients of the
     tf.compat.v1 optimizer divides the loss by the number of towers and apply_gradients
     sums the towers' gradients, so N towers x 1 image update like 1 tower x N images.
@@ -160,7 +167,10 @@ def build_train_op(loss, cfg, update_ops):
     global_step = tf.train.get_or_create_global_step()
     lr = learning_rate(cfg, global_step)
     optimizer = tf.train.MomentumOptimizer(lr, cfg.MOMENTUM)
-    grads_and_vars = optimizer.compute_gradients(loss)
+    trains = warm_start.trainable_filter(cfg.TRAINABLE_VARIABLES)
+    variables = [v for v in tf.trainable_variables() if trains(v.op.name)]
+    update_ops = [op for op in update_ops if trains(op.name)]
+    grads_and_vars = optimizer.compute_gradients(loss, var_list=variables)
     clipped = [(tf.clip_by_norm(grad, cfg.CLIP_GRADIENT_NORM), var)
                for grad, var in grads_and_vars if grad is not None]
     with tf.control_dependencies(update_ops):
@@ -264,6 +274,9 @@ def model_fn(features, labels, mode, params):
 
     if cfg.CHECKPOINT_DIR:
         init_backbone_from_checkpoint(cfg)
+    if params.get("warm_start_checkpoint"):
+        model_variables = [v for v in tf.global_variables() if v.op.name != "global_step"]
+        warm_start.init_from_warm_start(params["warm_start_checkpoint"], model_variables)
     update_ops = tf.get_collection(tf.GraphKeys.UPDATE_OPS)[update_ops_before:]
     train_op, lr, clipped = build_train_op(loss, cfg, update_ops)
     # Checked after every step by hooks.FiniteLossGuard, in every tower: the losses, the

@@ -230,6 +230,10 @@ def describe_start(cfg, model_dir):
     if latest:
         step = tf.train.load_variable(latest, "global_step")
         return f"resuming {model_dir} from its own checkpoint at step {int(step)}"
+    if cfg.INIT_CHECKPOINT:
+        frozen = (f", training only {cfg.TRAINABLE_VARIABLES}"
+                  if cfg.TRAINABLE_VARIABLES else "")
+        return (f"starting {model_dir}: fine-tuning from {cfg.INIT_CHECKPOINT}{frozen}")
     if cfg.CHECKPOINT_DIR:
         return (f"starting {model_dir}: backbone {cfg.NET_NAME} initialised from the "
                 f"pretrained checkpoint {cfg.CHECKPOINT_DIR}")
@@ -253,8 +257,16 @@ class Run:
         self.reference_paths = reference_paths     # {class name: [files]} as loaded
 
     @property
+    def reference_counts(self):
+        """Real references per class (the rest of the NUM_SUPPORTS slots are empty)."""
+        if not self.reference_paths:
+            return None
+        return [len(self.reference_paths[name]) for name in self.class_names]
+
+    @property
     def params(self):
         return {"reference_images": self.reference_images,
+                "reference_counts": self.reference_counts,
                 "class_names": list(self.class_names)}
 
 
@@ -295,11 +307,23 @@ def prepare_run(cfg, data_dir=None, reference_dir=None, model_dir=None,
                        adopt_classes=inference)
     images, paths = None, None
     if comparison:
+        # A class with fewer references than NUM_SUPPORTS (a K-shot set of a dense
+        # class) averages the ones it has, with a warning.
         images, paths = reference_set.load_reference_images(
             reference_dir, class_names, cfg.NUM_SUPPORTS, cfg.REFERENCE_SIDE,
-            seed=cfg.SEED if cfg.REFERENCE_RANDOM else None, return_paths=True)
+            seed=cfg.SEED if cfg.REFERENCE_RANDOM else None, return_paths=True,
+            min_supports=1)
     return Run(cfg, data_dir, reference_dir, model_dir, class_names, images,
                {name: list(files) for name, files in paths.items()} if paths else None)
+
+
+def training_params(run):
+    """model_fn params of a training run: records the run's classes (a later fine-tuning
+    matches them by name) and prepares INIT_CHECKPOINT's warm start (libs/warm_start)."""
+    from libs import warm_start
+    warm_start.write_class_names(run.model_dir, run.class_names)
+    prefix = warm_start.prepare_warm_start(run.cfg, run.model_dir, run.class_names)
+    return dict(run.params, warm_start_checkpoint=prefix)
 
 
 def check_run_split(run, split):
@@ -328,7 +352,8 @@ def train(run, max_steps=None, distribute=True, hooks=None, max_minutes=None):
     logging.info("config %s: %d tower(s) x %d image(s), %d steps/epoch, LR %s at steps "
                  "%s, max_steps %d", cfg.NAME, cfg.NUM_GPUS, cfg.PER_GPU_IMAGE,
                  cfg.STEPS_PER_EPOCH, cfg.LR_VALUES, cfg.BOUNDARY, max_steps)
-    estimator = make_estimator(cfg, run.model_dir, run.params, distribute=distribute)
+    estimator = make_estimator(cfg, run.model_dir, training_params(run),
+                               distribute=distribute)
     input_fn = make_input_fn(cfg, TRAIN_MODE, data_dir=run.data_dir)
     hooks = training_hooks(estimator, cfg) + list(hooks or [])
     if max_minutes:
@@ -407,7 +432,7 @@ def train_and_evaluate(run, max_steps=None, split=None, throttle_secs=0):
     logging.info("%s", describe_start(cfg, run.model_dir))
     logging.info("evaluating each new checkpoint on '%s' (every %d steps)", split,
                  cfg.SAVE_CHECKPOINTS_STEPS)
-    estimator = make_estimator(cfg, run.model_dir, run.params)
+    estimator = make_estimator(cfg, run.model_dir, training_params(run))
     train_spec = tf.estimator.TrainSpec(
         make_input_fn(cfg, TRAIN_MODE, data_dir=run.data_dir), max_steps=max_steps,
         hooks=training_hooks(estimator, cfg))

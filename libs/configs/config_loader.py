@@ -34,7 +34,8 @@ _CLASSIFIERS = ("comparison", "fc")
 _CHOICES = {"CLASSIFIER": _CLASSIFIERS,
             "BACKGROUND_PROTOTYPE": ("stacked", "pooled"),
             "BOX_REGRESSION": ("per_class", "class_agnostic"),
-            "COMPARISON_SCORE": ("learned", "distance")}
+            "COMPARISON_SCORE": ("learned", "distance"),
+            "ROI_POOLING": ("by_size", "all_levels")}
 
 
 def _import_module(path):
@@ -208,5 +209,13 @@ def _validate(cfg, source):
     if cfg.RPN_PROPOSALS_TRAIN > cfg.RPN_TOP_K_NMS or \
             cfg.RPN_PROPOSALS_INFERENCE > cfg.RPN_TOP_K_NMS:
         _fail(source, "RPN_TOP_K_NMS", "must be at least the number of proposals kept")
+    if cfg.CHECKPOINT_DIR and cfg.INIT_CHECKPOINT:
+        _fail(source, "INIT_CHECKPOINT", "set either CHECKPOINT_DIR (a pretrained "
+              "backbone) or INIT_CHECKPOINT (a run of this project), not both")
+    trainable = cfg.TRAINABLE_VARIABLES
+    if trainable is not None and (isinstance(trainable, str) or not all(
+            isinstance(p, str) for p in trainable) or not trainable):
+        _fail(source, "TRAINABLE_VARIABLES", f"must be None or a non-empty list of "
+              f"regular expressions, got {trainable!r}")
     if cfg.NUM_TRAIN_IMAGES is not None and cfg.NUM_TRAIN_IMAGES < 1:
         _fail(source, "NUM_TRAIN_IMAGES", "must be positive or None")
