@@ -151,9 +151,14 @@ class FastRCNN:
                 self.rois, self.roi_labels, self.roi_deltas = rpn_proposals, None, None
             flat_rois = tf.reshape(self.rois, [-1, 4])
             self.level_of_rois = assign_levels(flat_rois, cfg.ROI_CANONICAL_SIZE)
-            self.roi_features = roi_align(feature_pyramid, flat_rois, self.level_of_rois,
-                                          self.batch_size, int(self.rois.shape[1]),
-                                          cfg.ROI_SIZE, cfg.TARGET_SIDE)
+            if cfg.ROI_POOLING == "all_levels":
+                self.roi_features = roi_align_all_levels(
+                    feature_pyramid, flat_rois, self.batch_size, int(self.rois.shape[1]),
+                    cfg.ROI_SIZE, cfg.TARGET_SIDE)
+            else:
+                self.roi_features = roi_align(
+                    feature_pyramid, flat_rois, self.level_of_rois, self.batch_size,
+                    int(self.rois.shape[1]), cfg.ROI_SIZE, cfg.TARGET_SIDE)
             box_features = self._box_branch(self.roi_features)
             # Per class (the notebook) or one set for every class (BOX_REGRESSION).
             self.num_box_classes = (cfg.NUM_CLASS if cfg.BOX_REGRESSION == "per_class"
@@ -353,13 +358,47 @@ def assign_levels(rois, canonical_size=224.0, canonical_level=4):
     return tf.cast(level, tf.int32)
 
 
-def roi_align(pyramid, rois, levels, batch_size, rois_per_image, crop_size, image_side):
-    """Pools each ROI [M, 4] (image pixels) from its level: crop_and_resize to S x S.
+def feature_boxes(boxes, stride, image_side):
+    """Image-pixel boxes -> crop_and_resize's coordinates on a stride-s feature map.
 
     Pixel centres of a stride-s feature map sit at (i + 0.5) * s in the image, so an
     image coordinate y maps to feature coordinate y / s - 0.5, normalised by (H_f - 1)
     as crop_and_resize expects.
     """
+    feature_side = image_side // stride
+    return (boxes / stride - 0.5) / float(max(feature_side - 1, 1))
+
+
+def clamped_feature_boxes(boxes, stride, image_side):
+    """feature_boxes, clamped to the map's cell centres.
+
+    crop_and_resize samples nothing beyond the outermost cell centres: it returns 0
+    there. On a coarse level of a small image (P5 of a 64-pixel reference is 2 x 2
+    cells, centred 16 px from each border) most of an object's box lies out there;
+    clamping the box to the centres samples the edge cells instead.
+    """
+    return tf.clip_by_value(feature_boxes(boxes, stride, image_side), 0.0, 1.0)
+
+
+def roi_align_all_levels(pyramid, rois, batch_size, rois_per_image, crop_size,
+                         image_side):
+    """Pools each ROI [M, 4] (image pixels) from every level P2..P5: the mean of the four
+    S x S crops (ROI_POOLING "all_levels"; the references are pooled the same way).
+    Boxes are clamped to each map's cell centres (clamped_feature_boxes)."""
+    with tf.name_scope("roi_align_all_levels"):
+        if batch_size is None:
+            batch_size = tf.shape(pyramid["P2"])[0]
+        box_indices = tf.repeat(tf.range(batch_size), rois_per_image)
+        crops = [tf.image.crop_and_resize(
+            pyramid[f"P{level}"], tf.stop_gradient(clamped_feature_boxes(
+                rois, 2 ** level, image_side)),
+            box_indices, [crop_size, crop_size], method="bilinear")
+                 for level in ROI_LEVELS]
+        return tf.reduce_mean(tf.stack(crops, axis=0), axis=0, name="roi_features")
+
+
+def roi_align(pyramid, rois, levels, batch_size, rois_per_image, crop_size, image_side):
+    """Pools each ROI [M, 4] (image pixels) from its level: crop_and_resize to S x S."""
     with tf.name_scope("roi_align"):
         if batch_size is None:
             batch_size = tf.shape(pyramid["P2"])[0]
@@ -367,10 +406,8 @@ def roi_align(pyramid, rois, levels, batch_size, rois_per_image, crop_size, imag
         order, crops = [], []
         for level in ROI_LEVELS:
             stride = 2 ** level
-            feature_side = image_side // stride
             chosen = tf.where(tf.equal(levels, level))[:, 0]
-            boxes = tf.gather(rois, chosen) / stride - 0.5
-            boxes = boxes / float(max(feature_side - 1, 1))
+            boxes = feature_boxes(tf.gather(rois, chosen), stride, image_side)
             crops.append(tf.image.crop_and_resize(
                 pyramid[f"P{level}"], tf.stop_gradient(boxes),
                 tf.gather(box_indices, chosen), [crop_size, crop_size],

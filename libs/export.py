@@ -61,7 +61,7 @@ def _restore(session, checkpoint):
                           f"({first[:200]})") from exc
 
 
-def compute_prototypes(cfg, checkpoint, reference_images):
+def compute_prototypes(cfg, checkpoint, reference_images, counts=None):
     """Runs the reference branch on `checkpoint`: float32 [NUM_CLASS, S, S, F].
 
     Row 0 is the learned background prototype. The branch is the one model_fn builds
@@ -71,7 +71,8 @@ def compute_prototypes(cfg, checkpoint, reference_images):
     with graph.as_default():
         images = tf.constant(np.asarray(reference_images, np.uint8))
         prototypes = reference.build_prototypes(
-            images, make_pyramid_fn(cfg, PREDICT, reference_branch=True), cfg)
+            images, make_pyramid_fn(cfg, PREDICT, reference_branch=True), cfg,
+            counts=counts)
         with _session(graph) as session:
             _restore(session, checkpoint)
             return session.run(prototypes)
@@ -83,9 +84,11 @@ def serving_params(run, checkpoint, cache_prototypes=True):
     if run.cfg.CLASSIFIER == "comparison":
         if cache_prototypes:
             params["prototypes"] = compute_prototypes(run.cfg, checkpoint,
-                                                      run.reference_images)
+                                                      run.reference_images,
+                                                      run.reference_counts)
         else:
             params["reference_images"] = run.reference_images
+            params["reference_counts"] = run.reference_counts
     return params
 
 

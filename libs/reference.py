@@ -27,15 +27,44 @@ from libs.tf_compat import slim, tf
 PROTOTYPE_LEVELS = ("P2", "P3", "P4", "P5")
 
 
-def class_prototypes(reference_pyramid, num_classes, num_supports, roi_size):
-    """Pyramid of the C*K reference images -> positive prototypes [C, S, S, F]."""
+def object_box(side, margin):
+    """[y1, x1, y2, x2] of the object inside a reference of side x side pixels cropped
+    with `margin` of context on each side (tools/make_references.py --margin)."""
+    low = side * margin / (1.0 + 2.0 * margin)
+    return [low, low, side - low, side - low]
+
+
+def class_prototypes(reference_pyramid, num_classes, num_supports, roi_size, mask=None,
+                     pooled_box=None, reference_side=None):
+    """Pyramid of the C*K reference images -> positive prototypes [C, S, S, F].
+
+    Each level is resized whole to S x S (the notebook), or, with pooled_box
+    ([y1, x1, y2, x2] in reference pixels; ROI_POOLING "all_levels"), the object's box
+    is pooled from it as a query ROI is (crop_and_resize, the same coordinates); the
+    levels are averaged.
+    mask (float [C, K], optional): 1 for a real support, 0 for an empty slot (a class
+    with fewer references than K); each class averages its real supports only.
+    """
+    from libs.build_fast_rcnn import clamped_feature_boxes
+    if mask is None:
+        mask = tf.ones([num_classes, num_supports])
+    weights = mask / tf.reduce_sum(mask, axis=1, keepdims=True)
+    weights = weights[:, :, tf.newaxis, tf.newaxis, tf.newaxis]
+    count = num_classes * num_supports
     per_level = []
-    for level in PROTOTYPE_LEVELS:
-        features = tf.image.resize_bilinear(reference_pyramid[level], [roi_size, roi_size])
+    for stride_log2, level in enumerate(PROTOTYPE_LEVELS, 2):
+        if pooled_box is None:
+            features = tf.image.resize_bilinear(reference_pyramid[level],
+                                                [roi_size, roi_size])
+        else:
+            boxes = clamped_feature_boxes(tf.constant([pooled_box] * count, tf.float32),
+                                          2 ** stride_log2, reference_side)
+            features = tf.image.crop_and_resize(reference_pyramid[level], boxes,
+                                                tf.range(count), [roi_size, roi_size])
         channels = features.shape[-1]
         features = tf.reshape(features, [num_classes, num_supports, roi_size, roi_size,
                                          channels])
-        per_level.append(tf.reduce_mean(features, axis=1))
+        per_level.append(tf.reduce_sum(features * weights, axis=1))
     return tf.reduce_mean(tf.stack(per_level, axis=0), axis=0, name="positive_prototypes")
 
 
@@ -73,23 +102,36 @@ BACKGROUND_PROTOTYPES = {"stacked": background_prototype,
                          "pooled": pooled_background_prototype}
 
 
-def sample_supports(images, per_step, seed):
+def support_mask(counts, num_classes, num_supports):
+    """float [C, K]: 1 for the first counts[c] slots of class c (None: every slot)."""
+    if counts is None:
+        return tf.ones([num_classes, num_supports])
+    counts = tf.constant([int(c) for c in counts], tf.int32)
+    return tf.sequence_mask(counts, num_supports, dtype=tf.float32)
+
+
+def sample_supports(images, per_step, seed, mask=None):
     """[C, K, ...] -> [C, per_step, ...]: a random per_step of each class's K supports.
 
     Stateless: the same seed (model_fn passes SEED and the global step) picks the same
-    supports in every tower and on every rerun.
+    supports in every tower and on every rerun. With a mask (float [C, K], 0 for empty
+    slots) real supports are drawn first; returns (images, mask of the drawn slots).
     """
     num_classes, num_supports = int(images.shape[0]), int(images.shape[1])
+    if mask is None:
+        mask = tf.ones([num_classes, num_supports])
     keys = tf.random.stateless_uniform([num_classes, num_supports], seed=seed)
-    chosen = tf.argsort(keys, axis=1)[:, :per_step]
-    return tf.gather(images, chosen, axis=1, batch_dims=1)
+    chosen = tf.argsort(keys + 2.0 * (1.0 - mask), axis=1)[:, :per_step]
+    return (tf.gather(images, chosen, axis=1, batch_dims=1),
+            tf.gather(mask, chosen, axis=1, batch_dims=1))
 
 
-def build_prototypes(reference_images, pyramid_fn, cfg, support_seed=None):
+def build_prototypes(reference_images, pyramid_fn, cfg, support_seed=None, counts=None):
     """reference_images: uint8/float [C, K, R, R, 3] RGB. pyramid_fn: images -> P-dict.
 
-    support_seed (int64 [2]), in training only: build each prototype from a random
-    REFERENCE_SUPPORTS_PER_STEP of the K supports (all of them when that is None).
+    counts (optional, [C] ints): real references per class, the rest of its K slots
+    being empty. support_seed (int64 [2]), in training only: build each prototype from
+    a random REFERENCE_SUPPORTS_PER_STEP of the supports (all of them when None).
     Returns prototypes [C + 1, ROI_SIZE, ROI_SIZE, FPN_CHANNELS], background first.
     """
     with tf.name_scope("reference_branch"):
@@ -98,15 +140,20 @@ def build_prototypes(reference_images, pyramid_fn, cfg, support_seed=None):
         if num_classes != cfg.NUM_CLASS - 1:
             raise ValueError(f"reference images hold {num_classes} classes but NUM_CLASS "
                              f"is {cfg.NUM_CLASS} (background + {cfg.NUM_CLASS - 1})")
+        mask = support_mask(counts, num_classes, shape[1])
         per_step = cfg.REFERENCE_SUPPORTS_PER_STEP
         if support_seed is not None and per_step and per_step < shape[1]:
-            reference_images = sample_supports(reference_images, per_step, support_seed)
+            reference_images, mask = sample_supports(reference_images, per_step,
+                                                     support_seed, mask)
         num_supports = int(reference_images.shape[1])
         images = tf.reshape(tf.cast(reference_images, tf.float32),
                             [num_classes * num_supports] + shape[2:])
         images = images - tf.constant(cfg.PIXEL_MEANS, tf.float32)
         pyramid = pyramid_fn(images)
-        positives = class_prototypes(pyramid, num_classes, num_supports, cfg.ROI_SIZE)
+        pooled_box = (object_box(cfg.REFERENCE_SIDE, cfg.REFERENCE_MARGIN)
+                      if cfg.ROI_POOLING == "all_levels" else None)
+        positives = class_prototypes(pyramid, num_classes, num_supports, cfg.ROI_SIZE,
+                                     mask, pooled_box, cfg.REFERENCE_SIDE)
         background = BACKGROUND_PROTOTYPES[cfg.BACKGROUND_PROTOTYPE](positives,
                                                                     cfg.FPN_CHANNELS)
         return tf.concat([background, positives], axis=0, name="prototypes")

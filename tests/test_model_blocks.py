@@ -177,6 +177,56 @@ def test_window_conv_equals_a_valid_convolution_and_its_gradients():
         np.testing.assert_allclose(x_grad, y_grad, rtol=1e-5, atol=1e-5)
 
 
+def _ramp_pyramid(count, side, channels=2):
+    """Levels P2..P5 whose cell (i, j) holds the image x of its centre, (j + 0.5) * s:
+    bilinear sampling of such a map at image x returns x, on every level alike."""
+    pyramid = {}
+    for level in (2, 3, 4, 5):
+        stride, cells = 2 ** level, side // 2 ** level
+        ramp = (np.arange(cells) + 0.5) * stride
+        pyramid[f"P{level}"] = tf.constant(np.broadcast_to(
+            ramp[None, None, :, None], [count, cells, cells, channels]).astype(np.float32))
+    return pyramid
+
+
+def _clamped_grid_mean(x1, x2, size, side):
+    """What pooling [x1, x2] from the ramp levels gives: on each level the box is clamped
+    to the cell centres [s / 2, side - s / 2], sampled at `size` even points (the ramp
+    returns the image x of each), and the levels are averaged."""
+    grids = [np.linspace(np.clip(x1, s / 2, side - s / 2), np.clip(x2, s / 2, side - s / 2),
+                         size) for s in (4, 8, 16, 32)]
+    return np.mean(grids, axis=0)
+
+
+def test_all_levels_pooling_samples_the_same_image_points_on_every_level():
+    side, size = 128, 7
+    # the second ROI reaches past P5's outermost cell centres (16 px from the border)
+    rois = np.array([[40, 36, 80, 92], [4, 6, 100, 60]], np.float32)
+    with seeded_graph().as_default(), tf.Session() as sess:
+        pooled = sess.run(build_fast_rcnn.roi_align_all_levels(
+            _ramp_pyramid(1, side), tf.constant(rois), 1, 2, size, side))
+    for roi, crop in zip(rois, pooled):
+        expected = _clamped_grid_mean(roi[1], roi[3], size, side)
+        np.testing.assert_allclose(crop[:, :, 0], np.broadcast_to(expected, (size, size)),
+                                   rtol=1e-5, atol=1e-3)
+
+
+def test_reference_objects_are_pooled_like_query_rois():
+    """ROI_POOLING "all_levels": a reference's object box (margin removed) is pooled at
+    the same image points as a query ROI of that box."""
+    side, size, margin = 64, 7, 0.1
+    box = reference.object_box(side, margin)
+    np.testing.assert_allclose(box, [side * margin / 1.2] * 2 + [side - side * margin / 1.2] * 2)
+    with seeded_graph().as_default(), tf.Session() as sess:
+        protos = sess.run(reference.class_prototypes(
+            _ramp_pyramid(2, side), 2, 1, size, pooled_box=box, reference_side=side))
+    expected = _clamped_grid_mean(box[1], box[3], size, side)
+    assert abs(expected[0] - box[1]) > 1     # the clamp matters on a 64-pixel reference
+    np.testing.assert_allclose(protos[:, :, :, 0],
+                               np.broadcast_to(expected, (2, size, size)), rtol=1e-5,
+                               atol=1e-3)
+
+
 def test_pooled_background_is_the_class_mean_of_one_conv_per_prototype():
     cfg = tiny_cfg(BACKGROUND_PROTOTYPE="pooled")
     rng = np.random.RandomState(5)
@@ -204,7 +254,7 @@ def test_sample_supports_takes_distinct_supports_per_class_from_the_seed():
                              [num_classes, supports, 4, 4, 3]).astype(np.float32)
     with seeded_graph().as_default(), tf.Session() as sess:
         seed = tf.placeholder(tf.int64, [2])
-        picked = reference.sample_supports(tf.constant(images), per_step, seed)
+        picked, _ = reference.sample_supports(tf.constant(images), per_step, seed)
         draws = [sess.run(picked, {seed: [0, step]}) for step in range(12)]
         again = sess.run(picked, {seed: [0, 3]})
     np.testing.assert_array_equal(again, draws[3])           # stateless: seed -> choice
@@ -228,8 +278,8 @@ def test_prototypes_from_sampled_supports_average_only_those():
         pyramid_fn = make_pyramid_fn(cfg, TRAIN, reference_branch=True)
         sampled = reference.build_prototypes(tf.constant(images), pyramid_fn, cfg,
                                              support_seed=tf.constant([0, 7], tf.int64))
-        chosen = reference.sample_supports(tf.constant(images), 1,
-                                           tf.constant([0, 7], tf.int64))
+        chosen, _ = reference.sample_supports(tf.constant(images), 1,
+                                              tf.constant([0, 7], tf.int64))
         alone = reference.build_prototypes(chosen, pyramid_fn,
                                            tiny_cfg(NUM_SUPPORTS=1))
         every = reference.build_prototypes(tf.constant(images), pyramid_fn, cfg)
@@ -237,6 +287,35 @@ def test_prototypes_from_sampled_supports_average_only_those():
         got, expected, all_supports = sess.run([sampled, alone, every])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(got, all_supports, atol=1e-4)
+
+
+def test_classes_with_fewer_references_average_only_their_real_ones():
+    """counts [3, 1]: class 1's empty slots (zeros) must not enter its prototype, also
+    when supports are sampled per step (real ones are drawn first)."""
+    num_classes, supports, channels, size = 2, 3, 4, 7
+    rng = np.random.RandomState(0)
+    values = rng.normal(size=[4, num_classes * supports, channels]).astype(np.float32)
+    counts = [3, 1]
+    with seeded_graph().as_default(), tf.Session() as sess:
+        pyramid = {level: tf.constant(np.broadcast_to(
+            values[i][:, None, None, :], [num_classes * supports, 32 // 2 ** i,
+                                          32 // 2 ** i, channels]).copy())
+                   for i, level in enumerate(reference.PROTOTYPE_LEVELS)}
+        mask = reference.support_mask(counts, num_classes, supports)
+        got = sess.run(reference.class_prototypes(pyramid, num_classes, supports, size,
+                                                  mask))
+        slots = np.arange(supports * num_classes).reshape(num_classes, supports)
+        images = tf.constant(slots[:, :, None, None, None].astype(np.float32))
+        picked, picked_mask = sess.run(reference.sample_supports(
+            images, 2, tf.constant([0, 1], tf.int64), mask))
+    per_class = values.reshape(4, num_classes, supports, channels).mean(axis=0)
+    expected = np.stack([per_class[0].mean(axis=0), per_class[1, 0]])
+    np.testing.assert_allclose(got[:, 0, 0], expected, rtol=1e-5, atol=1e-6)
+    # class 1 has one real support: it is drawn, and the other drawn slot is masked
+    assert picked[1, :, 0, 0, 0].tolist().count(slots[1, 0]) == 1
+    assert picked_mask[1].tolist() == [1.0, 0.0] or picked_mask[1].tolist() == [0.0, 1.0]
+    assert picked_mask[0].tolist() == [1.0, 1.0]
+    assert picked_mask[1][picked[1, :, 0, 0, 0] == slots[1, 0]].tolist() == [1.0]
 
 
 def test_class_agnostic_box_regression_decodes_every_class_with_one_set_of_deltas():

@@ -304,9 +304,13 @@ def _read_rgb(path):
     return rgb
 
 
-def select_reference_files(reference_dir, class_names, num_supports, seed=None):
+def select_reference_files(reference_dir, class_names, num_supports, seed=None,
+                           min_supports=None):
     """The files load_reference_images would use: {class name: [paths]}, plus decoded RGB.
 
+    min_supports (default num_supports): a class with fewer usable images than
+    num_supports but at least this many keeps what it has, with a warning (a K-shot
+    reference set may hold fewer crops of a class than K).
     Returns (paths by class, images by class) where images are uint8 RGB arrays.
     """
     if not reference_dir or not os.path.isdir(reference_dir):
@@ -338,9 +342,13 @@ def select_reference_files(reference_dir, class_names, num_supports, seed=None):
             pixels.append(rgb)
         if len(chosen) < num_supports:
             bad = f", {len(problems)} unusable file(s) skipped" if problems else ""
-            raise ReferenceSetError(
-                f"class {class_name!r}: {folder} has {len(chosen)} usable image(s){bad}, "
-                f"need num_supports={num_supports}")
+            if len(chosen) < (num_supports if min_supports is None else min_supports):
+                raise ReferenceSetError(
+                    f"class {class_name!r}: {folder} has {len(chosen)} usable image(s)"
+                    f"{bad}, need num_supports={num_supports}")
+            logging.warning("reference set: class %r has %d usable image(s)%s, fewer than "
+                            "num_supports=%d: its prototype averages those", class_name,
+                            len(chosen), bad, num_supports)
         for problem in problems:
             logging.warning("reference set: %s -> skipped", problem)
         paths_by_class[class_name] = chosen
@@ -349,16 +357,19 @@ def select_reference_files(reference_dir, class_names, num_supports, seed=None):
 
 
 def load_reference_images(reference_dir, class_names, num_supports, side, seed=None,
-                          return_paths=False):
+                          return_paths=False, min_supports=None):
     """uint8 [len(class_names), num_supports, side, side, 3] RGB reference images.
 
     Each image is resized to side x side (bilinear, aspect not kept, as the notebook
     does). Class order = class_names order (pass the label map's names in id order, so
-    row c is class id c + 1). With return_paths, also returns {class: [paths]}.
+    row c is class id c + 1). With return_paths, also returns {class: [paths]}; a
+    class with fewer images (min_supports) has zeros in its last slots, and its paths
+    say how many are real.
     """
     if not isinstance(side, (int, np.integer)) or side < 1:
         raise ReferenceSetError(f"side must be a positive integer, got {side!r}")
-    paths, images = select_reference_files(reference_dir, class_names, num_supports, seed)
+    paths, images = select_reference_files(reference_dir, class_names, num_supports, seed,
+                                           min_supports=min_supports)
     batch = np.zeros((len(class_names), num_supports, side, side, 3), np.uint8)
     for c, class_name in enumerate(class_names):
         for s, rgb in enumerate(images[class_name]):
