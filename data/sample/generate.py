@@ -7,6 +7,9 @@ Two classes a tiny CNN can tell apart by brightness and shape, on a textured, no
 background:
     cell     bright filled ellipses, radii 8-20 px
     crystal  dark filled squares or diamonds, 10-30 px across
+and, only when asked for (classes=...), a third for few-shot tests (a new class added
+from references to a model trained on the other two):
+    spore    bright yellow-green filled triangles, 12-28 px across
 1-4 objects per image, never overlapping (3 px apart at least), fully inside the image;
 image sizes vary from 128x128 to 200x160, portrait and landscape. Every box is the exact
 bounding box of the drawn pixels ([xmin, xmax) in VOC corner numbers). The same seed
@@ -65,6 +68,25 @@ def _crystal_mask(rng, height, width):
     return mask
 
 
+def _spore_mask(rng, height, width):
+    side = int(rng.integers(12, 29))
+    half = side / 2.0
+    cx = rng.uniform(half + 1, width - half - 1)
+    cy = rng.uniform(half + 1, height - half - 1)
+    angle = rng.uniform(0, 2 * np.pi)
+    corners = [(cx + half * np.cos(angle + k * 2 * np.pi / 3),
+                cy + half * np.sin(angle + k * 2 * np.pi / 3)) for k in range(3)]
+    mask = np.zeros((height, width), np.uint8)
+    cv2.fillPoly(mask, [np.round(corners).astype(np.int32)], 255)
+    return mask
+
+
+# class -> (mask drawer, mean RGB colour)
+SHAPES = {"cell": (_cell_mask, (235, 205, 215)),
+          "crystal": (_crystal_mask, (55, 65, 110)),
+          "spore": (_spore_mask, (215, 230, 150))}
+
+
 def _mask_box(mask):
     """(xmin, ymin, xmax, ymax) of the drawn pixels, max exclusive."""
     ys, xs = np.nonzero(mask)
@@ -77,26 +99,27 @@ def _apart(box, others):
                for ox1, oy1, ox2, oy2 in others)
 
 
-def _draw_image(rng, index):
+def _draw_image(rng, index, classes=CLASSES):
     width, height = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
     image = _background(rng, height, width)
     num_objects = int(rng.integers(1, MAX_OBJECTS + 1))
     objects = []
     for k in range(num_objects):
-        # The first object alternates between the classes, so any two consecutive
-        # images contain both.
-        name = CLASSES[index % 2] if k == 0 else CLASSES[int(rng.integers(2))]
+        # The first object cycles through the classes, so any len(classes) consecutive
+        # images contain every class.
+        if k == 0:
+            name = classes[index % len(classes)]
+        else:
+            name = classes[int(rng.integers(len(classes)))]
+        draw_mask, mean_colour = SHAPES[name]
         for _ in range(50):  # rejection sampling; a crowded image just gets fewer objects
-            mask = (_cell_mask if name == "cell" else _crystal_mask)(rng, height, width)
+            mask = draw_mask(rng, height, width)
             box = _mask_box(mask)
             if _apart(box, [b for _, b in objects]):
                 break
         else:
             continue
-        if name == "cell":
-            colour = np.array([235, 205, 215]) + rng.uniform(-10, 10, size=3)
-        else:
-            colour = np.array([55, 65, 110]) + rng.uniform(-10, 10, size=3)
+        colour = np.array(mean_colour) + rng.uniform(-10, 10, size=3)
         inside = mask > 0
         image[inside] = colour + rng.normal(0, 4, size=(int(inside.sum()), 3))
         objects.append((name, box))
@@ -128,13 +151,18 @@ def _voc_xml(filename, width, height, objects):
     return ElementTree.tostring(root, encoding="utf-8") + b"\n"
 
 
-def generate_voc_dataset(out_dir, num_train=24, num_val=8, seed=0):
+def generate_voc_dataset(out_dir, num_train=24, num_val=8, seed=0, classes=CLASSES):
     """Writes the sample dataset into out_dir (VOC layout); returns what it wrote.
+
+    classes: names from SHAPES (default cell and crystal, the demo's data).
 
     Returns {"classes": [...], "train": [ids], "val": [ids],
              "objects": {id: [(name, (xmin, ymin, xmax, ymax)), ...]},
              "sizes": {id: (height, width)}}.
     """
+    unknown = [name for name in classes if name not in SHAPES]
+    if unknown or not classes:
+        raise ValueError(f"unknown sample classes {unknown}; known: {sorted(SHAPES)}")
     if num_train < 0 or num_val < 0 or num_train + num_val == 0:
         raise ValueError(f"need at least one image (num_train={num_train}, "
                          f"num_val={num_val})")
@@ -145,10 +173,10 @@ def generate_voc_dataset(out_dir, num_train=24, num_val=8, seed=0):
     for directory in (image_dir, xml_dir, sets_dir):
         os.makedirs(directory, exist_ok=True)
 
-    result = {"classes": list(CLASSES), "train": [], "val": [], "objects": {}, "sizes": {}}
+    result = {"classes": list(classes), "train": [], "val": [], "objects": {}, "sizes": {}}
     for index in range(num_train + num_val):
         image_id = f"sample_{index:04d}"
-        rgb, objects = _draw_image(rng, index)
+        rgb, objects = _draw_image(rng, index, tuple(classes))
         height, width = rgb.shape[:2]
         ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
                                 [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -174,6 +202,7 @@ def _define_flags():
     flags.DEFINE_integer("num_train", 24, "Images in the train split.")
     flags.DEFINE_integer("num_val", 8, "Images in the val split.")
     flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives identical files.")
+    flags.DEFINE_list("classes", list(CLASSES), f"Classes to draw, from {sorted(SHAPES)}.")
     return flags.FLAGS
 
 
@@ -184,8 +213,13 @@ def main(argv):
     if not flag_values.out_dir:
         print("error: --out_dir is required", file=sys.stderr, flush=True)
         return 2
-    result = generate_voc_dataset(flag_values.out_dir, flag_values.num_train,
-                                  flag_values.num_val, flag_values.seed)
+    try:
+        result = generate_voc_dataset(flag_values.out_dir, flag_values.num_train,
+                                      flag_values.num_val, flag_values.seed,
+                                      flag_values.classes)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
     num_objects = sum(len(objects) for objects in result["objects"].values())
     print(f"wrote {len(result['train'])} train + {len(result['val'])} val images "
           f"({num_objects} objects, classes {', '.join(result['classes'])}) "
