@@ -17,13 +17,13 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import REPO, run_tool, write_json  # noqa: E402
 
 CLASSIFIERS = ("comparison", "fc")
 
@@ -63,14 +63,6 @@ def prepare(voc, out_dir, ids, classes):
     return data_dir, reference_dir, supports
 
 
-def _tool(name, *args):
-    command = [sys.executable, os.path.join(REPO, "tools", name), *args]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    return result.stdout
-
-
 def train_and_evaluate(cfg, data_dir, reference_dir, model_dir, size, steps, supports,
                        classifier, seed):
     epochs = math.ceil(steps / size)
@@ -80,8 +72,8 @@ def train_and_evaluate(cfg, data_dir, reference_dir, model_dir, size, steps, sup
             f"--set=NUM_SUPPORTS={supports}", "--set=SAVE_CHECKPOINTS_STEPS=100000"]
     common = ["--cfg", cfg, "--data_dir", data_dir, "--reference_dir", reference_dir,
               "--model_dir", model_dir, *sets]
-    _tool("train.py", *common, "--max_steps", str(steps))
-    _tool("eval.py", *common)
+    run_tool("train.py", *common, "--max_steps", str(steps))
+    run_tool("eval.py", *common)
     reports = [n for n in os.listdir(model_dir) if n.endswith(".eval_val.json")]
     with open(os.path.join(model_dir, sorted(reports)[-1])) as handle:
         return json.load(handle)["results"]
@@ -89,10 +81,7 @@ def train_and_evaluate(cfg, data_dir, reference_dir, model_dir, size, steps, sup
 
 def _write_results(path, args, rows):
     """Every run so far (atomic: never a half-written file, a rerun goes on from it)."""
-    partial = path + ".partial"
-    with open(partial, "w") as handle:
-        json.dump({"steps": args.steps, "config": args.cfg, "runs": rows}, handle, indent=1)
-    os.replace(partial, path)
+    write_json(path, {"steps": args.steps, "config": args.cfg, "runs": rows})
 
 
 def main():

@@ -7,7 +7,7 @@
 
 Prints a per-class table (VOC AP@0.5) and the COCO figures (pycocotools: mAP@[.5:.95],
 AP50, AP75, AR@100), and writes the JSON report `<checkpoint>.eval_<split>.json` beside
-the checkpoint. The same metrics appear in TensorBoard under `eval_<split>/`.
+the checkpoint (or --report). The same metrics appear in TensorBoard under `eval_<split>/`.
 --novel_classes adds the few-shot protocol's bAP50 (mean AP@0.5 over the other,
 base classes) and nAP50 (over the listed classes) to the table and to the report
 (results "voc/bAP@0.5" and "voc/nAP@0.5"; libs/metrics.base_novel_ap).
@@ -34,6 +34,8 @@ def _define_flags():
     flags.DEFINE_multi_string("set", [], "Config override FIELD=VALUE.")
     flags.DEFINE_string("novel_classes", None, "Comma-separated novel classes: also "
                         "report bAP50 (the other classes) and nAP50 (these).")
+    flags.DEFINE_string("report", None, "Where the JSON report goes (default: "
+                        "<checkpoint>.eval_<split>.json beside the checkpoint).")
 
 
 def main(argv):
@@ -63,7 +65,7 @@ def _evaluate():
         results.update(metrics.base_novel_ap(results, run.class_names, novel))
     print(f"checkpoint {checkpoint} (step {results.get('global_step')}), split {split}")
     print(metrics.format_table(results, run.class_names, novel_classes=novel))
-    report = f"{checkpoint}.eval_{split}.json"
+    report = FLAGS.report or f"{checkpoint}.eval_{split}.json"
     with atomic_write(report, "w") as handle:
         json.dump({"checkpoint": checkpoint, "split": split, "config": cfg.NAME,
                    "results": results, **base_novel}, handle, indent=2, sort_keys=True,

@@ -1,0 +1,315 @@
+"""Few-shot with new classes (DESIGN.md section 9): base/novel, K-shot, three methods.
+
+    python bench/base_novel.py --dataset deeppcb --out output/fs_deeppcb
+    python bench/base_novel.py --dataset bccd --out output/fs_bccd --shots 1,3,5,10 \
+        --seeds 0,1,2
+
+Per dataset (presets below: images, config, novel classes), everything through the
+project's own tools, as a user would run them:
+  1. base data: every train image with the novel classes' boxes removed
+     (tools/make_fewshot_split.py --base_only), val with every class;
+  2. base models, trained on it: the comparison detector of the config (its head
+     must not depend on the number of classes) and the FC baseline (CLASSIFIER "fc",
+     per-class boxes: the TFA recipe's base model); an upper bound trained on all
+     classes with the full data;
+  3. for each K and seed, a K-shot set (K instances of every class, base and novel,
+     and its references), then
+       (A) comparison, no fine-tuning: the base model with the K-shot references,
+       (B) comparison fine-tuned on the K-shot set (second stage and background
+           prototype trainable; backbone, FPN and RPN frozen),
+       (C) FC fine-tuned TFA-style on the same set: the classifier and box regressor
+           resized for all classes (base rows kept by name), only they train;
+     each evaluated on val (tools/eval.py --novel_classes: nAP50 and bAP50);
+  4. for (A), what limits it (--diagnose): per class, the recall of the proposals
+     (IoU >= 0.5, among those the second stage sees), the class probabilities of the
+     ROIs that cover an object, and how far apart the prototypes are.
+Prints a table of nAP50 / bAP50, mean +- std over seeds, per K and method; every run
+is kept in <out>/results.json (a rerun skips what is done). Model folders that exist
+are reused (--base_model etc. point at ones trained elsewhere).
+"""
+import argparse
+import collections
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import REPO, read_json, run_tool, write_json  # noqa: E402
+
+SHARED = os.path.join(REPO, "..", "shared", "datasets")
+PRESETS = {
+    "deeppcb": {"voc": os.path.join(SHARED, "deeppcb"), "cfg": "cfgs/deeppcb_cpu.py",
+                "novel": ["short", "spur", "pin-hole"], "sets": []},
+    # bccd_cpu with the class-count-independent head of deeppcb_cpu
+    "bccd": {"voc": os.path.join(SHARED, "bccd"), "cfg": "cfgs/bccd_cpu.py",
+             "novel": ["Platelets"],
+             "sets": ["COMPARISON_SCORE='distance'", "BACKGROUND_PROTOTYPE='pooled'",
+                      "BOX_REGRESSION='class_agnostic'", "REFERENCE_SUPPORTS_PER_STEP=2"]},
+}
+# The generated sample (make demo's), for a quick run of the whole protocol.
+PRESETS["sample"] = {"voc": os.path.join(REPO, "output", "sample", "voc"),
+                     "cfg": "cfgs/tiny_cpu.py", "novel": ["crystal"],
+                     "sets": PRESETS["bccd"]["sets"][:3]}
+METHODS = ("A", "B", "C")
+# What fine-tuning trains (regexes of variable names); the rest stays frozen.
+TRAINABLE = {"B": ["fast_rcnn/", "background_prototype/"],
+             "C": ["fast_rcnn/fc_classifier/", "fast_rcnn/box_regressor/"]}
+FC_SETS = ["CLASSIFIER='fc'", "BOX_REGRESSION='per_class'"]
+
+
+def sets_args(sets):
+    return [f"--set={s}" for s in sets]
+
+
+def voc_args(voc, split):
+    return ["--format", "voc", "--image_dir", os.path.join(voc, "JPEGImages"),
+            "--annotations", os.path.join(voc, "Annotations"),
+            "--split_file", os.path.join(voc, "ImageSets", "Main", f"{split}.txt")]
+
+
+def prepare_base(args, preset):
+    """Base data (novel boxes removed) + base references; full data + references."""
+    base, full = os.path.join(args.out, "base"), os.path.join(args.out, "full")
+    novel = ",".join(preset["novel"])
+    if not os.path.exists(os.path.join(base, "data", "label_map.json")):
+        run_tool("make_fewshot_split.py", *voc_args(args.voc, "train"), "--novel_classes",
+                 novel, "--base_only", "--val_split_file",
+                 os.path.join(args.voc, "ImageSets", "Main", "val.txt"),
+                 "--output_dir", base)
+    with open(os.path.join(base, "data", "label_map.json")) as handle:
+        base_classes = [c["name"] for c in json.load(handle)["classes"]]
+    if not os.path.isdir(os.path.join(base, "references")):
+        run_tool("make_references.py", *voc_args(args.voc, "train"), "--output_dir",
+                 os.path.join(base, "references"), "--per_class", "5", "--classes",
+                 ",".join(base_classes))
+    if not os.path.exists(os.path.join(full, "data", "label_map.json")):
+        for split in ("train", "val"):
+            run_tool("convert_to_tfrecord.py", *voc_args(args.voc, split), "--output_dir",
+                     os.path.join(full, "data"))
+        run_tool("make_references.py", *voc_args(args.voc, "train"), "--output_dir",
+                 os.path.join(full, "references"), "--per_class", "5")
+    return base, full, base_classes
+
+
+def train(args, preset, data_dir, reference_dir, model_dir, sets, num_class, max_steps=None):
+    """tools/train.py unless model_dir already holds a finished run."""
+    done = os.path.join(model_dir, "trained.json")
+    if os.path.exists(done):
+        return
+    extra = ["--max_minutes", str(args.base_minutes)] if args.base_minutes else []
+    if max_steps:
+        extra = ["--max_steps", str(max_steps)]
+    run_tool("train.py", "--cfg", args.cfg, "--data_dir", data_dir, "--reference_dir",
+             reference_dir, "--model_dir", model_dir, f"--set=NUM_CLASS={num_class}",
+             *sets_args(preset["sets"] + sets), *extra)
+    write_json(done, {"sets": preset["sets"] + sets})
+
+
+def evaluate(args, preset, data_dir, reference_dir, model_dir, sets, report, novel=True):
+    """tools/eval.py on val (nAP50 / bAP50 with novel) unless `report` exists."""
+    if not os.path.exists(report):
+        novel_args = ["--novel_classes", ",".join(preset["novel"])] if novel else []
+        run_tool("eval.py", "--cfg", args.cfg, "--data_dir", data_dir, "--reference_dir",
+                 reference_dir, "--model_dir", model_dir, "--report", report, *novel_args,
+                 *sets_args(preset["sets"] + sets))
+    results = read_json(report)["results"]
+    return {k: v for k, v in results.items() if k.startswith(("voc/", "coco/"))}
+
+
+def fine_tune_sets(method, init, shots, num_images, steps, lr):
+    epochs = steps / max(num_images, 1)
+    sets = [f"INIT_CHECKPOINT='{init}'", f"TRAINABLE_VARIABLES={TRAINABLE[method]}",
+            f"LR={lr}", f"EPOCH={epochs}", f"EPOCH_BOUNDARY=[{0.8 * epochs}]",
+            f"NUM_SUPPORTS={shots}", "SAVE_CHECKPOINTS_STEPS=100000",
+            "SAVE_SUMMARY_STEPS=100000"]
+    return sets + (FC_SETS if method == "C" else [])
+
+
+def diagnose(args, preset, data_dir, reference_dir, model_dir, shots):
+    """Per class: proposal recall@0.5, class probabilities of the ROIs covering its
+    objects; and the prototypes' pairwise distances (mean squared difference)."""
+    from data.io.input_fn import EVAL, make_input_fn
+    from libs import cli, training
+    from libs.model_fn import PREDICT, detector_graph
+    from libs.tf_compat import seeded_graph, tf
+
+    cfg = cli.load_config_from_flags(args.cfg, preset["sets"] + [f"NUM_SUPPORTS={shots}"])
+    run = training.prepare_run(cfg, data_dir, reference_dir, model_dir, inference=True)
+    names = ["background"] + list(run.class_names)
+    hits, probs = collections.defaultdict(list), collections.defaultdict(list)
+    graph = seeded_graph(cfg.SEED)
+    with graph.as_default():
+        features, labels = tf.data.make_one_shot_iterator(
+            make_input_fn(cfg, EVAL, data_dir=data_dir)()).get_next()
+        detector = detector_graph(features, None, PREDICT, dict(run.params, net_config=cfg))
+        frcnn = detector["fast_rcnn"]
+        roi_probs = tf.reshape(frcnn.class_probs, [-1, int(frcnn.rois.shape[1]),
+                                                   cfg.NUM_CLASS])
+        with tf.Session(graph=graph, config=training.session_config()) as session:
+            tf.train.Saver().restore(session, training.resolve_checkpoint(model_dir))
+            prototypes = session.run(detector["prototypes"])
+            while True:
+                try:
+                    rois, p, boxes, classes = session.run(
+                        [frcnn.rois, roi_probs, labels["gt_boxes"], labels["gt_labels"]])
+                except tf.errors.OutOfRangeError:
+                    break
+                for b in range(rois.shape[0]):
+                    for box, label in zip(boxes[b], classes[b]):
+                        if label <= 0:
+                            continue
+                        covering = box_iou(rois[b], box) >= 0.5
+                        hits[names[label]].append(bool(covering.any()))
+                        if covering.any():
+                            probs[names[label]].append(p[b][covering].mean(axis=0))
+    flat = prototypes.reshape(len(prototypes), -1)
+    distances = ((flat[:, None] - flat[None]) ** 2).mean(axis=-1)
+    return {"proposal_recall@0.5": {n: float(np.mean(h)) for n, h in hits.items()},
+            "covering_roi_probs": {n: dict(zip(names, np.mean(p, axis=0).round(3).tolist()))
+                                   for n, p in probs.items()},
+            "prototype_distances": {"classes": names,
+                                    "mean_squared": distances.round(4).tolist()}}
+
+
+def box_iou(boxes, box):
+    """IoU of boxes [N, 4] with one box [4] ([y1, x1, y2, x2])."""
+    height = np.maximum(0, np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]))
+    width = np.maximum(0, np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]))
+    inter = height * width
+    union = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+             + (box[2] - box[0]) * (box[3] - box[1]) - inter)
+    return inter / np.maximum(union, 1e-9)
+
+
+def summarise(rows, shots_list):
+    """{K: {method: {metric: (mean, std, n)}}} over seeds."""
+    table = {}
+    for shots in shots_list:
+        table[shots] = {}
+        for method in METHODS:
+            values = collections.defaultdict(list)
+            for row in rows:
+                if row["shots"] == shots and method in row:
+                    for key in ("voc/nAP@0.5", "voc/bAP@0.5", "voc/mAP@0.5"):
+                        values[key].append(row[method][key])
+            table[shots][method] = {k: (float(np.mean(v)), float(np.std(v)), len(v))
+                                    for k, v in values.items()}
+    return table
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(PRESETS), required=True)
+    parser.add_argument("--voc", help="VOC folder (default: the preset's)")
+    parser.add_argument("--cfg", help="config (default: the preset's)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--shots", default="1,3,5,10")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", default="A,B,C")
+    parser.add_argument("--base_model", help="an existing comparison base run folder")
+    parser.add_argument("--fc_base_model", help="an existing FC base run folder")
+    parser.add_argument("--full_model", help="an existing full-data comparison run folder")
+    parser.add_argument("--base_minutes", type=float, default=None,
+                        help="time budget of each base training (default: the config's "
+                             "schedule)")
+    parser.add_argument("--finetune_steps", type=int, default=400)
+    parser.add_argument("--finetune_lr", type=float, default=0.002)
+    parser.add_argument("--diagnose", action="store_true")
+    args = parser.parse_args()
+    preset = PRESETS[args.dataset]
+    args.voc = args.voc or preset["voc"]
+    args.cfg = os.path.join(REPO, args.cfg or preset["cfg"])
+    shots_list = [int(s) for s in args.shots.split(",")]
+    methods = args.methods.split(",")
+
+    if args.dataset == "sample" and not os.path.isdir(args.voc):
+        from data.sample.generate import generate_voc_dataset
+        generate_voc_dataset(args.voc)
+    base, full, base_classes = prepare_base(args, preset)
+    all_classes = sorted(base_classes + preset["novel"])
+    models = os.path.join(args.out, "models")
+    base_model = args.base_model or os.path.join(models, "comparison_base")
+    fc_base_model = args.fc_base_model or os.path.join(models, "fc_base")
+    full_model = args.full_model or os.path.join(models, "comparison_full")
+    base_data, base_refs = os.path.join(base, "data"), os.path.join(base, "references")
+    train(args, preset, base_data, base_refs, base_model, [], len(base_classes) + 1)
+    if "C" in methods:
+        train(args, preset, base_data, base_refs, fc_base_model, FC_SETS,
+              len(base_classes) + 1)
+    train(args, preset, os.path.join(full, "data"), os.path.join(full, "references"),
+          full_model, [], len(all_classes) + 1)
+
+    results_file = os.path.join(args.out, "results.json")
+    state = read_json(results_file, {"rows": [], "reference": {}})
+    reference = state["reference"]
+    if "base" not in reference:     # the base model on val's base classes (bAP's reference)
+        reference["base"] = evaluate(args, preset, base_data, base_refs, base_model, [],
+                                     os.path.join(base_model, "eval_base.json"), novel=False)
+    if "full" not in reference:     # the upper bound: all classes, full data
+        reference["full"] = evaluate(args, preset, os.path.join(full, "data"),
+                                     os.path.join(full, "references"), full_model, [],
+                                     os.path.join(full_model, "eval_full.json"))
+    rows = {(r["shots"], r["seed"]): r for r in state["rows"]}
+    for shots in shots_list:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            row = rows.setdefault((shots, seed), {"shots": shots, "seed": seed})
+            split = os.path.join(args.out, f"k{shots}_seed{seed}")
+            if not os.path.exists(os.path.join(split, "kshot.json")):
+                run_tool("make_fewshot_split.py", *voc_args(args.voc, "train"),
+                         "--novel_classes", ",".join(preset["novel"]), "--shots",
+                         str(shots), "--seed", str(seed), "--classes",
+                         ",".join(all_classes), "--val_split_file",
+                         os.path.join(args.voc, "ImageSets", "Main", "val.txt"),
+                         "--output_dir", split)
+            data_dir, refs = os.path.join(split, "data"), os.path.join(split, "references")
+            with open(os.path.join(data_dir, "label_map.json")) as handle:
+                num_images = json.load(handle)["splits"]["train"]["num_images"]
+            if "A" in methods and "A" not in row:
+                row["A"] = evaluate(args, preset, data_dir, refs, base_model,
+                                    [f"NUM_SUPPORTS={shots}"],
+                                    os.path.join(split, "eval_A.json"))
+            if "A" in methods and args.diagnose and "A_diagnosis" not in row:
+                row["A_diagnosis"] = diagnose(args, preset, data_dir, refs, base_model,
+                                              shots)
+            for method, init in (("B", base_model), ("C", fc_base_model)):
+                if method not in methods or method in row:
+                    continue
+                model_dir = os.path.join(split, method)
+                sets = fine_tune_sets(method, init, shots, num_images,
+                                      args.finetune_steps, args.finetune_lr)
+                train(args, preset, data_dir, refs, model_dir, sets, len(all_classes) + 1,
+                      max_steps=args.finetune_steps)
+                row[method] = evaluate(args, preset, data_dir, refs, model_dir, sets,
+                                       os.path.join(split, f"eval_{method}.json"))
+            print(json.dumps({k: row[k] for k in row if not k.endswith("diagnosis")}),
+                  flush=True)
+            state["rows"] = sorted(rows.values(), key=lambda r: (r["shots"], r["seed"]))
+            write_json(results_file, state)
+    print_table(summarise(state["rows"], shots_list), reference, preset)
+
+
+def print_table(table, reference, preset):
+    base_map = reference.get("base", {}).get("voc/mAP@0.5")
+    full = reference.get("full", {})
+    print(f"\nnovel: {', '.join(preset['novel'])}; base model on val's base classes: "
+          f"mAP50 {base_map:.3f}" if base_map is not None else "")
+    if full:
+        novel_full = np.mean([full[f"voc/AP@0.5/{n}"] for n in preset["novel"]])
+        print(f"upper bound (all classes, full data): mAP50 {full['voc/mAP@0.5']:.3f}, "
+              f"novel classes {novel_full:.3f}")
+    print("K  | method | nAP50 mean +- std | bAP50 mean +- std | seeds")
+    for shots, methods in table.items():
+        for method, values in methods.items():
+            if not values:
+                continue
+            n_mean, n_std, count = values["voc/nAP@0.5"]
+            b_mean, b_std, _ = values["voc/bAP@0.5"]
+            print(f"{shots:2d} | {method:6s} | {n_mean:.3f} +- {n_std:.3f}     | "
+                  f"{b_mean:.3f} +- {b_std:.3f}     | {count}")
+
+
+if __name__ == "__main__":
+    main()

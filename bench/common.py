@@ -1,0 +1,34 @@
+"""What the benchmark commands share: running the project's tools as a user would."""
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_tool(name, *args):
+    """Runs tools/<name> with this Python; its stdout, or RuntimeError with its stderr."""
+    command = [sys.executable, os.path.join(REPO, "tools", name), *args]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def write_json(path, value):
+    """Writes `value` as JSON atomically: a rerun after an interruption reads it whole."""
+    sys.path.insert(0, REPO)
+    from libs.io_utils import atomic_write
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path, "w") as handle:
+        json.dump(value, handle, indent=1, sort_keys=True, default=float)
+        handle.write("\n")
+
+
+def read_json(path, default=None):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return default

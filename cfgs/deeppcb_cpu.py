@@ -1,0 +1,69 @@
+"""DeepPCB (printed-circuit-board defects, 6 classes) from scratch on a 2-core CPU.
+
+    make deeppcb       # convert train + val, crop references, train, evaluate on val
+
+DeepPCB's images are 640x640 binarised line scans (one-channel JPEG, stored as RGB by
+the converter), ~7 defects per image, median box ~34 px (20..129). The model is the
+Comparison Detector of res101_fewshot; what differs, and why:
+
+- No pretrained weights: the small group-norm ResNet of bccd_cpu (see there).
+- Side 512: defects become ~27 px (16..103), inside the anchors 16..256 of P2..P6.
+- A head that does not depend on the number of classes (BACKGROUND_PROTOTYPE "pooled",
+  BOX_REGRESSION "class_agnostic") scored by distance (COMPARISON_SCORE "distance"),
+  so a checkpoint trained on some defect types runs with prototypes of new ones
+  (base/novel few-shot, docs/fewshot.md).
+- References 64 px (defects are small: a 96 px crop would be a 3x upsampling), 5 per
+  class, 2 of them drawn per class and step (REFERENCE_SUPPORTS_PER_STEP).
+- Defects have no up or down: horizontal and vertical flips.
+"""
+from cfgs.res101_fewshot import Config as Res101FewShot
+
+
+class Config(Res101FewShot):
+    NAME = "deeppcb_cpu"
+    MODEL_DIR = "output/deeppcb_cpu"
+    DATA_DIR = "output/deeppcb/data"
+    REFERENCE_DIR = "output/deeppcb/references"
+    SAVE_CHECKPOINTS_STEPS = 1000
+    SAVE_SUMMARY_STEPS = 100
+    LOG_EVERY_N_STEPS = 100
+
+    NUM_CLASS = 7                             # background + 6 defect types
+
+    NET_NAME = "small_resnet_gn"
+    TRAIN_BATCH_NORM = True                   # (no effect on group norm)
+    HEAD_TRAIN_BATCH_NORM = True
+    HEAD_BATCH_NORM_DECAY = 0.99
+    COMPARISON_RELU = False
+    COMPARISON_SCORE = "distance"
+    BACKGROUND_PROTOTYPE = "pooled"
+    BOX_REGRESSION = "class_agnostic"
+    PIXEL_MEANS = [182.3, 182.3, 182.3]       # binarised: mostly white board
+    TARGET_SIDE = 512
+    FPN_CHANNELS = 64
+
+    NUM_SUPPORTS = 5
+    REFERENCE_SUPPORTS_PER_STEP = 2
+    REFERENCE_SIDE = 64
+
+    BASE_ANCHOR_SIZE_LIST = [24, 48, 96, 192, 384]
+    RPN_CHANNELS = 128
+    RPN_TOP_K_NMS = 2000
+    RPN_PROPOSALS_TRAIN = 600
+    RPN_PROPOSALS_INFERENCE = 300
+
+    HEAD_CHANNELS = 256
+    ROI_CANONICAL_SIZE = 112                  # 224 scaled by 512 / 1024
+    ADD_GT_TO_PROPOSALS = True
+    FAST_RCNN_MINIBATCH_SIZE = 128
+    FAST_RCNN_MAX_INSTANCES = 40
+    MIN_GT_SIZE = 4
+    DETECTION_NMS_THRESHOLD = 0.5
+    DETECTION_MAX_INSTANCES = 100
+
+    LR = 0.01
+    EPOCH = 16
+    EPOCH_BOUNDARY = [12, 15]
+    GPU_GROUPS = ["/cpu:0"]
+    PER_GPU_IMAGE = 1
+    FLIP_VERTICAL = True
