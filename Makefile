@@ -3,7 +3,10 @@
 #   make test   - sets up, then runs the test suite
 # Both create the virtual environment .venv/ on first use; nothing is installed by hand.
 
-PYTHON ?= python3
+# The venv's interpreter: PYTHON if given (make demo PYTHON=/usr/bin/python3.10), else
+# python3 when it is 3.9-3.11 (TensorFlow 2.15's wheels), else python3.11/3.10/3.9 from
+# PATH. scripts/find_python.sh chooses; when nothing fits, make stops on its one line.
+PYTHON ?=
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?= -q
@@ -14,8 +17,12 @@ SAMPLE := output/sample
 
 venv: $(VENV)/.installed
 
+# Expanded only when the venv is (re)made, so other targets never run the check.
+venv_python = $(eval FOUND_PYTHON := $(shell $(SHELL) scripts/find_python.sh $(PYTHON)))$(if \
+    $(filter error:,$(firstword $(FOUND_PYTHON))),$(error $(FOUND_PYTHON)),$(FOUND_PYTHON))
+
 $(VENV)/.installed: setup.py
-	$(PYTHON) -m venv $(VENV)
+	$(venv_python) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
