@@ -21,9 +21,10 @@ venv: $(VENV)/.installed
 venv_python = $(eval FOUND_PYTHON := $(shell $(SHELL) scripts/find_python.sh $(PYTHON)))$(if \
     $(filter error:,$(firstword $(FOUND_PYTHON))),$(error $(FOUND_PYTHON)),$(FOUND_PYTHON))
 
+# pip -qq: its errors only (its warnings are about the machine's pip set-up).
 $(VENV)/.installed: setup.py
 	$(venv_python) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -qq --disable-pip-version-check -e '.[test]'
 	touch $@
 
 test: venv

@@ -4,7 +4,7 @@
                            one line naming the step and the value that went bad, before
                            any checkpoint of that step is written
     StopAfterTimeHook      a wall-time budget (train.py --max_minutes)
-    ProgressHook           counts evaluated images on a Progress line
+    ProgressHook           a Progress line: evaluated images, or training steps and loss
 
 The guard only works if it runs before the CheckpointSaverHook in the same session:
 libs.training passes [guard, its own CheckpointSaverHook] as the Estimator's hooks (the
@@ -45,37 +45,47 @@ def _readable(tensor):
     return f"{name} ({where.rstrip('/')})" if where else name
 
 
-class FiniteLossGuard(tf.train.SessionRunHook):
+class StepCounter(tf.train.SessionRunHook):
+    """Knows the global step after each run without fetching it: read once when the
+    session starts, then one per run (a fetch of global_step in the same run may see it
+    before or after the increment)."""
+
+    def __init__(self):
+        self.step = None
+
+    def after_create_session(self, session, coord):
+        self.step = int(session.run(tf.train.get_global_step()))
+
+    def after_run(self, run_context, run_values):
+        self.step += 1
+
+
+class FiniteLossGuard(StepCounter):
     """Raises NonFiniteLossError after the first step whose guarded values are not finite.
 
-    `model_dir` only serves the message (which checkpoint is the last good one). The
-    step is counted here from the global step at session start: a fetch of
-    global_step in the same run may see it before or after the increment.
+    `model_dir` only serves the message (which checkpoint is the last good one).
     """
 
     def __init__(self, model_dir):
+        super().__init__()
         self.model_dir = model_dir
         self._tensors = None
         self._names = None
-        self._step = None
 
     def begin(self):
         self._tensors = tf.get_collection(GUARDED_VALUES)
         self._names = [_readable(t) for t in self._tensors]
 
-    def after_create_session(self, session, coord):
-        self._step = int(session.run(tf.train.get_global_step()))
-
     def before_run(self, run_context):
         return tf.train.SessionRunArgs(self._tensors)
 
     def after_run(self, run_context, run_values):
-        self._step += 1                                   # the step that just ran
+        super().after_run(run_context, run_values)        # self.step: the step that ran
         bad = [(name, float(value)) for name, value in zip(self._names, run_values.results)
                if not math.isfinite(float(value))]
         if not bad:
             return
-        step = self._step
+        step = self.step
         latest = tf.train.latest_checkpoint(self.model_dir)
         kept = (f"the latest checkpoint {latest} is the last good one" if latest
                 else "no checkpoint had been written yet")
@@ -111,11 +121,44 @@ class StopAfterTimeHook(tf.train.SessionRunHook):
             run_context.request_stop()
 
 
-class ProgressHook(tf.train.SessionRunHook):
-    """Counts evaluated images (batches of one) on a Progress line."""
+class ProgressHook(StepCounter):
+    """Advances a libs.io_utils.Progress line after every run.
 
-    def __init__(self, progress):
+    Evaluation (batches of one): one image per run. With `training`, the line counts
+    global steps, starting from the step of the first session (a resumed run), and
+    shows the loss: the towers' mean total loss, the value FiniteLossGuard fetches
+    anyway, so showing it costs no computation.
+    """
+
+    def __init__(self, progress, training=False):
+        super().__init__()
         self.progress = progress
+        self.training = training
+        self._loss = []
+        self._started = False
+
+    def begin(self):
+        if self.training:
+            self._loss = [tensor for tensor in tf.get_collection(GUARDED_VALUES)
+                          if _readable(tensor).split(" ")[0] == "total_loss"]
+
+    def after_create_session(self, session, coord):
+        if self.training:
+            super().after_create_session(session, coord)
+        count = self.step if self.training else self.progress.count
+        if self._started:
+            self.progress.count = count      # a second train call resumes where we were
+        else:
+            self.progress.begin_at(count)    # rate and ETA from here, not the graph build
+            self._started = True
+
+    def before_run(self, run_context):
+        return tf.train.SessionRunArgs(self._loss) if self._loss else None
 
     def after_run(self, run_context, run_values):
-        self.progress.update()
+        if not self.training:
+            self.progress.update()
+            return
+        super().after_run(run_context, run_values)
+        losses = [float(value) for value in (run_values.results or [])]
+        self.progress.update(**({"loss": sum(losses) / len(losses)} if losses else {}))

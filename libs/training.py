@@ -209,12 +209,17 @@ def worker_scratch_dir(model_dir, task):
     return os.path.join(model_dir, f"tmp_{task.task_type}_{task.index}")
 
 
+def checkpoint_step(model_dir):
+    """The global step of model_dir's latest checkpoint; None when it has none."""
+    latest = tf.train.latest_checkpoint(model_dir) if os.path.isdir(model_dir) else None
+    return int(tf.train.load_variable(latest, "global_step")) if latest else None
+
+
 def describe_start(cfg, model_dir):
     """One log line saying how this run starts: resume, pretrained backbone, or scratch."""
-    latest = tf.train.latest_checkpoint(model_dir) if os.path.isdir(model_dir) else None
-    if latest:
-        step = tf.train.load_variable(latest, "global_step")
-        return f"resuming {model_dir} from its own checkpoint at step {int(step)}"
+    step = checkpoint_step(model_dir)
+    if step is not None:
+        return f"resuming {model_dir} from its own checkpoint at step {step}"
     if cfg.CHECKPOINT_DIR:
         return (f"starting {model_dir}: backbone {cfg.NET_NAME} initialised from the "
                 f"pretrained checkpoint {cfg.CHECKPOINT_DIR}")
@@ -280,11 +285,13 @@ def train(run, max_steps=None, distribute=True, hooks=None, max_minutes=None):
     """Trains run.cfg until max_steps (default: EPOCH epochs); resumes when it can.
 
     max_minutes stops earlier when that much wall time has passed (a checkpoint is
-    written either way). Returns the global step reached.
+    written either way). A Progress line shows steps, rate, ETA and loss. Returns the
+    global step reached.
     """
     from data.io.input_fn import EVAL as EVAL_MODE
     from data.io.input_fn import TRAIN as TRAIN_MODE
     from data.io.input_fn import make_input_fn
+    from libs.io_utils import Progress
 
     cfg = run.cfg
     max_steps = int(max_steps or cfg.MAX_STEPS)
@@ -293,27 +300,34 @@ def train(run, max_steps=None, distribute=True, hooks=None, max_minutes=None):
     logging.info("config %s: %d tower(s) x %d image(s), %d steps/epoch, LR %s at steps "
                  "%s, max_steps %d", cfg.NAME, cfg.NUM_GPUS, cfg.PER_GPU_IMAGE,
                  cfg.STEPS_PER_EPOCH, cfg.LR_VALUES, cfg.BOUNDARY, max_steps)
+    task = cluster_task() if distribute else None
+    reached = checkpoint_step(run.model_dir) or 0
+    if task is None and reached >= max_steps:
+        logging.info("nothing to train: %s is at step %d already", run.model_dir, reached)
+        return reached
     estimator = make_estimator(cfg, run.model_dir, run.params, distribute=distribute)
     input_fn = make_input_fn(cfg, TRAIN_MODE, data_dir=run.data_dir)
-    hooks = training_hooks(estimator, cfg) + list(hooks or [])
+    progress = Progress(max_steps, "training", unit="steps")
+    hooks = training_hooks(estimator, cfg) + list(hooks or []) + [
+        hooks_lib.ProgressHook(progress, training=True)]
     if max_minutes:
         hooks.append(hooks_lib.StopAfterTimeHook(max_minutes))
-    task = cluster_task() if distribute else None
-    if task is None:
-        estimator.train(input_fn, max_steps=max_steps, hooks=hooks)
-        return estimator.get_variable_value("global_step")
-    # Estimator.train refuses a TF_CONFIG cluster; train_and_evaluate runs the
-    # distribute coordinator, which trains on every chief/worker task (an EvalSpec is
-    # required but only an 'evaluator' task would run it).
-    logging.info("multi-worker training: this process is %s", task)
-    tf.estimator.train_and_evaluate(
-        estimator, tf.estimator.TrainSpec(input_fn, max_steps=max_steps, hooks=hooks),
-        tf.estimator.EvalSpec(make_input_fn(cfg, EVAL_MODE, data_dir=run.data_dir),
-                              steps=None))
+    with progress:
+        if task is None:
+            estimator.train(input_fn, max_steps=max_steps, hooks=hooks)
+            return estimator.get_variable_value("global_step")
+        # Estimator.train refuses a TF_CONFIG cluster; train_and_evaluate runs the
+        # distribute coordinator, which trains on every chief/worker task (an EvalSpec
+        # is required but only an 'evaluator' task would run it).
+        logging.info("multi-worker training: this process is %s", task)
+        tf.estimator.train_and_evaluate(
+            estimator, tf.estimator.TrainSpec(input_fn, max_steps=max_steps, hooks=hooks),
+            tf.estimator.EvalSpec(make_input_fn(cfg, EVAL_MODE, data_dir=run.data_dir),
+                                  steps=None))
     if not task.is_chief:
         shutil.rmtree(worker_scratch_dir(run.model_dir, task), ignore_errors=True)
-    latest = tf.train.latest_checkpoint(run.model_dir)
-    return int(tf.train.load_variable(latest, "global_step")) if latest else max_steps
+    reached = checkpoint_step(run.model_dir)
+    return max_steps if reached is None else reached
 
 
 def resolve_checkpoint(model_dir, checkpoint=None):
@@ -346,7 +360,7 @@ def evaluate(run, checkpoint=None, split=None):
     total = check_run_split(run, split)
     estimator = make_estimator(cfg, run.model_dir, run.params, distribute=False)
     input_fn = make_input_fn(cfg, EVAL_MODE, data_dir=run.data_dir, split=split)
-    with Progress(total, f"evaluating {split}") as progress:
+    with Progress(total, f"evaluating {split}", unit="images") as progress:
         results = estimator.evaluate(input_fn, checkpoint_path=checkpoint,
                                      hooks=[hooks_lib.ProgressHook(progress)], name=split)
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in results.items()}, \
@@ -364,6 +378,7 @@ def train_and_evaluate(run, max_steps=None, split=None, throttle_secs=0):
     from data.io.input_fn import EVAL as EVAL_MODE
     from data.io.input_fn import TRAIN as TRAIN_MODE
     from data.io.input_fn import make_input_fn
+    from libs.io_utils import Progress
 
     cfg = run.cfg
     split = split or cfg.EVAL_SPLIT
@@ -373,11 +388,13 @@ def train_and_evaluate(run, max_steps=None, split=None, throttle_secs=0):
     logging.info("evaluating each new checkpoint on '%s' (every %d steps)", split,
                  cfg.SAVE_CHECKPOINTS_STEPS)
     estimator = make_estimator(cfg, run.model_dir, run.params)
-    train_spec = tf.estimator.TrainSpec(
-        make_input_fn(cfg, TRAIN_MODE, data_dir=run.data_dir), max_steps=max_steps,
-        hooks=training_hooks(estimator, cfg))
-    eval_spec = tf.estimator.EvalSpec(
-        make_input_fn(cfg, EVAL_MODE, data_dir=run.data_dir, split=split),
-        steps=None, name=split, start_delay_secs=0, throttle_secs=throttle_secs)
-    results, _ = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
+    with Progress(max_steps, "training", unit="steps") as progress:
+        train_spec = tf.estimator.TrainSpec(
+            make_input_fn(cfg, TRAIN_MODE, data_dir=run.data_dir), max_steps=max_steps,
+            hooks=training_hooks(estimator, cfg) + [
+                hooks_lib.ProgressHook(progress, training=True)])
+        eval_spec = tf.estimator.EvalSpec(
+            make_input_fn(cfg, EVAL_MODE, data_dir=run.data_dir, split=split),
+            steps=None, name=split, start_delay_secs=0, throttle_secs=throttle_secs)
+        results, _ = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
     return results

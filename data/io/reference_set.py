@@ -110,7 +110,7 @@ def _read_manifest(output_dir):
 
 
 def crop_references(images, output_dir, per_class, margin=0.1, min_size=8, classes=None,
-                    progress_every_seconds=5.0):
+                    progress_every_seconds=None):
     """Crops up to `per_class` objects per class into output_dir/<class>/<image>_<k>.png.
 
     images: [convert.ImageAnnotation] from convert.read_annotations. classes: the class
@@ -162,7 +162,8 @@ def crop_references(images, output_dir, per_class, margin=0.1, min_size=8, class
         return rgb
 
     os.makedirs(output_dir, exist_ok=True)
-    with Progress(per_class * len(classes), "references", progress_every_seconds) as progress:
+    with Progress(per_class * len(classes), "references", progress_every_seconds,
+                  unit="crops") as progress:
         for _, image, obj in candidates:
             if all(count >= per_class for count in counts.values()):
                 break
