@@ -62,7 +62,10 @@ demo: venv
 	    --images $(SAMPLE)/voc/JPEGImages --output_dir output/tiny_cpu/predictions
 
 # Real data: BCCD (blood cells, VOC) from ../shared, trained from scratch on the CPU within
-# a time budget, then evaluated on val (docs/results.md).
+# a time budget, then evaluated on val (docs/results.md). The budget covers the whole
+# train.py command: after a warm-up that measures the speed, the config's schedule is
+# shortened to fit if it must (steps and LR boundaries together, docs/training.md) and
+# recorded in output/bccd_cpu/schedule.json, which a rerun keeps.
 BCCD ?= ../shared/datasets/bccd
 BCCD_MINUTES ?= 55
 bccd: venv

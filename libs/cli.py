@@ -86,9 +86,10 @@ def user_errors():
     from libs.export import ExportError
     from libs.hooks import NonFiniteLossError
     from libs.prediction import PredictionError
+    from libs.time_budget import BudgetError
     from libs.training import TrainingError
     return (ConfigError, DataError, LabelMapError, ReferenceSetError, TrainingError,
-            ExportError, PredictionError, NonFiniteLossError)
+            ExportError, PredictionError, NonFiniteLossError, BudgetError)
 
 
 def guarded(fn):

@@ -3,7 +3,10 @@
     FiniteLossGuard        stops training at the first non-finite loss or gradient, with
                            one line naming the step and the value that went bad, before
                            any checkpoint of that step is written
-    StopAfterTimeHook      a wall-time budget (train.py --max_minutes)
+    SpeedMeter             measures steps per second over a warm-up, then stops
+                           training (libs/time_budget.py)
+    StopAfterTimeHook      stops when the time budget is spent, in the last LR stage
+                           only (train.py --max_minutes)
     ProgressHook           a Progress line: evaluated images, or training steps and loss
 
 The guard only works if it runs before the CheckpointSaverHook in the same session:
@@ -14,7 +17,6 @@ the weights of the bad step are never saved and the latest checkpoint is the las
 one.
 """
 import math
-import time
 
 from absl import logging
 
@@ -97,27 +99,80 @@ class FiniteLossGuard(StepCounter):
             f"of this step")
 
 
-class StopAfterTimeHook(tf.train.SessionRunHook):
-    """Asks training to stop once `minutes` of wall time have passed since it began.
+class SpeedMeter(StepCounter):
+    """Measures training steps per second, then asks training to stop.
 
-    A time budget on shared machines: the Estimator then writes its final checkpoint
-    as at max_steps, so the run resumes from there when rerun.
+    The first `skip_steps` (>= 1) steps of the session are not timed (graph optimisation
+    and first allocations make them slow); then it times steps until `window_seconds`
+    have passed and at least `min_steps` were timed, and requests a stop (the Estimator
+    then saves a checkpoint, which the next train call resumes from). The rate is that
+    of the second half of the timed steps: steps keep speeding up for a while after the
+    first ones (caches, allocator), and the steady rate is the one that lasts.
+    Afterwards: steps_per_second (None if the clock did not move, or training ended
+    first), steady_since (the clock when the untimed first steps had run) and step (the
+    global step reached).
     """
 
-    def __init__(self, minutes):
-        self._clock = time.monotonic
-        self.limit_seconds = float(minutes) * 60.0
-        self.stopped_early = False
-        self._start = None
+    def __init__(self, clock, window_seconds, skip_steps, min_steps):
+        super().__init__()
+        self.clock = clock
+        self.window_seconds = window_seconds
+        self.skip_steps = skip_steps
+        self.min_steps = min_steps
+        self.steps_per_second = None
+        self._runs = 0
+        self._step_ends = []       # clock at the end of each step from skip_steps on
 
-    def begin(self):
-        self._start = self._clock()
+    @property
+    def steady_since(self):
+        return self._step_ends[0] if self._step_ends else None
 
     def after_run(self, run_context, run_values):
-        if self._clock() - self._start >= self.limit_seconds and not self.stopped_early:
-            self.stopped_early = True
-            logging.warning("time budget of %.1f minutes reached: stopping and saving a "
-                            "checkpoint", self.limit_seconds / 60.0)
+        super().after_run(run_context, run_values)
+        self._runs += 1
+        if self._runs < self.skip_steps:
+            return
+        self._step_ends.append(self.clock())
+        timed_steps = len(self._step_ends) - 1
+        if timed_steps < self.min_steps or \
+                self._step_ends[-1] - self._step_ends[0] < self.window_seconds:
+            return
+        half = (timed_steps + 1) // 2
+        seconds = self._step_ends[-1] - self._step_ends[-1 - half]
+        self.steps_per_second = half / seconds if seconds > 0 else None
+        run_context.request_stop()
+
+
+class StopAfterTimeHook(StepCounter):
+    """Stops training once the time budget is spent, but only in the last LR stage.
+
+    `budget` is a libs.time_budget.TimeBudget whose schedule of `total_steps` was
+    fitted to it, `last_boundary` its last LR boundary (0 for a constant LR). Before a
+    step has run at the last LR, running out of time does not stop training: a budget
+    never cuts a run before its LR has decayed. It only catches a machine that got
+    slower after the warm-up; the Estimator then writes its final checkpoint there.
+    """
+
+    def __init__(self, budget, last_boundary, total_steps):
+        super().__init__()
+        self.budget = budget
+        self.last_boundary = last_boundary
+        self.total_steps = total_steps
+        self.stopped_at = None
+
+    def after_run(self, run_context, run_values):
+        super().after_run(run_context, run_values)
+        # The step that just ran read global step self.step - 1; piecewise_constant
+        # gives the last LR to steps that read more than the last boundary.
+        in_last_stage = self.step - 1 > self.last_boundary
+        if (self.stopped_at is None and in_last_stage
+                and self.budget.remaining() <= self.budget.margin_seconds):
+            self.stopped_at = self.step
+            logging.warning("time budget of %g minutes spent at step %d, in the last LR "
+                            "stage (from step %d): stopping %d steps short of the "
+                            "schedule's %d", self.budget.minutes, self.step,
+                            self.last_boundary, self.total_steps - self.step,
+                            self.total_steps)
             run_context.request_stop()
 
 
