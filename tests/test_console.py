@@ -184,6 +184,32 @@ def test_tools_print_their_own_lines_unless_verbose(sample_data, tmp_path):
     assert "training.py" in verbose.stderr and "from scratch" in verbose.stderr
 
 
+def test_warnings_that_matter_still_show(tmp_path):
+    """The converter's bad-record warning and its summary come through the quiet console
+    as plain lines, with nothing of TensorFlow's around them."""
+    from data.sample.generate import generate_voc_dataset
+    voc = tmp_path / "voc"
+    ids = generate_voc_dataset(str(voc), num_train=3, num_val=1, seed=0)["train"]
+    (voc / "JPEGImages" / f"{ids[0]}.jpg").write_bytes(b"not a jpeg")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "tools", "convert_to_tfrecord.py"),
+         "--format", "voc", "--image_dir", str(voc / "JPEGImages"), "--annotations",
+         str(voc / "Annotations"), "--split_file", str(voc / "ImageSets/Main/train.txt"),
+         "--output_dir", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    warning = [line for line in lines if line.startswith("warning: ")]
+    assert len(warning) == 1 and f"{ids[0]}.jpg" in warning[0] and \
+        "[image_unreadable]" in warning[0], lines
+    assert any(line.split() == ["image_unreadable", "1", "zero-byte,", "truncated", "or",
+                                "undecodable", "image", "->", "image", "skipped"]
+               for line in lines), lines
+    assert lines[-1].startswith("done: 2 images, ")           # the bad one skipped
+    for noise in NOISE:
+        assert noise.lower() not in result.stderr.lower(), noise
+
+
 @pytest.mark.parametrize("tool", ["train.py", "eval.py", "export_savedmodel.py",
                                   "predict.py", "convert_to_tfrecord.py",
                                   "make_references.py"])
