@@ -3,7 +3,10 @@
 #   make test   - sets up, then runs the test suite
 # Both create the virtual environment .venv/ on first use; nothing is installed by hand.
 
-PYTHON ?= python3
+# The venv's interpreter: PYTHON if given (make demo PYTHON=/usr/bin/python3.10), else
+# python3 when it is 3.9-3.11 (TensorFlow 2.15's wheels), else python3.11/3.10/3.9 from
+# PATH. scripts/find_python.sh chooses; when nothing fits, make stops on its one line.
+PYTHON ?=
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?= -q
@@ -14,9 +17,14 @@ SAMPLE := output/sample
 
 venv: $(VENV)/.installed
 
+# Expanded only when the venv is (re)made, so other targets never run the check.
+venv_python = $(eval FOUND_PYTHON := $(shell $(SHELL) scripts/find_python.sh $(PYTHON)))$(if \
+    $(filter error:,$(firstword $(FOUND_PYTHON))),$(error $(FOUND_PYTHON)),$(FOUND_PYTHON))
+
+# pip -qq: its errors only (its warnings are about the machine's pip set-up).
 $(VENV)/.installed: setup.py
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(venv_python) -m venv $(VENV)
+	$(PY) -m pip install -qq --disable-pip-version-check -e '.[test]'
 	touch $@
 
 test: venv
@@ -54,7 +62,10 @@ demo: venv
 	    --images $(SAMPLE)/voc/JPEGImages --output_dir output/tiny_cpu/predictions
 
 # Real data: BCCD (blood cells, VOC) from ../shared, trained from scratch on the CPU within
-# a time budget, then evaluated on val (docs/results.md).
+# a time budget, then evaluated on val (docs/results.md). The budget covers the whole
+# train.py command: after a warm-up that measures the speed, the config's schedule is
+# shortened to fit if it must (steps and LR boundaries together, docs/training.md) and
+# recorded in output/bccd_cpu/schedule.json, which a rerun keeps.
 BCCD ?= ../shared/datasets/bccd
 BCCD_MINUTES ?= 55
 bccd: venv

@@ -1,6 +1,6 @@
 """BCCD (blood cells: RBC, WBC, Platelets) trained from scratch on a 2-core CPU in an hour.
 
-    make bccd          # convert, crop references, train (<= 55 min), evaluate on val
+    make bccd          # convert, crop references, train (55-min budget), evaluate on val
 
 The model is the Comparison Detector of res101_fewshot (every value not set here is
 inherited). What differs, and why, for a from-scratch run on a CPU:
@@ -62,7 +62,8 @@ class Config(Res101FewShot):
     DETECTION_MAX_INSTANCES = 100
 
     # 55 epochs of the 205 train images = 11,275 steps: 30.5 minutes on this 2-core CPU
-    # (6.2 steps/s, docs/results.md); make bccd caps training at 55 minutes.
+    # (6.2 steps/s, docs/results.md); make bccd fits training into 55 minutes
+    # (--max_minutes: a proportionally shorter schedule on a slower CPU).
     LR = 0.01
     EPOCH = 55
     EPOCH_BOUNDARY = [40, 50]

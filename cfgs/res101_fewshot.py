@@ -124,6 +124,10 @@ class Config:
     WEIGHT_DECAY = 1e-4
     EPOCH = 60
     EPOCH_BOUNDARY = [35, 50]                 # LR -> LR/10 -> LR/100 at these epochs
+    # None: EPOCH epochs. A number of steps runs the same schedule shortened or
+    # stretched: every LR boundary keeps its fraction of the run (tools/train.py
+    # --max_minutes sets it to fit a time budget; libs/time_budget.py).
+    SCHEDULE_STEPS = None
     CLIP_GRADIENT_NORM = 5.0                  # per gradient tensor (clip_by_norm)
     GPU_GROUPS = ["/gpu:0", "/gpu:1"]         # one tower each; CPU devices without GPUs
     PER_GPU_IMAGE = 1

@@ -4,6 +4,7 @@ import sys
 
 from absl import logging
 
+from libs import console
 from libs.configs import ConfigError, load_config
 
 
@@ -23,14 +24,31 @@ def parse_overrides(items):
 
 
 def run_tool(define_flags, main):
-    """Defines a tool's flags, then runs main under absl.
+    """Defines a tool's flags and --verbose, then runs main under absl.
 
     Flags are defined at run time, not at import, so that importing several tools in
     one process (tests, console scripts) never clashes on the flag names they share.
+    The console mode (libs/console.py) is set from --verbose before main runs, so
+    before any tool imports TensorFlow.
     """
-    from absl import app
+    from absl import app, flags
+    already_defined = set(flags.FLAGS)
     define_flags()
-    app.run(main)
+    if "verbose" not in flags.FLAGS:
+        flags.DEFINE_bool("verbose", False, "Show TensorFlow's own logs too (deprecation "
+                          "warnings, Estimator and hook lines, C++ messages at import), "
+                          "in absl's format with times and source files.")
+    # --help lists the flags of the main module only: a flag defined here, in a helper
+    # (define_annotation_flags) or in the tool's module under a console script would be
+    # missing from it.
+    for name in set(flags.FLAGS) - already_defined:
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+
+    def main_in_console_mode(argv):
+        console.set_verbose(flags.FLAGS.verbose)
+        return main(argv)
+
+    app.run(main_in_console_mode)
 
 
 def usage_error(argv, cfg_path):
@@ -68,10 +86,12 @@ def user_errors():
     from libs.export import ExportError
     from libs.hooks import NonFiniteLossError
     from libs.prediction import PredictionError
+    from libs.time_budget import BudgetError
     from libs.training import TrainingError
     from libs.warm_start import WarmStartError
     return (ConfigError, DataError, LabelMapError, ReferenceSetError, TrainingError,
-            ExportError, PredictionError, NonFiniteLossError, WarmStartError)
+            ExportError, PredictionError, NonFiniteLossError, BudgetError,
+            WarmStartError)
 
 
 def guarded(fn):

@@ -3,8 +3,11 @@
     FiniteLossGuard        stops training at the first non-finite loss or gradient, with
                            one line naming the step and the value that went bad, before
                            any checkpoint of that step is written
-    StopAfterTimeHook      a wall-time budget (train.py --max_minutes)
-    ProgressHook           counts evaluated images on a Progress line
+    SpeedMeter             measures steps per second over a warm-up, then stops
+                           training (libs/time_budget.py)
+    StopAfterTimeHook      stops when the time budget is spent, in the last LR stage
+                           only (train.py --max_minutes)
+    ProgressHook           a Progress line: evaluated images, or training steps and loss
 
 The guard only works if it runs before the CheckpointSaverHook in the same session:
 libs.training passes [guard, its own CheckpointSaverHook] as the Estimator's hooks (the
@@ -14,7 +17,6 @@ the weights of the bad step are never saved and the latest checkpoint is the las
 one.
 """
 import math
-import time
 
 from absl import logging
 
@@ -45,37 +47,47 @@ def _readable(tensor):
     return f"{name} ({where.rstrip('/')})" if where else name
 
 
-class FiniteLossGuard(tf.train.SessionRunHook):
+class StepCounter(tf.train.SessionRunHook):
+    """Knows the global step after each run without fetching it: read once when the
+    session starts, then one per run (a fetch of global_step in the same run may see it
+    before or after the increment)."""
+
+    def __init__(self):
+        self.step = None
+
+    def after_create_session(self, session, coord):
+        self.step = int(session.run(tf.train.get_global_step()))
+
+    def after_run(self, run_context, run_values):
+        self.step += 1
+
+
+class FiniteLossGuard(StepCounter):
     """Raises NonFiniteLossError after the first step whose guarded values are not finite.
 
-    `model_dir` only serves the message (which checkpoint is the last good one). The
-    step is counted here from the global step at session start: a fetch of
-    global_step in the same run may see it before or after the increment.
+    `model_dir` only serves the message (which checkpoint is the last good one).
     """
 
     def __init__(self, model_dir):
+        super().__init__()
         self.model_dir = model_dir
         self._tensors = None
         self._names = None
-        self._step = None
 
     def begin(self):
         self._tensors = tf.get_collection(GUARDED_VALUES)
         self._names = [_readable(t) for t in self._tensors]
 
-    def after_create_session(self, session, coord):
-        self._step = int(session.run(tf.train.get_global_step()))
-
     def before_run(self, run_context):
         return tf.train.SessionRunArgs(self._tensors)
 
     def after_run(self, run_context, run_values):
-        self._step += 1                                   # the step that just ran
+        super().after_run(run_context, run_values)        # self.step: the step that ran
         bad = [(name, float(value)) for name, value in zip(self._names, run_values.results)
                if not math.isfinite(float(value))]
         if not bad:
             return
-        step = self._step
+        step = self.step
         latest = tf.train.latest_checkpoint(self.model_dir)
         kept = (f"the latest checkpoint {latest} is the last good one" if latest
                 else "no checkpoint had been written yet")
@@ -87,35 +99,121 @@ class FiniteLossGuard(tf.train.SessionRunHook):
             f"of this step")
 
 
-class StopAfterTimeHook(tf.train.SessionRunHook):
-    """Asks training to stop once `minutes` of wall time have passed since it began.
+class SpeedMeter(StepCounter):
+    """Measures training steps per second, then asks training to stop.
 
-    A time budget on shared machines: the Estimator then writes its final checkpoint
-    as at max_steps, so the run resumes from there when rerun.
+    The first `skip_steps` (>= 1) steps of the session are not timed (graph optimisation
+    and first allocations make them slow); then it times steps until `window_seconds`
+    have passed and at least `min_steps` were timed, and requests a stop (the Estimator
+    then saves a checkpoint, which the next train call resumes from). The rate is that
+    of the second half of the timed steps: steps keep speeding up for a while after the
+    first ones (caches, allocator), and the steady rate is the one that lasts.
+    Afterwards: steps_per_second (None if the clock did not move, or training ended
+    first), steady_since (the clock when the untimed first steps had run) and step (the
+    global step reached).
     """
 
-    def __init__(self, minutes):
-        self._clock = time.monotonic
-        self.limit_seconds = float(minutes) * 60.0
-        self.stopped_early = False
-        self._start = None
+    def __init__(self, clock, window_seconds, skip_steps, min_steps):
+        super().__init__()
+        self.clock = clock
+        self.window_seconds = window_seconds
+        self.skip_steps = skip_steps
+        self.min_steps = min_steps
+        self.steps_per_second = None
+        self._runs = 0
+        self._step_ends = []       # clock at the end of each step from skip_steps on
 
-    def begin(self):
-        self._start = self._clock()
+    @property
+    def steady_since(self):
+        return self._step_ends[0] if self._step_ends else None
 
     def after_run(self, run_context, run_values):
-        if self._clock() - self._start >= self.limit_seconds and not self.stopped_early:
-            self.stopped_early = True
-            logging.warning("time budget of %.1f minutes reached: stopping and saving a "
-                            "checkpoint", self.limit_seconds / 60.0)
+        super().after_run(run_context, run_values)
+        self._runs += 1
+        if self._runs < self.skip_steps:
+            return
+        self._step_ends.append(self.clock())
+        timed_steps = len(self._step_ends) - 1
+        if timed_steps < self.min_steps or \
+                self._step_ends[-1] - self._step_ends[0] < self.window_seconds:
+            return
+        half = (timed_steps + 1) // 2
+        seconds = self._step_ends[-1] - self._step_ends[-1 - half]
+        self.steps_per_second = half / seconds if seconds > 0 else None
+        run_context.request_stop()
+
+
+class StopAfterTimeHook(StepCounter):
+    """Stops training once the time budget is spent, but only in the last LR stage.
+
+    `budget` is a libs.time_budget.TimeBudget whose schedule of `total_steps` was
+    fitted to it, `last_boundary` its last LR boundary (0 for a constant LR). Before a
+    step has run at the last LR, running out of time does not stop training: a budget
+    never cuts a run before its LR has decayed. It only catches a machine that got
+    slower after the warm-up; the Estimator then writes its final checkpoint there.
+    """
+
+    def __init__(self, budget, last_boundary, total_steps):
+        super().__init__()
+        self.budget = budget
+        self.last_boundary = last_boundary
+        self.total_steps = total_steps
+        self.stopped_at = None
+
+    def after_run(self, run_context, run_values):
+        super().after_run(run_context, run_values)
+        # The step that just ran read global step self.step - 1; piecewise_constant
+        # gives the last LR to steps that read more than the last boundary.
+        in_last_stage = self.step - 1 > self.last_boundary
+        if (self.stopped_at is None and in_last_stage
+                and self.budget.remaining() <= self.budget.margin_seconds):
+            self.stopped_at = self.step
+            logging.warning("time budget of %g minutes spent at step %d, in the last LR "
+                            "stage (from step %d): stopping %d steps short of the "
+                            "schedule's %d", self.budget.minutes, self.step,
+                            self.last_boundary, self.total_steps - self.step,
+                            self.total_steps)
             run_context.request_stop()
 
 
-class ProgressHook(tf.train.SessionRunHook):
-    """Counts evaluated images (batches of one) on a Progress line."""
+class ProgressHook(StepCounter):
+    """Advances a libs.io_utils.Progress line after every run.
 
-    def __init__(self, progress):
+    Evaluation (batches of one): one image per run. With `training`, the line counts
+    global steps, starting from the step of the first session (a resumed run), and
+    shows the loss: the towers' mean total loss, the value FiniteLossGuard fetches
+    anyway, so showing it costs no computation.
+    """
+
+    def __init__(self, progress, training=False):
+        super().__init__()
         self.progress = progress
+        self.training = training
+        self._loss = []
+        self._started = False
+
+    def begin(self):
+        if self.training:
+            self._loss = [tensor for tensor in tf.get_collection(GUARDED_VALUES)
+                          if _readable(tensor).split(" ")[0] == "total_loss"]
+
+    def after_create_session(self, session, coord):
+        if self.training:
+            super().after_create_session(session, coord)
+        count = self.step if self.training else self.progress.count
+        if self._started:
+            self.progress.count = count      # a second train call resumes where we were
+        else:
+            self.progress.begin_at(count)    # rate and ETA from here, not the graph build
+            self._started = True
+
+    def before_run(self, run_context):
+        return tf.train.SessionRunArgs(self._loss) if self._loss else None
 
     def after_run(self, run_context, run_values):
-        self.progress.update()
+        if not self.training:
+            self.progress.update()
+            return
+        super().after_run(run_context, run_values)
+        losses = [float(value) for value in (run_values.results or [])]
+        self.progress.update(**({"loss": sum(losses) / len(losses)} if losses else {}))

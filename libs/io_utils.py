@@ -6,7 +6,9 @@
                                     cv2.imwrite): yields the temporary path to write to
     atomic_directory(path, overwrite)  a temporary folder that becomes `path` (a whole
                                     directory: an exported SavedModel) only on success
-    Progress(total, desc)           "desc: i/total (x/s)" lines on stderr
+    Progress(total, desc, unit=...) one live "desc: i/total unit, rate, ETA" line on
+                                    stderr (redrawn on a terminal, a line every so
+                                    often in a log file)
 
 A reader (an input pipeline globbing `train-*.tfrecord`, a second converter run, a crash
 and a restart) must never see a half-written file: the data goes to a hidden temporary
@@ -172,47 +174,150 @@ def atomic_directory(path, overwrite=False):
         shutil.rmtree(old_dir, ignore_errors=True)
 
 
-class Progress:
-    """Prints "desc: i/total (x.x/s)" to stderr at most every `every_seconds`, and at the end.
+def format_duration(seconds):
+    """3725 -> "1:02:05", 75 -> "1:15": hours only when there are some."""
+    seconds = int(round(max(seconds, 0)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
-    A dependency-free stand-in for tqdm that also reads well in log files (no carriage
-    returns). Use as a context manager or call close() to print the final line.
+
+def format_rate(per_second, unit=""):
+    """12.34 -> "12.3 steps/s", 0.6617 -> "0.66 steps/s": the digits that say something."""
+    if per_second >= 10:
+        number = f"{per_second:.0f}"
+    elif per_second >= 1:
+        number = f"{per_second:.1f}"
+    else:
+        number = f"{per_second:.2g}"
+    return f"{number} {unit}/s" if unit else f"{number}/s"
+
+
+def _format_field(value):
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# Progress lines currently drawn in place on a terminal (see clear_live_progress).
+_LIVE = []
+
+# On a terminal, redraw at most this often; elsewhere, a new line at most this often.
+REDRAW_SECONDS = 0.25
+LOG_EVERY_SECONDS = 30.0
+
+
+def clear_live_progress():
+    """Erases the progress lines drawn in place, so that another line can be printed
+    (libs/console.py calls it before each log record); they come back at their next
+    update."""
+    for progress in list(_LIVE):
+        progress.erase()
+
+
+class Progress:
+    """One live progress line: "desc: i/total unit, rate, ETA, fields".
+
+        training: 480/960 steps, 12 steps/s, ETA 0:39, loss 0.9885
+
+    On a terminal (the stream's isatty(), or `tty`) the line is redrawn in place with a
+    carriage return, at most every REDRAW_SECONDS. Elsewhere (a log file, CI) carriage
+    returns would pile up, so a new line is printed at most every `every_seconds`
+    (default LOG_EVERY_SECONDS). Either way close() (or the end of a `with` block)
+    prints the final line, with the time taken instead of the ETA.
+
+    The rate counts what this process did since start (or since begin_at(count) for
+    work that resumes: a training run restarted at step 400 shows 400/960 but does not
+    credit itself with those 400 steps). The ETA is what is left at that rate. Fields
+    given to update() (e.g. loss=0.98) follow the ETA. `clock` (seconds, monotonic) is
+    injectable for tests.
     """
 
-    def __init__(self, total, desc, every_seconds=5.0, stream=None):
+    def __init__(self, total, desc, every_seconds=None, stream=None, unit="",
+                 clock=time.monotonic, tty=None):
         self.total = total
         self.desc = desc
-        self.every_seconds = every_seconds
+        self.unit = unit
+        self.every_seconds = LOG_EVERY_SECONDS if every_seconds is None else every_seconds
         self.stream = stream if stream is not None else sys.stderr
+        self.tty = _is_terminal(self.stream) if tty is None else bool(tty)
+        self.clock = clock
         self.count = 0
-        self._start = time.monotonic()
-        self._last_print = self._start
+        self.fields = {}
+        self._initial = 0
+        self._start = clock()
+        self._last_draw = self._start
+        self._drawn_width = 0       # characters of the line now drawn in place
         self._closed = False
 
-    def update(self, n=1):
+    def begin_at(self, count):
+        """Restarts the clock with `count` already done before (not counted in the rate)."""
+        self.count = self._initial = count
+        self._start = self._last_draw = self.clock()
+
+    def update(self, n=1, **fields):
         self.count += n
-        now = time.monotonic()
-        if now - self._last_print >= self.every_seconds:
-            self._print(now)
+        self.fields.update(fields)
+        now = self.clock()
+        interval = REDRAW_SECONDS if self.tty else self.every_seconds
+        if now - self._last_draw >= interval or (self.tty and not self._drawn_width):
+            self._draw(now)
 
     def close(self):
         if not self._closed:
-            self._print(time.monotonic())
+            self._draw(self.clock(), final=True)
             self._closed = True
 
-    def line(self, now=None):
-        now = time.monotonic() if now is None else now
-        elapsed = max(now - self._start, 1e-9)
-        total = "?" if self.total is None else self.total
-        return f"{self.desc}: {self.count}/{total} ({self.count / elapsed:.1f}/s)"
+    def rate(self, now=None):
+        now = self.clock() if now is None else now
+        return (self.count - self._initial) / max(now - self._start, 1e-9)
 
-    def _print(self, now):
-        self._last_print = now
-        print(self.line(now), file=self.stream, flush=True)
+    def line(self, now=None, final=False):
+        now = self.clock() if now is None else now
+        total = "?" if self.total is None else self.total
+        unit = f" {self.unit}" if self.unit else ""
+        parts = [f"{self.desc}: {self.count}/{total}{unit}",
+                 format_rate(self.rate(now), self.unit)]
+        if final:
+            parts.append(f"took {format_duration(now - self._start)}")
+        elif self.total is not None:
+            rate = self.rate(now)
+            left = max(self.total - self.count, 0)
+            parts.append(f"ETA {format_duration(left / rate)}" if rate > 0 else "ETA ?")
+        parts.extend(f"{name} {_format_field(value)}" for name, value in self.fields.items())
+        return ", ".join(parts)
+
+    def erase(self):
+        if self._drawn_width:
+            self.stream.write("\r" + " " * self._drawn_width + "\r")
+            self.stream.flush()
+            self._drawn_width = 0
+            if self in _LIVE:
+                _LIVE.remove(self)
+
+    def _draw(self, now, final=False):
+        self._last_draw = now
+        text = self.line(now, final)
+        if self.tty:
+            padding = " " * max(self._drawn_width - len(text), 0)
+            self.stream.write("\r" + text + padding + ("\n" if final else ""))
+            self._drawn_width = 0 if final else len(text)
+            if final and self in _LIVE:
+                _LIVE.remove(self)
+            elif not final and self not in _LIVE:
+                _LIVE.append(self)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc_info):
         self.close()
+        return False
+
+
+def _is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):   # no isatty, or a closed stream
         return False

@@ -114,7 +114,7 @@ def predict_files(detector, paths, output_dir, min_score=0.0, draw=True):
     os.makedirs(output_dir, exist_ok=True)
     summary = {"model": detector.info, "min_score": min_score, "images": [], "skipped": []}
     used_names = set()
-    with Progress(len(files), "predicting") as progress:
+    with Progress(len(files), "predicting", unit="images") as progress:
         for path in files:
             try:
                 loaded = convert.load_image(path)

@@ -28,11 +28,17 @@ import importlib
 import os
 import sys
 
+from libs import console
+
 # TensorFlow's C++ banner and grappler cost-model warnings bury the real log lines.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 try:
-    import tensorflow as _tf2
+    # The C++ plugin-registration lines ("Unable to register cuDNN factory") are printed
+    # at ERROR level during the import whatever TF_CPP_MIN_LOG_LEVEL allows below 3, and
+    # level 3 would hide real errors for the whole process: libs/console.py filters them.
+    with console.hidden_import_noise():
+        import tensorflow as _tf2
 except ImportError as exc:  # pragma: no cover - depends on the machine
     raise ImportError(
         "TensorFlow is not installed: run `make venv` or "
@@ -89,10 +95,12 @@ def skip_autograph_for_tf_keras():
 skip_autograph_for_tf_keras()
 
 tf = _tf2.compat.v1
+# The quiet console (or --verbose) applies to TensorFlow's logger from here on; before
+# disable_v2_behavior, whose deprecation warning is the first of many.
+console.apply()
 tf.disable_v2_behavior()
 # Trap 3 in the module docstring: without this the ROI-align gradient is wrong.
 _tf2.config.experimental.enable_op_determinism()
-tf.logging.set_verbosity(tf.logging.INFO)
 
 import tf_slim as slim  # noqa: E402  (after the alias, by design)
 

@@ -10,6 +10,7 @@ import shutil
 from absl import logging
 
 from libs import hooks as hooks_lib
+from libs import time_budget
 from libs.configs import finalize
 from libs.model_fn import model_fn
 from libs.tf_compat import tf
@@ -224,12 +225,17 @@ def worker_scratch_dir(model_dir, task):
     return os.path.join(model_dir, f"tmp_{task.task_type}_{task.index}")
 
 
+def checkpoint_step(model_dir):
+    """The global step of model_dir's latest checkpoint; None when it has none."""
+    latest = tf.train.latest_checkpoint(model_dir) if os.path.isdir(model_dir) else None
+    return int(tf.train.load_variable(latest, "global_step")) if latest else None
+
+
 def describe_start(cfg, model_dir):
     """One log line saying how this run starts: resume, pretrained backbone, or scratch."""
-    latest = tf.train.latest_checkpoint(model_dir) if os.path.isdir(model_dir) else None
-    if latest:
-        step = tf.train.load_variable(latest, "global_step")
-        return f"resuming {model_dir} from its own checkpoint at step {int(step)}"
+    step = checkpoint_step(model_dir)
+    if step is not None:
+        return f"resuming {model_dir} from its own checkpoint at step {step}"
     if cfg.INIT_CHECKPOINT:
         frozen = (f", training only {cfg.TRAINABLE_VARIABLES}"
                   if cfg.TRAINABLE_VARIABLES else "")
@@ -335,45 +341,127 @@ def check_run_split(run, split):
     return check_split(run.data_dir, split, info.get("num_images"))
 
 
-def train(run, max_steps=None, distribute=True, hooks=None, max_minutes=None):
-    """Trains run.cfg until max_steps (default: EPOCH epochs); resumes when it can.
+def describe_schedule(cfg, max_steps=None):
+    """One log line: towers, steps, the LR stages."""
+    lr_values = " -> ".join(f"{value:g}" for value in cfg.LR_VALUES)
+    stop = (f" (stopping at step {int(max_steps):,})"
+            if max_steps and int(max_steps) != cfg.MAX_STEPS else "")
+    return (f"config {cfg.NAME}: {cfg.NUM_GPUS} tower(s) x {cfg.PER_GPU_IMAGE} image(s), "
+            f"{cfg.STEPS_PER_EPOCH} steps/epoch, {cfg.MAX_STEPS:,} steps{stop}, "
+            f"LR {lr_values}, {time_budget.describe_lr(cfg.BOUNDARY)}")
 
-    max_minutes stops earlier when that much wall time has passed (a checkpoint is
-    written either way). Returns the global step reached.
+
+def keep_recorded_schedule(run):
+    """Applies <model_dir>/schedule.json (a budget's decision) to run.cfg, if there is one.
+
+    A run directory keeps the schedule it was started with, whichever command resumes
+    it, so its LR boundaries never move midway. Returns the record or None.
+    """
+    record = time_budget.keep_recorded_schedule(run.cfg, run.model_dir)
+    if record is not None:
+        logging.info("%s", time_budget.describe_kept(
+            record, time_budget.schedule_path(run.model_dir)))
+    return record
+
+
+def fit_schedule_to_budget(run, budget, input_fn, hooks, distribute=True):
+    """Warm-up, then the schedule that fits `budget` (libs/time_budget.py).
+
+    Trains at the config's own schedule (the first LR stage) while a SpeedMeter times
+    the steps and then stops training; decides the schedule, updates run.cfg, records
+    it in <model_dir>/schedule.json and logs the decision. Returns the record, or None
+    when the config's whole schedule ended within the warm-up.
+    """
+    cfg = run.cfg
+    meter = hooks_lib.SpeedMeter(budget.clock, budget.warmup_seconds,
+                                 skip_steps=time_budget.WARMUP_SKIP_STEPS,
+                                 min_steps=time_budget.WARMUP_MIN_STEPS)
+    called_at = budget.clock()
+    estimator = make_estimator(cfg, run.model_dir, training_params(run),
+                               distribute=distribute)
+    estimator.train(input_fn, max_steps=cfg.EPOCH_STEPS,
+                    hooks=training_hooks(estimator, cfg) + list(hooks) + [meter])
+    step = int(estimator.get_variable_value("global_step"))
+    if step >= cfg.EPOCH_STEPS:
+        logging.info("the config's %d steps ran within the warm-up: nothing to fit", step)
+        return None
+    rate = budget.steps_per_second or meter.steps_per_second
+    if rate is None:
+        raise TrainingError(f"could not measure the training speed: the warm-up stopped "
+                            f"at step {step}, before its timed steps")
+    # Starting again (graph, session, the slow first steps) costs what it cost the
+    # warm-up: its time to steady steps, less what those first steps would take at the
+    # steady rate.
+    steady_since = budget.clock() if meter.steady_since is None else meter.steady_since
+    restart_seconds = max(0.0, steady_since - called_at
+                          - time_budget.WARMUP_SKIP_STEPS / rate)
+    record = time_budget.decide_schedule(cfg, budget, rate, step, restart_seconds)
+    time_budget.write_schedule(run.model_dir, record)
+    logging.info("%s", time_budget.describe_decision(record))
+    return record
+
+
+def train(run, max_steps=None, distribute=True, hooks=None, budget=None):
+    """Trains run.cfg to the end of its schedule (or max_steps); resumes when it can.
+
+    budget (libs.time_budget.TimeBudget, from tools/train.py --max_minutes): the whole
+    schedule is fitted into that time after a warm-up (see libs/time_budget.py); not
+    with max_steps. A schedule recorded in the run directory by an earlier budgeted run
+    is kept, budget or not. A Progress line shows steps, rate, ETA and loss. Returns the
+    global step reached.
     """
     from data.io.input_fn import EVAL as EVAL_MODE
     from data.io.input_fn import TRAIN as TRAIN_MODE
     from data.io.input_fn import make_input_fn
+    from libs.io_utils import Progress
 
     cfg = run.cfg
-    max_steps = int(max_steps or cfg.MAX_STEPS)
-    check_run_split(run, cfg.TRAIN_SPLIT)
-    logging.info("%s", describe_start(cfg, run.model_dir))
-    logging.info("config %s: %d tower(s) x %d image(s), %d steps/epoch, LR %s at steps "
-                 "%s, max_steps %d", cfg.NAME, cfg.NUM_GPUS, cfg.PER_GPU_IMAGE,
-                 cfg.STEPS_PER_EPOCH, cfg.LR_VALUES, cfg.BOUNDARY, max_steps)
-    estimator = make_estimator(cfg, run.model_dir, training_params(run),
-                               distribute=distribute)
-    input_fn = make_input_fn(cfg, TRAIN_MODE, data_dir=run.data_dir)
-    hooks = training_hooks(estimator, cfg) + list(hooks or [])
-    if max_minutes:
-        hooks.append(hooks_lib.StopAfterTimeHook(max_minutes))
     task = cluster_task() if distribute else None
-    if task is None:
-        estimator.train(input_fn, max_steps=max_steps, hooks=hooks)
-        return estimator.get_variable_value("global_step")
-    # Estimator.train refuses a TF_CONFIG cluster; train_and_evaluate runs the
-    # distribute coordinator, which trains on every chief/worker task (an EvalSpec is
-    # required but only an 'evaluator' task would run it).
-    logging.info("multi-worker training: this process is %s", task)
-    tf.estimator.train_and_evaluate(
-        estimator, tf.estimator.TrainSpec(input_fn, max_steps=max_steps, hooks=hooks),
-        tf.estimator.EvalSpec(make_input_fn(cfg, EVAL_MODE, data_dir=run.data_dir),
-                              steps=None))
+    if budget is not None and max_steps:
+        raise TrainingError("--max_minutes fits the config's whole schedule into the "
+                            "time: give it without --max_steps")
+    if budget is not None and task is not None:
+        raise TrainingError("--max_minutes needs one process: under TF_CONFIG every "
+                            "worker must follow the same schedule (set SCHEDULE_STEPS)")
+    check_run_split(run, cfg.TRAIN_SPLIT)
+    recorded = keep_recorded_schedule(run)
+    logging.info("%s", describe_start(cfg, run.model_dir))
+    logging.info("%s", describe_schedule(cfg, max_steps))
+    reached = checkpoint_step(run.model_dir) or 0
+    if task is None and reached >= int(max_steps or cfg.MAX_STEPS):
+        # (a budget with no schedule yet: MAX_STEPS is the config's, the most it fits)
+        logging.info("nothing to train: %s is at step %d already", run.model_dir, reached)
+        return reached
+    input_fn = make_input_fn(cfg, TRAIN_MODE, data_dir=run.data_dir)
+    progress = Progress(int(max_steps or cfg.MAX_STEPS), "training", unit="steps")
+    hooks = list(hooks or []) + [hooks_lib.ProgressHook(progress, training=True)]
+    with progress:
+        if budget is not None and recorded is None:
+            fit_schedule_to_budget(run, budget, input_fn, hooks, distribute=distribute)
+            progress.total = cfg.MAX_STEPS
+        max_steps = int(max_steps or cfg.MAX_STEPS)
+        estimator = make_estimator(cfg, run.model_dir, training_params(run),
+                                   distribute=distribute)
+        hooks = training_hooks(estimator, cfg) + hooks
+        if budget is not None:
+            hooks.append(hooks_lib.StopAfterTimeHook(
+                budget, last_boundary=cfg.BOUNDARY[-1] if cfg.BOUNDARY else 0,
+                total_steps=max_steps))
+        if task is None:
+            estimator.train(input_fn, max_steps=max_steps, hooks=hooks)
+            return estimator.get_variable_value("global_step")
+        # Estimator.train refuses a TF_CONFIG cluster; train_and_evaluate runs the
+        # distribute coordinator, which trains on every chief/worker task (an EvalSpec
+        # is required but only an 'evaluator' task would run it).
+        logging.info("multi-worker training: this process is %s", task)
+        tf.estimator.train_and_evaluate(
+            estimator, tf.estimator.TrainSpec(input_fn, max_steps=max_steps, hooks=hooks),
+            tf.estimator.EvalSpec(make_input_fn(cfg, EVAL_MODE, data_dir=run.data_dir),
+                                  steps=None))
     if not task.is_chief:
         shutil.rmtree(worker_scratch_dir(run.model_dir, task), ignore_errors=True)
-    latest = tf.train.latest_checkpoint(run.model_dir)
-    return int(tf.train.load_variable(latest, "global_step")) if latest else max_steps
+    reached = checkpoint_step(run.model_dir)
+    return max_steps if reached is None else reached
 
 
 def resolve_checkpoint(model_dir, checkpoint=None):
@@ -406,7 +494,7 @@ def evaluate(run, checkpoint=None, split=None):
     total = check_run_split(run, split)
     estimator = make_estimator(cfg, run.model_dir, run.params, distribute=False)
     input_fn = make_input_fn(cfg, EVAL_MODE, data_dir=run.data_dir, split=split)
-    with Progress(total, f"evaluating {split}") as progress:
+    with Progress(total, f"evaluating {split}", unit="images") as progress:
         results = estimator.evaluate(input_fn, checkpoint_path=checkpoint,
                                      hooks=[hooks_lib.ProgressHook(progress)], name=split)
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in results.items()}, \
@@ -424,20 +512,25 @@ def train_and_evaluate(run, max_steps=None, split=None, throttle_secs=0):
     from data.io.input_fn import EVAL as EVAL_MODE
     from data.io.input_fn import TRAIN as TRAIN_MODE
     from data.io.input_fn import make_input_fn
+    from libs.io_utils import Progress
 
     cfg = run.cfg
     split = split or cfg.EVAL_SPLIT
-    max_steps = int(max_steps or cfg.MAX_STEPS)
     check_run_split(run, cfg.TRAIN_SPLIT)
+    keep_recorded_schedule(run)
+    max_steps = int(max_steps or cfg.MAX_STEPS)
     logging.info("%s", describe_start(cfg, run.model_dir))
+    logging.info("%s", describe_schedule(cfg, max_steps))
     logging.info("evaluating each new checkpoint on '%s' (every %d steps)", split,
                  cfg.SAVE_CHECKPOINTS_STEPS)
     estimator = make_estimator(cfg, run.model_dir, training_params(run))
-    train_spec = tf.estimator.TrainSpec(
-        make_input_fn(cfg, TRAIN_MODE, data_dir=run.data_dir), max_steps=max_steps,
-        hooks=training_hooks(estimator, cfg))
-    eval_spec = tf.estimator.EvalSpec(
-        make_input_fn(cfg, EVAL_MODE, data_dir=run.data_dir, split=split),
-        steps=None, name=split, start_delay_secs=0, throttle_secs=throttle_secs)
-    results, _ = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
+    with Progress(max_steps, "training", unit="steps") as progress:
+        train_spec = tf.estimator.TrainSpec(
+            make_input_fn(cfg, TRAIN_MODE, data_dir=run.data_dir), max_steps=max_steps,
+            hooks=training_hooks(estimator, cfg) + [
+                hooks_lib.ProgressHook(progress, training=True)])
+        eval_spec = tf.estimator.EvalSpec(
+            make_input_fn(cfg, EVAL_MODE, data_dir=run.data_dir, split=split),
+            steps=None, name=split, start_delay_secs=0, throttle_secs=throttle_secs)
+        results, _ = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
     return results

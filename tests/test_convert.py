@@ -373,11 +373,15 @@ def test_atomic_write_keeps_old_content_on_failure(tmp_path):
 
 def test_progress_lines(tmp_path):
     stream = io.StringIO()
-    with io_utils.Progress(3, "convert train", every_seconds=0.0, stream=stream) as progress:
+    with io_utils.Progress(3, "convert train", every_seconds=0.0, stream=stream,
+                           unit="images") as progress:
         for _ in range(3):
             progress.update()
     lines = stream.getvalue().splitlines()
-    assert lines[-1].startswith("convert train: 3/3 (") and lines[-1].endswith("/s)")
+    # not a terminal: one line per update (every_seconds=0), then the final line
+    assert len(lines) == 4
+    assert lines[0].startswith("convert train: 1/3 images, ") and ", ETA " in lines[0]
+    assert lines[-1].startswith("convert train: 3/3 images, ") and ", took " in lines[-1]
 
 
 # ---------------------------------------------------------------------------------------

@@ -155,7 +155,7 @@ def test_sigkill_at_random_moments_then_resume_to_completion(sample_data, tmp_pa
 # --------------------------------------------------------------------- determinism
 
 def _logged_losses(stderr):
-    """{step: loss} from the Estimator's 'loss = X, step = N' log lines."""
+    """{step: loss} from the Estimator's 'loss = X, step = N' log lines (--verbose)."""
     losses = {}
     for line in stderr.splitlines():
         if "loss = " in line and ", step = " in line:
@@ -171,7 +171,7 @@ def test_two_runs_with_the_same_seed_give_the_same_losses(sample_data, tmp_path)
     for name in ("first", "second"):
         result = subprocess.run(
             _train_command(sample_data, str(tmp_path / name), "--max_steps", "12",
-                           "--set", "LOG_EVERY_N_STEPS=1"),
+                           "--set", "LOG_EVERY_N_STEPS=1", "--verbose"),
             capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         runs.append(_logged_losses(result.stderr))
@@ -203,7 +203,7 @@ def test_chief_and_worker_train_one_consistent_checkpoint(sample_data, tmp_path)
     cluster = {"chief": [f"127.0.0.1:{ports[0]}"], "worker": [f"127.0.0.1:{ports[1]}"]}
     command = _train_command(sample_data, model_dir, "--max_steps", str(max_steps),
                              "--set", "SAVE_CHECKPOINTS_STEPS=3",
-                             "--set", "LOG_EVERY_N_STEPS=1")
+                             "--set", "LOG_EVERY_N_STEPS=1", "--verbose")
     processes = []
     for task_type in ("chief", "worker"):
         env = dict(os.environ, TF_CONFIG=json.dumps(

@@ -3,6 +3,7 @@
     python tools/train.py --cfg cfgs/res101_fewshot.py
     python tools/train.py --cfg cfgs/tiny_cpu.py --max_steps 200
     python tools/train.py --cfg cfgs/tiny_cpu.py --eval      # + mAP of each checkpoint
+    python tools/train.py --cfg cfgs/bccd_cpu.py --max_minutes 55  # fit a time budget
     tensorboard --logdir output/
 
 Data, references and the run directory default to the config's DATA_DIR, REFERENCE_DIR
@@ -11,6 +12,7 @@ checkpoint. Towers follow GPU_GROUPS (CPU devices when there is no GPU).
 """
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -27,8 +29,11 @@ def _define_flags():
     flags.DEFINE_string("model_dir", None, "Run directory (default: MODEL_DIR).")
     flags.DEFINE_integer("max_steps", None, "Stop at this global step "
                          "(default: EPOCH epochs of the training split).")
-    flags.DEFINE_float("max_minutes", None, "Stop after this many minutes of training "
-                       "(a checkpoint is saved; rerun to continue).")
+    flags.DEFINE_float("max_minutes", None, "Time budget of the whole command, start-up "
+                       "included: after a short warm-up that measures the speed, the "
+                       "config's schedule (steps and LR boundaries together) is shortened "
+                       "to fit if it does not, and kept in <model_dir>/schedule.json for "
+                       "reruns.")
     flags.DEFINE_bool("eval", False, "Evaluate every new checkpoint on EVAL_SPLIT while "
                       "training (mAP curves in TensorBoard under eval_<split>/).")
     flags.DEFINE_multi_string("set", [], "Config override FIELD=VALUE (Python literal), "
@@ -37,18 +42,21 @@ def _define_flags():
 
 def main(argv):
     from libs import cli
+    started_at = time.monotonic()       # the budget counts imports and graph builds too
     error = cli.usage_error(argv, FLAGS.cfg)
     if error is not None:
         return error
-    return cli.guarded(lambda: _train())
+    return cli.guarded(lambda: _train(started_at))
 
 
-def _train():
-    from libs import cli, training
+def _train(started_at):
+    from libs import cli, time_budget, training
+    budget = (time_budget.TimeBudget(FLAGS.max_minutes, started_at=started_at)
+              if FLAGS.max_minutes is not None else None)
     cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
     run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir)
     if FLAGS.eval:
-        if FLAGS.max_minutes:
+        if budget is not None:
             raise training.TrainingError("--max_minutes works without --eval only")
         results = training.train_and_evaluate(run, max_steps=FLAGS.max_steps)
         step = results["global_step"]
@@ -56,7 +64,7 @@ def _train():
                      results.get("voc/mAP@0.5", float("nan")),
                      results.get("coco/mAP", float("nan")))
     else:
-        step = training.train(run, max_steps=FLAGS.max_steps, max_minutes=FLAGS.max_minutes)
+        step = training.train(run, max_steps=FLAGS.max_steps, budget=budget)
     logging.info("training stopped at step %d; checkpoints and TensorBoard events in %s",
                  step, run.model_dir)
 

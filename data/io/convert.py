@@ -621,8 +621,14 @@ def format_summary(summary):
              f"{summary['images_written']} written with {summary['objects_written']} "
              f"objects into {len(summary['files'])} shard(s) in {summary['output_dir']}; "
              f"classes: {', '.join(summary['classes'])}"]
-    for rule, action in RULES.items():
-        lines.append(f"  {rule:<20} {summary[rule]:>6}   {action}")
+    # Each rule applied gets a line with its count and action; the others share one
+    # line, so that a clean conversion is two lines and still names every rule checked.
+    applied = [rule for rule in RULES if summary[rule]]
+    for rule in applied:
+        lines.append(f"  {rule:<20} {summary[rule]:>6}   {RULES[rule]}")
+    unapplied = [rule for rule in RULES if rule not in applied]
+    if unapplied:
+        lines.append(f"  0 each: {', '.join(unapplied)}")
     return "\n".join(lines)
 
 
@@ -634,7 +640,7 @@ def _check_output_names(split, num_shards):
 
 
 def convert_dataset(fmt, image_dir, annotations, output_dir, split_file=None, split=None,
-                    classes=None, num_shards=1, progress_every_seconds=5.0):
+                    classes=None, num_shards=1, progress_every_seconds=None):
     """Converts one split; see the module docstring. Returns the summary dict:
 
     split, output_dir, files, classes (id order), images_read (annotations read),
@@ -689,7 +695,8 @@ def write_records(images, labels, output_dir, split, num_shards=1, report=None,
     per_class = collections.Counter()
     try:
         writers = [tf.io.TFRecordWriter(p.temp_path) for p in pending]
-        with Progress(len(images), f"convert {split}", progress_every_seconds) as progress:
+        with Progress(len(images), f"convert {split}", progress_every_seconds,
+                      unit="images") as progress:
             for image in images:
                 progress.update()
                 result = load_and_clean(image, labels.class_names, report)

@@ -111,7 +111,7 @@ def _read_manifest(output_dir):
 
 
 def crop_references(images, output_dir, per_class, margin=0.1, min_size=8, classes=None,
-                    progress_every_seconds=5.0):
+                    progress_every_seconds=None):
     """Crops up to `per_class` objects per class into output_dir/<class>/<image>_<k>.png.
 
     images: [convert.ImageAnnotation] from convert.read_annotations. classes: the class
@@ -194,7 +194,8 @@ def _write_crops(candidates, output_dir, limits, margin, skipped, manifest_field
         return rgb
 
     os.makedirs(output_dir, exist_ok=True)
-    with Progress(sum(limits.values()), "references", progress_every_seconds) as progress:
+    with Progress(sum(limits.values()), "references", progress_every_seconds,
+                  unit="crops") as progress:
         for image, obj in candidates:
             if all(counts[name] >= limit for name, limit in limits.items()):
                 break

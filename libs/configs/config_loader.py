@@ -10,8 +10,10 @@ Derived values (never set by hand):
     NUM_GPUS           towers = len(GPU_GROUPS)
     BATCH_SIZE         images per step over all towers = NUM_GPUS * PER_GPU_IMAGE
     STEPS_PER_EPOCH    ceil(NUM_TRAIN_IMAGES / BATCH_SIZE) (None while unknown)
-    MAX_STEPS          EPOCH * STEPS_PER_EPOCH
-    BOUNDARY           EPOCH_BOUNDARY converted to steps
+    EPOCH_STEPS        EPOCH * STEPS_PER_EPOCH: the config's own schedule length
+    MAX_STEPS          SCHEDULE_STEPS if set, else EPOCH_STEPS
+    BOUNDARY           EPOCH_BOUNDARY converted to steps, scaled by MAX_STEPS /
+                       EPOCH_STEPS (each boundary keeps its fraction of the run)
     LR_VALUES          [LR, LR/10, LR/100, ...] one more than BOUNDARY
     BACKBONE_SHAPES    [[ceil(TARGET_SIDE/s)]*2 for s in BACKBONE_STRIDES]
     NUM_ANCHORS_PER_LOCATION   len(ANCHOR_RATIOS)
@@ -106,7 +108,8 @@ def load_config(path, overrides=None):
     return finalize(cfg, overrides, source=path)
 
 
-_DERIVED = ("NUM_GPUS", "BATCH_SIZE", "STEPS_PER_EPOCH", "MAX_STEPS", "BOUNDARY",
+_DERIVED = ("NUM_GPUS", "BATCH_SIZE", "STEPS_PER_EPOCH", "EPOCH_STEPS", "MAX_STEPS",
+            "BOUNDARY",
             "LR_VALUES", "BACKBONE_SHAPES", "NUM_ANCHORS_PER_LOCATION", "PYRAMID_LEVELS")
 
 
@@ -132,16 +135,31 @@ def finalize(cfg, overrides=None, source="config"):
                            for s in cfg.BACKBONE_STRIDES]
     if cfg.NUM_TRAIN_IMAGES:
         cfg.STEPS_PER_EPOCH = int(math.ceil(cfg.NUM_TRAIN_IMAGES / cfg.BATCH_SIZE))
-        cfg.MAX_STEPS = cfg.EPOCH * cfg.STEPS_PER_EPOCH
-        cfg.BOUNDARY = [int(b * cfg.STEPS_PER_EPOCH) for b in cfg.EPOCH_BOUNDARY]
+        cfg.EPOCH_STEPS = cfg.EPOCH * cfg.STEPS_PER_EPOCH
+        cfg.MAX_STEPS = int(cfg.SCHEDULE_STEPS or cfg.EPOCH_STEPS)
+        # Without SCHEDULE_STEPS the factor is exactly 1: b * STEPS_PER_EPOCH, as ever.
+        cfg.BOUNDARY = [int(b * cfg.STEPS_PER_EPOCH * cfg.MAX_STEPS / cfg.EPOCH_STEPS)
+                        for b in cfg.EPOCH_BOUNDARY]
+        _validate_boundaries(cfg, source)
     else:
-        cfg.STEPS_PER_EPOCH = cfg.MAX_STEPS = cfg.BOUNDARY = None
+        cfg.STEPS_PER_EPOCH = cfg.EPOCH_STEPS = cfg.MAX_STEPS = cfg.BOUNDARY = None
     cfg.LR_VALUES = [cfg.LR * (0.1 ** i) for i in range(len(cfg.EPOCH_BOUNDARY) + 1)]
     return cfg
 
 
 def _fail(source, field, why):
     raise ConfigError(f"{source}: {field}: {why}")
+
+
+def _validate_boundaries(cfg, source):
+    """Every LR stage needs a step: a short schedule (SCHEDULE_STEPS, or few steps per
+    epoch) could squeeze two boundaries onto one step, or the first onto step 0."""
+    steps = [0] + list(cfg.BOUNDARY) + [cfg.MAX_STEPS]
+    if any(later <= earlier for earlier, later in zip(steps, steps[1:])):
+        field = "SCHEDULE_STEPS" if cfg.SCHEDULE_STEPS else "EPOCH_BOUNDARY"
+        _fail(source, field, f"{cfg.MAX_STEPS} steps are too few for EPOCH_BOUNDARY "
+              f"{list(cfg.EPOCH_BOUNDARY)} of EPOCH {cfg.EPOCH}: the LR stages would "
+              f"start at steps {cfg.BOUNDARY}")
 
 
 def _validate(cfg, source):
@@ -217,5 +235,9 @@ def _validate(cfg, source):
             isinstance(p, str) for p in trainable) or not trainable):
         _fail(source, "TRAINABLE_VARIABLES", f"must be None or a non-empty list of "
               f"regular expressions, got {trainable!r}")
+    if cfg.SCHEDULE_STEPS is not None and (
+            not isinstance(cfg.SCHEDULE_STEPS, int) or cfg.SCHEDULE_STEPS < 1):
+        _fail(source, "SCHEDULE_STEPS", f"must be a positive integer or None, got "
+              f"{cfg.SCHEDULE_STEPS!r}")
     if cfg.NUM_TRAIN_IMAGES is not None and cfg.NUM_TRAIN_IMAGES < 1:
         _fail(source, "NUM_TRAIN_IMAGES", "must be positive or None")

@@ -1,0 +1,225 @@
+"""A time budget fits the whole LR schedule (libs/time_budget.py, train.py --max_minutes).
+
+The speed is injected (a measured-rate override) and the budget's clock frozen, so the
+fitted schedule is the same on every machine and every run.
+"""
+import json
+import os
+
+import pytest
+
+from libs import hooks, time_budget, training
+from libs.configs import ConfigError, load_config
+from libs.tf_compat import seeded_graph, tf
+from tests.conftest import REPO_ROOT
+
+TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
+BCCD = os.path.join(REPO_ROOT, "cfgs", "bccd_cpu.py")
+
+
+def frozen_clock():
+    return 0.0
+
+
+# ------------------------------------------------------------------ the arithmetic
+
+def test_a_shorter_schedule_scales_every_boundary_with_the_total():
+    """BCCD: 55 epochs of 205 images, LR drops at epochs 40 and 50."""
+    cfg = load_config(BCCD, {"NUM_TRAIN_IMAGES": 205})
+    assert (cfg.MAX_STEPS, cfg.BOUNDARY) == (11275, [8200, 10250])   # unchanged default
+    time_budget.apply_total_steps(cfg, 4600)
+    # each boundary keeps its fraction of the run: 40/55 and 50/55 of 4,600
+    assert cfg.MAX_STEPS == 4600
+    assert cfg.BOUNDARY == [int(4600 * 40 / 55), int(4600 * 50 / 55)] == [3345, 4181]
+    assert cfg.LR_VALUES == pytest.approx([0.01, 0.001, 0.0001])
+
+
+def test_the_fit_never_lengthens_and_counts_from_the_current_step():
+    # fits: the config's schedule as it is
+    assert time_budget.fit_total_steps(11275, 90, 6.2, 3000) == 11275
+    # does not fit: what the time allows from the step reached
+    assert time_budget.fit_total_steps(11275, 90, 1.4, 3000) == 90 + 4200
+    # no time left: no new step
+    assert time_budget.fit_total_steps(11275, 90, 1.4, -5) == 90
+
+
+def test_decide_schedule_uses_the_time_left_after_restart_and_margin():
+    cfg = load_config(BCCD, {"NUM_TRAIN_IMAGES": 205})
+    clock = [100.0]
+    budget = time_budget.TimeBudget(55, clock=lambda: clock[0], started_at=0.0)
+    record = time_budget.decide_schedule(cfg, budget, steps_per_second=1.4, step_now=90,
+                                         restart_seconds=20.0)
+    # 3300 s - 100 s already spent - 20 s to restart - 66 s margin (2% of the budget)
+    assert record["seconds_for_steps"] == pytest.approx(3300 - 100 - 20 - 66)
+    total = 90 + int(1.4 * (3300 - 100 - 20 - 66))
+    assert record["total_steps"] == total == cfg.MAX_STEPS
+    assert record["boundaries"] == cfg.BOUNDARY == [int(total * 40 / 55),
+                                                     int(total * 50 / 55)]
+    assert record["scaled"] is True
+    assert time_budget.describe_decision(record) == (
+        f"time budget 55 min at 1.4 steps/s: {total:,} steps, LR drops at "
+        f"{cfg.BOUNDARY[0]:,} and {cfg.BOUNDARY[1]:,} (the config's 11,275 steps scaled "
+        f"by {total / 11275:.3g})")
+
+    fast = load_config(BCCD, {"NUM_TRAIN_IMAGES": 205})
+    record = time_budget.decide_schedule(fast, budget, steps_per_second=6.2, step_now=90,
+                                         restart_seconds=20.0)
+    assert record["scaled"] is False
+    assert (fast.MAX_STEPS, fast.BOUNDARY) == (11275, [8200, 10250])
+    assert time_budget.describe_decision(record) == (
+        "time budget 55 min at 6.2 steps/s: the config's 11,275 steps fit, LR drops at "
+        "8,200 and 10,250")
+
+
+def test_budgets_too_small_fail_in_one_line():
+    cfg = load_config(TINY, {"NUM_TRAIN_IMAGES": 8})
+    spent = time_budget.TimeBudget(1, clock=lambda: 61.0, started_at=0.0)
+    with pytest.raises(time_budget.BudgetError, match="no time left for training after "
+                                                      "the warm-up"):
+        time_budget.decide_schedule(cfg, spent, 2.0, step_now=8, restart_seconds=0.0)
+    # 3 steps cannot hold three LR stages
+    with pytest.raises(ConfigError, match="SCHEDULE_STEPS: 3 steps are too few"):
+        time_budget.apply_total_steps(cfg, 3)
+    for bad in (0, -1, float("nan"), "10"):
+        with pytest.raises(time_budget.BudgetError, match="--max_minutes must be a "
+                                                          "positive number"):
+            time_budget.TimeBudget(bad)
+
+
+def test_a_recorded_schedule_that_the_config_no_longer_gives_is_refused(tmp_path):
+    cfg = load_config(TINY, {"NUM_TRAIN_IMAGES": 8})
+    time_budget.write_schedule(str(tmp_path), {"total_steps": 40, "boundaries": [30, 36],
+                                               "budget_minutes": 1, "steps_per_second": 1})
+    assert time_budget.keep_recorded_schedule(cfg, str(tmp_path))["total_steps"] == 40
+    assert (cfg.MAX_STEPS, cfg.BOUNDARY) == (40, [30, 36])
+    moved = load_config(TINY, {"NUM_TRAIN_IMAGES": 8, "EPOCH_BOUNDARY": [20, 36]})
+    with pytest.raises(time_budget.BudgetError, match=r"has LR drops at \[30, 36\] but "
+                                                      r"config tiny_cpu now gives"):
+        time_budget.keep_recorded_schedule(moved, str(tmp_path))
+
+
+class FakeRunContext:
+    stop_requested = False
+
+    def request_stop(self):
+        self.stop_requested = True
+
+
+def test_speed_meter_times_the_steady_steps_then_stops_training():
+    """Steps of 5, 3, 2 s (not timed), six of 1 s, then 0.5 s each: measured over a
+    10 s window, the rate is that of the later steps, 2 steps/s (the window's average
+    would say 1.4)."""
+    clock = [0.0]
+    meter = hooks.SpeedMeter(lambda: clock[0], window_seconds=10.0, skip_steps=3,
+                             min_steps=5)
+    meter.step = 0                              # as after_create_session reads it
+    context = FakeRunContext()
+    for duration in [5.0, 3.0, 2.0] + [1.0] * 6 + [0.5] * 100:
+        meter.before_run(context)
+        clock[0] += duration
+        meter.after_run(context, None)
+        if context.stop_requested:
+            break
+    assert meter.steady_since == 10.0                  # after the 3 skipped steps
+    assert clock[0] == 20.0 and meter.step == 17      # 10 s after them
+    assert meter.steps_per_second == pytest.approx(2.0)
+
+
+# ------------------------------------------------------------------ budgeted runs
+
+RATE = 0.5          # steps/s, injected
+MINUTES = 1.0
+# frozen clock: nothing spent, no restart cost; margin MARGIN_MIN_SECONDS (> 2% of 60 s)
+WARMUP_END = time_budget.WARMUP_SKIP_STEPS + time_budget.WARMUP_MIN_STEPS
+FITTED = WARMUP_END + int(RATE * (60 * MINUTES - time_budget.MARGIN_MIN_SECONDS))
+
+
+def _budgeted_run(sample_data, model_dir, steps_per_second=RATE, hooks_=None, **overrides):
+    cfg = load_config(TINY, overrides)
+    run = training.prepare_run(cfg, sample_data["data_dir"], sample_data["reference_dir"],
+                               model_dir)
+    budget = time_budget.TimeBudget(MINUTES, clock=frozen_clock,
+                                    steps_per_second=steps_per_second)
+    return cfg, training.train(run, budget=budget, hooks=hooks_)
+
+
+def _lr_at_last_checkpoint(model_dir):
+    """(global step, LR) of the latest checkpoint, the LR computed by the graph that
+    trained it (its meta graph: the boundaries baked into it), not by our config."""
+    latest = tf.train.latest_checkpoint(model_dir)
+    with seeded_graph().as_default() as graph:
+        saver = tf.train.import_meta_graph(latest + ".meta")
+        # the learning_rate summary reads the schedule's output
+        lr = graph.get_operation_by_name("learning_rate").inputs[1]
+        with tf.Session() as session:
+            saver.restore(session, latest)
+            return int(session.run(tf.train.get_global_step())), float(session.run(lr))
+
+
+def test_budgeted_run_ends_in_its_last_lr_stage_with_its_final_checkpoint(sample_data,
+                                                                          tmp_path):
+    """8 train images x 40 epochs = 320 steps with LR drops at 240 and 288 do not fit in
+    a minute at 0.5 steps/s: the run is fitted to FITTED steps, drops the LR at the
+    same fractions (30/40, 36/40), and its last checkpoint is at FITTED, in the last
+    stage, as the graph that trained it computes the LR."""
+    model_dir = str(tmp_path / "budget")
+    cfg, step = _budgeted_run(sample_data, model_dir)
+    assert FITTED < 240        # the config's first drop is never reached unscaled
+    assert step == FITTED
+    with open(os.path.join(model_dir, time_budget.SCHEDULE_FILE)) as handle:
+        record = json.load(handle)
+    assert record["decided_at_step"] == WARMUP_END
+    assert record["config_steps"] == 320 and record["total_steps"] == FITTED
+    assert record["boundaries"] == [int(FITTED * 30 / 40), int(FITTED * 36 / 40)]
+    last_step, lr = _lr_at_last_checkpoint(model_dir)
+    assert last_step == FITTED
+    assert lr == pytest.approx(cfg.LR / 100)
+
+
+class SimulatedKill(Exception):
+    pass
+
+
+class KillAtStep(hooks.StepCounter):
+    """Raises in the middle of training, as a kill would end it: no final save."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.at = step
+
+    def after_run(self, run_context, run_values):
+        super().after_run(run_context, run_values)
+        if self.step >= self.at:
+            raise SimulatedKill(f"killed at step {self.step}")
+
+
+def test_killed_budgeted_run_keeps_its_schedule_when_rerun(sample_data, tmp_path):
+    """Killed after the warm-up and a few steps, the rerun (a faster machine now: 10x
+    the rate, which would fit ~250 steps) reads schedule.json instead of measuring
+    again: same total, same boundaries, the file untouched, last stage at the end."""
+    model_dir = str(tmp_path / "budget")
+    with pytest.raises(SimulatedKill):
+        _budgeted_run(sample_data, model_dir, hooks_=[KillAtStep(WARMUP_END + 4)],
+                      SAVE_CHECKPOINTS_STEPS=2)
+    schedule_file = os.path.join(model_dir, time_budget.SCHEDULE_FILE)
+    with open(schedule_file, "rb") as handle:
+        decided = handle.read()
+    killed_at = int(tf.train.load_variable(tf.train.latest_checkpoint(model_dir),
+                                           "global_step"))
+    assert WARMUP_END < killed_at < FITTED
+
+    cfg, step = _budgeted_run(sample_data, model_dir, steps_per_second=10 * RATE,
+                              SAVE_CHECKPOINTS_STEPS=2)
+    assert step == FITTED
+    with open(schedule_file, "rb") as handle:
+        assert handle.read() == decided
+    assert cfg.BOUNDARY == [int(FITTED * 30 / 40), int(FITTED * 36 / 40)]
+    assert _lr_at_last_checkpoint(model_dir) == (FITTED, pytest.approx(cfg.LR / 100))
+
+
+def test_budget_flag_errors_are_one_line(sample_data, tmp_path):
+    cfg = load_config(TINY)
+    run = training.prepare_run(cfg, sample_data["data_dir"], sample_data["reference_dir"],
+                               str(tmp_path / "run"))
+    with pytest.raises(training.TrainingError, match="without --max_steps"):
+        training.train(run, max_steps=10, budget=time_budget.TimeBudget(1))
