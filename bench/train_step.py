@@ -12,7 +12,12 @@ With --breakdown (default on) one more step runs traced (tf.RunOptions FULL_TRAC
 in the median) and its op time is summed per block of the model, forward and backward
 together: query backbone + FPN, reference branch, RPN, Fast R-CNN head, optimizer
 (clipping + momentum), other (input, L2, summaries). Op times overlap on several cores,
-so the shares are of summed op time, not of wall time.
+so the shares are of summed op time, not of wall time. The traced step also gives the
+FLOPs of its convolutions and matrix products (forward and both backward passes, from
+the shapes the step really ran), so the step's achieved GFLOP/s is printed beside a
+2048 x 2048 float32 matmul's, measured in the same process (--matmul): what the
+hardware can do against what the step gets. CPU seconds per step (user + system, all
+threads) are printed beside the wall time: on a loaded machine they move less.
 """
 import collections
 import json
@@ -25,6 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -39,6 +45,14 @@ flags.DEFINE_bool("json", False, "Print one JSON line.")
 flags.DEFINE_bool("breakdown", True, "Trace one extra step and print op time per block.")
 flags.DEFINE_integer("top_ops", 0, "With --breakdown, also print the N ops and op types "
                      "that took the most time in the traced step.")
+flags.DEFINE_bool("matmul", True, "Measure a 2048 x 2048 float32 matmul's GFLOP/s in "
+                  "this process, for scale.")
+
+# op type -> which input holds the kernel ([kh, kw, (kd,) cin, cout] or a matrix) and
+# which tensor has the spatial size of the forward output.
+_CONV_FORWARD = ("Conv2D", "Conv3D")
+_CONV_BACKWARD = ("Conv2DBackpropInput", "Conv2DBackpropFilter", "Conv3DBackpropInputV2",
+                  "Conv3DBackpropFilterV2")
 
 BLOCKS = ("query backbone+FPN", "reference branch", "RPN", "Fast R-CNN head", "optimizer",
           "other")
@@ -90,6 +104,86 @@ def top_ops(step_stats, count):
     return nodes, types
 
 
+def _shapes_of_step(step_stats):
+    """{(node name, output slot): shape} of every tensor the traced step produced."""
+    shapes = {}
+    for device in step_stats.dev_stats:
+        for node in device.node_stats:
+            for output in node.output:
+                shapes[(node.node_name, output.slot)] = [
+                    d.size for d in output.tensor_description.shape.dim]
+    return shapes
+
+
+def op_flops(op, shapes):
+    """Multiply-adds x 2 of a convolution / matrix product op of the graph, with the
+    shapes the traced step ran (0 for other ops). A backward op costs what its forward
+    op does: grad-input and grad-filter each."""
+    def shape(tensor):
+        found = shapes.get((tensor.op.name, tensor.value_index))
+        return found if found is not None else tensor.shape.as_list()
+
+    try:
+        if op.type in _CONV_FORWARD:
+            kernel, out = op.inputs[1].shape.as_list(), shape(op.outputs[0])
+        elif op.type in _CONV_BACKWARD:
+            kernel = (op.outputs[0].shape.as_list() if "Filter" in op.type
+                      else op.inputs[1].shape.as_list())
+            if "Filter" in op.type and None in kernel:
+                kernel = shape(op.outputs[0])
+            out = shape(op.inputs[2])             # the gradient of the forward output
+        elif op.type == "MatMul":
+            a, b = shape(op.inputs[0]), shape(op.inputs[1])
+            m, k = (a[1], a[0]) if op.get_attr("transpose_a") else (a[0], a[1])
+            n = b[0] if op.get_attr("transpose_b") else b[1]
+            return 2 * m * k * n
+        else:
+            return 0
+        return 2 * int(np.prod(out)) * int(np.prod(kernel[:-1]))
+    except (TypeError, ValueError, IndexError):
+        return 0
+
+
+def step_flops(graph, step_stats, net_name):
+    """{block: FLOPs} of the traced step (ops the step ran; fused ops keep their name)."""
+    shapes = _shapes_of_step(step_stats)
+    ran = {node.node_name for device in step_stats.dev_stats for node in device.node_stats}
+    flops = collections.Counter({block: 0 for block in BLOCKS})
+    for op in graph.get_operations():
+        if op.type in _CONV_FORWARD + _CONV_BACKWARD + ("MatMul",):
+            # oneDNN fuses conv + bias + ReLU into a node named after the last fused op
+            names = {op.name} | {c.name for c in op.outputs[0].consumers()}
+            if ran & names:
+                flops[block_of(op.name, net_name)] += op_flops(op, shapes)
+    return dict(flops)
+
+
+def matmul_gflops(tf, size=2048, repeats=10):
+    """GFLOP/s of a float32 size x size matmul in this process (best of `repeats`)."""
+    from libs.tf_compat import seeded_graph
+    graph = seeded_graph(0)
+    with graph.as_default():
+        a = tf.Variable(tf.random.uniform([size, size]))
+        b = tf.Variable(tf.random.uniform([size, size]))
+        product = tf.reduce_sum(tf.matmul(a, b))
+        with tf.Session(graph=graph) as session:
+            session.run(tf.global_variables_initializer())
+            session.run(product)
+            best = min(_timed(session.run, product) for _ in range(repeats))
+    return 2 * size ** 3 / best / 1e9
+
+
+def _timed(fn, *args):
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def _cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main(argv):
     del argv
     from libs import cli, training
@@ -97,13 +191,18 @@ def main(argv):
 
     class StepTimer(tf.train.SessionRunHook):
         def __init__(self, trace_step=None):
-            self.times, self.counts = [], []
+            self.times, self.counts, self.cpu_times = [], [], []
             self.trace_step = trace_step      # index of the call to trace (not timed)
             self.calls = 0
             self.step_stats = None
+            self.graph = None
+
+        def begin(self):
+            self.graph = tf.get_default_graph()
 
         def before_run(self, run_context):
             self._start = time.perf_counter()
+            self._cpu_start = _cpu_seconds()
             # the first tower's proposals (model_fn names them "rpn_proposal_boxes")
             proposals = tf.get_default_graph().get_tensor_by_name("rpn_proposal_boxes:0")
             options = None
@@ -118,6 +217,7 @@ def main(argv):
                 self.step_stats = run_values.run_metadata.step_stats
             else:
                 self.times.append(elapsed)
+                self.cpu_times.append(_cpu_seconds() - self._cpu_start)
                 self.counts.append(int((abs(boxes).sum(axis=-1) > 0).sum()))
             self.calls += 1
 
@@ -128,30 +228,48 @@ def main(argv):
     training.train(run, max_steps=FLAGS.steps + (1 if FLAGS.breakdown else 0),
                    hooks=[timer])
     timed = timer.times[FLAGS.warmup:]
+    cpu_timed = timer.cpu_times[FLAGS.warmup:]
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     result = {"config": cfg.NAME, "side": cfg.TARGET_SIDE, "towers": cfg.NUM_GPUS,
               "images_per_step": cfg.BATCH_SIZE, "net": cfg.NET_NAME,
               "median_s_per_step": statistics.median(timed) if timed else None,
+              "median_cpu_s_per_step": statistics.median(cpu_timed) if cpu_timed else None,
               "step_times_s": [round(t, 3) for t in timer.times],
               "proposals_per_step": timer.counts, "peak_rss_gib": round(peak_gib, 2)}
     if timer.step_stats is not None:
         result["op_seconds_per_block"] = {
             k: round(v, 3) for k, v in breakdown(timer.step_stats, cfg.NET_NAME).items()}
+        flops = step_flops(timer.graph, timer.step_stats, cfg.NET_NAME)
+        result["gflop_per_block"] = {k: round(v / 1e9, 3) for k, v in flops.items()}
+        result["gflop_per_step"] = round(sum(flops.values()) / 1e9, 3)
+        if result["median_s_per_step"]:
+            result["achieved_gflops"] = round(
+                result["gflop_per_step"] / result["median_s_per_step"], 1)
+    if FLAGS.matmul:
+        result["matmul_gflops"] = round(matmul_gflops(tf), 1)
     if FLAGS.json:
         print(json.dumps(result))
     else:
         print(f"{cfg.NAME}: side {cfg.TARGET_SIDE}, {cfg.NUM_GPUS} tower(s) x "
               f"{cfg.PER_GPU_IMAGE} image(s), {cfg.NET_NAME}: median "
-              f"{result['median_s_per_step']:.2f} s/step over {len(timed)} steps "
-              f"(all: {result['step_times_s']}), proposals per step "
-              f"{timer.counts}, peak RSS {peak_gib:.2f} GiB")
+              f"{result['median_s_per_step']:.3f} s/step ("
+              f"{result['median_cpu_s_per_step']:.3f} CPU-s) over {len(timed)} steps; "
+              f"proposals per timed step {min(timer.counts[FLAGS.warmup:] or [0])}-"
+              f"{max(timer.counts[FLAGS.warmup:] or [0])}; peak RSS {peak_gib:.2f} GiB")
+        if "gflop_per_step" in result:
+            print(f"  {result['gflop_per_step']:.1f} GFLOP/step (convolutions and matrix "
+                  f"products, forward + backward): {result.get('achieved_gflops', 0):.1f} "
+                  f"GFLOP/s achieved" + (f"; a 2048^2 matmul here: "
+                                         f"{result['matmul_gflops']:.1f} GFLOP/s"
+                                         if "matmul_gflops" in result else ""))
         blocks = result.get("op_seconds_per_block")
         if blocks:
             total = sum(blocks.values()) or 1.0
-            print(f"  op time of one traced step, per block (sum {total:.2f} s):")
+            print(f"  one traced step per block (op time sum {total:.2f} s):")
             for block in BLOCKS:
                 print(f"    {block:<20} {blocks[block]:8.3f} s  "
-                      f"{100 * blocks[block] / total:5.1f}%")
+                      f"{100 * blocks[block] / total:5.1f}%  "
+                      f"{result['gflop_per_block'][block]:7.2f} GFLOP")
         if FLAGS.top_ops and timer.step_stats is not None:
             nodes, types = top_ops(timer.step_stats, FLAGS.top_ops)
             print("  top op types:")

@@ -17,6 +17,11 @@ inherited). What differs, and why, for a from-scratch run on a CPU:
   NMS removes real neighbouring cells.
 - Cells have no up or down: vertical flips double the augmentation of horizontal ones.
 - Linear comparison logits (COMPARISON_RELU = False), see below.
+- Speed (docs/training.md): each step builds the prototypes from 2 of each class's 5
+  references (REFERENCE_SUPPORTS_PER_STEP; all 5 at evaluation and export), and the
+  RPN's 3x3 conv has 64 channels (the FPN's width) instead of 128.
+- The schedule is longer than an hour of this CPU needs when it can: make bccd fits it
+  into 55 minutes (--max_minutes scales every LR stage down together on a slower CPU).
 """
 from cfgs.res101_fewshot import Config as Res101FewShot
 
@@ -44,10 +49,11 @@ class Config(Res101FewShot):
     FPN_CHANNELS = 64
 
     NUM_SUPPORTS = 5                          # tools/make_references.py --per_class 5
+    REFERENCE_SUPPORTS_PER_STEP = 2
     REFERENCE_SIDE = 96
 
     BASE_ANCHOR_SIZE_LIST = [16, 32, 64, 128, 256]
-    RPN_CHANNELS = 128
+    RPN_CHANNELS = 64
     RPN_TOP_K_NMS = 2000
     RPN_PROPOSALS_TRAIN = 600
     RPN_PROPOSALS_INFERENCE = 300
@@ -61,12 +67,12 @@ class Config(Res101FewShot):
     DETECTION_NMS_THRESHOLD = 0.5
     DETECTION_MAX_INSTANCES = 100
 
-    # 55 epochs of the 205 train images = 11,275 steps: 30.5 minutes on this 2-core CPU
-    # (6.2 steps/s, docs/results.md); make bccd fits training into 55 minutes
-    # (--max_minutes: a proportionally shorter schedule on a slower CPU).
+    # 80 epochs of the 205 train images = 16,400 steps: about 55 minutes at 5 steps/s
+    # (a 2-core CPU without AVX-512, docs/training.md); make bccd fits them into 55
+    # minutes (--max_minutes: a proportionally shorter schedule on a slower CPU).
     LR = 0.01
-    EPOCH = 55
-    EPOCH_BOUNDARY = [40, 50]
+    EPOCH = 80
+    EPOCH_BOUNDARY = [60, 72]
     GPU_GROUPS = ["/cpu:0"]
     PER_GPU_IMAGE = 1
     FLIP_VERTICAL = True

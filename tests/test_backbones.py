@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from libs.networks import BACKBONES, FEATURE_LEVELS, backbone_channels, build_backbone
+from libs.networks import BACKBONES, FEATURE_LEVELS, backbone_channels, backbones, build_backbone
 from libs.tf_compat import seeded_graph, slim, tf
 from tf_slim.nets import resnet_v1, resnet_v2
 
@@ -228,3 +228,33 @@ def test_tiny_resnet_trains_from_scratch(is_training):
             losses = [sess.run([train_op, loss])[1] for _ in range(30)]
     assert np.all(np.isfinite(losses))
     assert losses[-1] < 0.25 * losses[0], losses
+
+
+def test_group_norm_equals_numpy_and_keeps_slims_variables():
+    """backbones.group_norm: slim.group_norm's result and variable names, computed with
+    plain NHWC reductions (faster on the CPU)."""
+    rng = np.random.RandomState(0)
+    x = rng.normal(2.0, 3.0, size=[2, 5, 6, 16]).astype(np.float32)
+    gamma = rng.uniform(0.5, 1.5, 16).astype(np.float32)
+    beta = rng.normal(size=16).astype(np.float32)
+    upstream = rng.normal(size=x.shape).astype(np.float32)
+    with seeded_graph().as_default(), tf.Session() as sess:
+        inputs = tf.constant(x)
+        with tf.variable_scope("ours"):
+            ours = backbones.group_norm(inputs, groups=4, epsilon=1e-5)
+        with tf.variable_scope("slim"):
+            theirs = slim.group_norm(inputs, groups=4, epsilon=1e-5)
+        names = sorted(v.op.name for v in tf.global_variables())
+        for v in tf.global_variables():
+            sess.run(v.assign(gamma if v.op.name.endswith("gamma") else beta))
+        grads = [tf.gradients(tf.reduce_sum(t * upstream), inputs)[0] for t in (ours, theirs)]
+        got, slim_out, (our_grad, slim_grad) = sess.run([ours, theirs, grads])
+    assert names == ["ours/GroupNorm/beta", "ours/GroupNorm/gamma",
+                     "slim/GroupNorm/beta", "slim/GroupNorm/gamma"]
+    grouped = x.reshape(2, 5, 6, 4, 4)
+    mean = grouped.mean(axis=(1, 2, 4), keepdims=True)
+    var = grouped.var(axis=(1, 2, 4), keepdims=True)
+    expected = ((grouped - mean) / np.sqrt(var + 1e-5)).reshape(x.shape) * gamma + beta
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, slim_out, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(our_grad, slim_grad, rtol=1e-3, atol=1e-4)

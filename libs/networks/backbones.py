@@ -204,6 +204,43 @@ TINY_RESNET_UNITS = (1, 2, 2, 1)
 TINY_RESNET_GROUPS = 8   # group-norm groups; divides every stage's channel count
 
 
+@slim.add_arg_scope
+def group_norm(inputs, groups=32, epsilon=1e-6, param_initializers=None, reuse=None,
+               scope=None):
+    """Group norm of NHWC inputs: slim.group_norm's function and variables, faster.
+
+    slim.group_norm reshapes to [N, H, W, G, C/G] and reduces over axes (1, 2, 4), a
+    strided reduction TensorFlow's CPU kernels run slowly (with its gradient, a fifth
+    of a small ResNet's training step). Here the sums over H, W are plain reductions
+    of the NHWC tensor, the per-group totals are taken on the tiny [N, C] result, and
+    the normalisation is one multiply-add per element. Same variables
+    (<scope>/GroupNorm/{beta, gamma}), same result up to float rounding.
+    """
+    channels = int(inputs.shape[-1])
+    height, width = int(inputs.shape[1]), int(inputs.shape[2])
+    if channels % groups:
+        raise ValueError(f"{channels} channels are not divisible into {groups} groups")
+    per_group = channels // groups
+    count = float(height * width * per_group)
+    initializers = param_initializers or {}
+    with tf.variable_scope(scope, "GroupNorm", [inputs], reuse=reuse):
+        beta = slim.model_variable("beta", shape=[channels],
+                                   initializer=initializers.get("beta",
+                                                                tf.zeros_initializer()))
+        gamma = slim.model_variable("gamma", shape=[channels],
+                                    initializer=initializers.get("gamma",
+                                                                 tf.ones_initializer()))
+
+        def per_channel_group_mean(values):          # [N, H, W, C] -> [N, 1, 1, C]
+            sums = tf.reshape(tf.reduce_sum(values, axis=[1, 2]), [-1, groups, per_group])
+            means = tf.reduce_sum(sums, axis=2, keepdims=True) / count
+            return tf.reshape(tf.tile(means, [1, 1, per_group]), [-1, 1, 1, channels])
+
+        centred = inputs - per_channel_group_mean(inputs)
+        variance = per_channel_group_mean(tf.square(centred))
+        return centred * (tf.math.rsqrt(variance + epsilon) * gamma) + beta
+
+
 def tiny_resnet_arg_scope(weight_decay=1e-4, batch_norm_decay=0.9, batch_norm_epsilon=1e-5,
                           normalizer="batch_norm"):
     """Defaults of tiny_resnet's layers: conv -> norm -> ReLU, He init, L2 on weights.
@@ -218,7 +255,7 @@ def tiny_resnet_arg_scope(weight_decay=1e-4, batch_norm_decay=0.9, batch_norm_ep
     enough to cost a large share of the detections at inference; group norm has no
     such gap (and no moving statistics to freeze or update).
     """
-    normalizers = {"batch_norm": slim.batch_norm, "group_norm": slim.group_norm}
+    normalizers = {"batch_norm": slim.batch_norm, "group_norm": group_norm}
     if normalizer not in normalizers:
         raise ValueError(f"normalizer must be one of {sorted(normalizers)}, got {normalizer!r}")
     batch_norm_params = {
@@ -234,7 +271,7 @@ def tiny_resnet_arg_scope(weight_decay=1e-4, batch_norm_decay=0.9, batch_norm_ep
                         normalizer_fn=normalizers[normalizer],
                         padding="SAME"):
         with slim.arg_scope([slim.batch_norm], **batch_norm_params), \
-                slim.arg_scope([slim.group_norm], groups=TINY_RESNET_GROUPS,
+                slim.arg_scope([group_norm], groups=TINY_RESNET_GROUPS,
                                epsilon=batch_norm_epsilon):
             with slim.arg_scope([slim.max_pool2d], padding="SAME") as scope:
                 return scope
