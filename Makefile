@@ -13,7 +13,7 @@ PYTEST_ARGS ?= -q
 
 SAMPLE := output/sample
 
-.PHONY: venv test demo bccd clean
+.PHONY: venv test demo bccd deeppcb clean
 
 venv: $(VENV)/.installed
 
@@ -72,6 +72,15 @@ bccd: venv
 	$(call prepare_voc,$(BCCD),output/bccd,5)
 	$(PY) tools/train.py --cfg cfgs/bccd_cpu.py --max_minutes $(BCCD_MINUTES)
 	$(PY) tools/eval.py --cfg cfgs/bccd_cpu.py
+
+# Real data: DeepPCB (circuit-board defects, VOC, one-channel JPEGs stored as RGB by the
+# converter) from ../shared, from scratch within a 60-minute budget, evaluated on val.
+DEEPPCB ?= ../shared/datasets/deeppcb
+DEEPPCB_MINUTES ?= 60
+deeppcb: venv
+	$(call prepare_voc,$(DEEPPCB),output/deeppcb,5)
+	$(PY) tools/train.py --cfg cfgs/deeppcb_cpu.py --max_minutes $(DEEPPCB_MINUTES)
+	$(PY) tools/eval.py --cfg cfgs/deeppcb_cpu.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
