@@ -13,14 +13,17 @@ project's own tools, as a user would run them:
      per-class boxes: the TFA recipe's base model); an upper bound trained on all
      classes with the full data;
   3. for each K and seed, a K-shot set (K instances of every class, base and novel,
-     and its references), then
-       (A) comparison, no fine-tuning: the base model with the K-shot references,
+     and their crops); the references of every method are the base model's own for
+     the base classes (5 each: base data is plentiful) and the K crops of each novel
+     class; then
+       (A) comparison, no fine-tuning: the base model with those references,
        (B) comparison fine-tuned on the K-shot set (second stage and background
            prototype trainable; backbone, FPN and RPN frozen),
        (C) FC fine-tuned TFA-style on the same set: the classifier and box regressor
            resized for all classes (base rows kept by name), only they train;
      each evaluated on val (tools/eval.py --novel_classes: nAP50 and bAP50);
-  4. for (A), what limits it (--diagnose): per class, the recall of the proposals
+  4. for (A), what limits it (--diagnose, first seed of each K): per class, the recall
+     of the proposals
      (IoU >= 0.5, among those the second stage sees), the class probabilities of the
      ROIs that cover an object, and how far apart the prototypes are.
 Prints a table of nAP50 / bAP50, mean +- std over seeds, per K and method; every run
@@ -31,6 +34,7 @@ import argparse
 import collections
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -38,22 +42,25 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import REPO, read_json, run_tool, write_json  # noqa: E402
+from data.io import reference_set  # noqa: E402
 
 SHARED = os.path.join(REPO, "..", "shared", "datasets")
+# The head that runs with classes it never saw (docs/fewshot.md); cfgs/deeppcb_cpu.py
+# has it, the other configs get it here.
+NEW_CLASS_HEAD = ["COMPARISON_SCORE='distance'", "BACKGROUND_PROTOTYPE='pooled'",
+                  "BOX_REGRESSION='class_agnostic'", "ROI_POOLING='all_levels'"]
 PRESETS = {
     "deeppcb": {"voc": os.path.join(SHARED, "deeppcb"), "cfg": "cfgs/deeppcb_cpu.py",
                 "novel": ["short", "spur", "pin-hole"], "sets": []},
-    # bccd_cpu with the class-count-independent head of deeppcb_cpu
     "bccd": {"voc": os.path.join(SHARED, "bccd"), "cfg": "cfgs/bccd_cpu.py",
-             "novel": ["Platelets"],
-             "sets": ["COMPARISON_SCORE='distance'", "BACKGROUND_PROTOTYPE='pooled'",
-                      "BOX_REGRESSION='class_agnostic'", "REFERENCE_SUPPORTS_PER_STEP=2"]},
+             "novel": ["Platelets"], "sets": NEW_CLASS_HEAD},
 }
 # The generated sample (make demo's), for a quick run of the whole protocol.
 PRESETS["sample"] = {"voc": os.path.join(REPO, "output", "sample", "voc"),
                      "cfg": "cfgs/tiny_cpu.py", "novel": ["crystal"],
-                     "sets": PRESETS["bccd"]["sets"][:3]}
+                     "sets": NEW_CLASS_HEAD}
 METHODS = ("A", "B", "C")
+BASE_REFERENCES = 5          # references per base class, cropped from the base data
 # What fine-tuning trains (regexes of variable names); the rest stays frozen.
 TRAINABLE = {"B": ["fast_rcnn/", "background_prototype/"],
              "C": ["fast_rcnn/fc_classifier/", "fast_rcnn/box_regressor/"]}
@@ -83,7 +90,8 @@ def prepare_base(args, preset):
         base_classes = [c["name"] for c in json.load(handle)["classes"]]
     if not os.path.isdir(os.path.join(base, "references")):
         run_tool("make_references.py", *voc_args(args.voc, "train"), "--output_dir",
-                 os.path.join(base, "references"), "--per_class", "5", "--classes",
+                 os.path.join(base, "references"), "--per_class", str(BASE_REFERENCES),
+                 "--classes",
                  ",".join(base_classes))
     if not os.path.exists(os.path.join(full, "data", "label_map.json")):
         for split in ("train", "val"):
@@ -119,16 +127,34 @@ def evaluate(args, preset, data_dir, reference_dir, model_dir, sets, report, nov
     return {k: v for k, v in results.items() if k.startswith(("voc/", "coco/"))}
 
 
+def merged_references(split, base_refs, novel):
+    """<split>/references_base_novel: the base model's references of the base classes
+    (BASE_REFERENCES each; base data is plentiful) and the K-shot crops of the novel
+    classes. A class with fewer crops than NUM_SUPPORTS averages those it has."""
+    merged = os.path.join(split, "references_base_novel")
+    if not os.path.isdir(merged):
+        staging = merged + ".partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(base_refs, staging)
+        os.remove(os.path.join(staging, "references.json"))     # folders name the classes
+        for name in novel:
+            folder = reference_set.class_dir_name(name)
+            shutil.copytree(os.path.join(split, "references", folder),
+                            os.path.join(staging, folder))
+        os.replace(staging, merged)
+    return merged
+
+
 def fine_tune_sets(method, init, shots, num_images, steps, lr):
     epochs = steps / max(num_images, 1)
     sets = [f"INIT_CHECKPOINT='{init}'", f"TRAINABLE_VARIABLES={TRAINABLE[method]}",
             f"LR={lr}", f"EPOCH={epochs}", f"EPOCH_BOUNDARY=[{0.8 * epochs}]",
-            f"NUM_SUPPORTS={shots}", "SAVE_CHECKPOINTS_STEPS=100000",
+            f"NUM_SUPPORTS={max(shots, BASE_REFERENCES)}", "SAVE_CHECKPOINTS_STEPS=100000",
             "SAVE_SUMMARY_STEPS=100000"]
     return sets + (FC_SETS if method == "C" else [])
 
 
-def diagnose(args, preset, data_dir, reference_dir, model_dir, shots):
+def diagnose(args, preset, data_dir, reference_dir, model_dir, supports):
     """Per class: proposal recall@0.5, class probabilities of the ROIs covering its
     objects; and the prototypes' pairwise distances (mean squared difference)."""
     from data.io.input_fn import EVAL, make_input_fn
@@ -136,7 +162,7 @@ def diagnose(args, preset, data_dir, reference_dir, model_dir, shots):
     from libs.model_fn import PREDICT, detector_graph
     from libs.tf_compat import seeded_graph, tf
 
-    cfg = cli.load_config_from_flags(args.cfg, preset["sets"] + [f"NUM_SUPPORTS={shots}"])
+    cfg = cli.load_config_from_flags(args.cfg, preset["sets"] + supports)
     run = training.prepare_run(cfg, data_dir, reference_dir, model_dir, inference=True)
     names = ["background"] + list(run.class_names)
     hits, probs = collections.defaultdict(list), collections.defaultdict(list)
@@ -218,8 +244,11 @@ def main():
     parser.add_argument("--finetune_steps", type=int, default=400)
     parser.add_argument("--finetune_lr", type=float, default=0.002)
     parser.add_argument("--diagnose", action="store_true")
+    parser.add_argument("--set", action="append", default=[],
+                        help="config override FIELD=VALUE for every run (repeatable)")
     args = parser.parse_args()
-    preset = PRESETS[args.dataset]
+    preset = dict(PRESETS[args.dataset])
+    preset["sets"] = preset["sets"] + args.set
     args.voc = args.voc or preset["voc"]
     args.cfg = os.path.join(REPO, args.cfg or preset["cfg"])
     shots_list = [int(s) for s in args.shots.split(",")]
@@ -253,8 +282,9 @@ def main():
                                      os.path.join(full, "references"), full_model, [],
                                      os.path.join(full_model, "eval_full.json"))
     rows = {(r["shots"], r["seed"]): r for r in state["rows"]}
+    seeds = [int(s) for s in args.seeds.split(",")]
     for shots in shots_list:
-        for seed in [int(s) for s in args.seeds.split(",")]:
+        for seed in seeds:
             row = rows.setdefault((shots, seed), {"shots": shots, "seed": seed})
             split = os.path.join(args.out, f"k{shots}_seed{seed}")
             if not os.path.exists(os.path.join(split, "kshot.json")):
@@ -264,16 +294,20 @@ def main():
                          ",".join(all_classes), "--val_split_file",
                          os.path.join(args.voc, "ImageSets", "Main", "val.txt"),
                          "--output_dir", split)
-            data_dir, refs = os.path.join(split, "data"), os.path.join(split, "references")
+            data_dir = os.path.join(split, "data")
+            refs = merged_references(split, base_refs, preset["novel"])
+            supports = [f"NUM_SUPPORTS={max(shots, BASE_REFERENCES)}"]
             with open(os.path.join(data_dir, "label_map.json")) as handle:
                 num_images = json.load(handle)["splits"]["train"]["num_images"]
             if "A" in methods and "A" not in row:
-                row["A"] = evaluate(args, preset, data_dir, refs, base_model,
-                                    [f"NUM_SUPPORTS={shots}"],
+                row["A"] = evaluate(args, preset, data_dir, refs, base_model, supports,
                                     os.path.join(split, "eval_A.json"))
-            if "A" in methods and args.diagnose and "A_diagnosis" not in row:
+            # The proposals depend on the base model only; the prototypes on K and seed:
+            # one seed per K is enough to see what limits (A).
+            if "A" in methods and args.diagnose and seed == seeds[0] and \
+                    "A_diagnosis" not in row:
                 row["A_diagnosis"] = diagnose(args, preset, data_dir, refs, base_model,
-                                              shots)
+                                              supports)
             for method, init in (("B", base_model), ("C", fc_base_model)):
                 if method not in methods or method in row:
                     continue

@@ -52,6 +52,9 @@ class Config:
     # references (None: all of them, the notebook). The reference branch then costs
     # n / NUM_SUPPORTS as much (libs/reference.py).
     REFERENCE_SUPPORTS_PER_STEP = None
+    # True (the notebook): the backbone also learns through the reference branch. False
+    # stops those gradients (the prototypes still follow the shared weights): cheaper.
+    REFERENCE_GRADIENTS = True
     # "stacked" (the notebook): a conv over the C positive prototypes stacked along
     # channels, sized by the number of classes. "pooled": one conv per prototype,
     # averaged over classes - with BOX_REGRESSION = "class_agnostic" a checkpoint then

@@ -150,6 +150,10 @@ def build_prototypes(reference_images, pyramid_fn, cfg, support_seed=None, count
                             [num_classes * num_supports] + shape[2:])
         images = images - tf.constant(cfg.PIXEL_MEANS, tf.float32)
         pyramid = pyramid_fn(images)
+        if not cfg.REFERENCE_GRADIENTS:
+            # The backbone then learns from the query branch only: the reference
+            # branch's backward pass (two thirds of its cost) is not computed.
+            pyramid = {level: tf.stop_gradient(value) for level, value in pyramid.items()}
         pooled_box = (object_box(cfg.REFERENCE_SIDE, cfg.REFERENCE_MARGIN)
                       if cfg.ROI_POOLING == "all_levels" else None)
         positives = class_prototypes(pyramid, num_classes, num_supports, cfg.ROI_SIZE,

@@ -454,3 +454,17 @@ def test_coco_specific_rules(tmp_path):
     assert label_map.read_label_map(output_dir).class_names == ["a", "b"]
     np.testing.assert_array_equal(record["boxes"], [[2, 1, 22, 11], [5, 5, 10, 10]])
     assert record["labels"].tolist() == [2, 1] and record["difficult"].tolist() == [0, 1]
+
+
+def test_report_lists_a_rule_at_most_so_often_and_counts_every_record(caplog):
+    report = convert.Report(lines_per_rule=3)
+    with caplog.at_level("WARNING"):
+        for i in range(10):
+            report.add("box_degenerate", f"file_{i}.xml", "zero size")
+        report.add("image_missing", "x.xml", "no image")
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(":")[0] for line in lines[:3]] == ["file_0.xml", "file_1.xml",
+                                                          "file_2.xml"]
+    assert "more [box_degenerate] records are counted" in lines[3]
+    assert lines[4].startswith("x.xml") and len(lines) == 5
+    assert report.counts["box_degenerate"] == 10 and report.counts["image_missing"] == 1

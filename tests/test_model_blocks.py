@@ -289,6 +289,27 @@ def test_prototypes_from_sampled_supports_average_only_those():
     assert not np.allclose(got, all_supports, atol=1e-4)
 
 
+@pytest.mark.parametrize("gradients", [True, False])
+def test_reference_gradients_reach_the_backbone_only_when_asked(gradients):
+    cfg = tiny_cfg(REFERENCE_GRADIENTS=gradients)
+    with seeded_graph().as_default():
+        prototypes = reference.build_prototypes(
+            tf.constant(reference_images(cfg)),
+            make_pyramid_fn(cfg, TRAIN, reference_branch=True), cfg)
+        backbone = [v for v in tf.trainable_variables() if v.op.name.startswith(cfg.NET_NAME)]
+        background = [v for v in tf.trainable_variables()
+                      if v.op.name.startswith("background_prototype")]
+        grads = tf.gradients(tf.reduce_sum(tf.square(prototypes)), backbone + background)
+        assert all(g is not None for g in grads[len(backbone):])   # the conv learns
+        if not gradients:
+            assert all(g is None for g in grads[:len(backbone)])
+            return
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            values = sess.run([g for g in grads[:len(backbone)] if g is not None])
+    assert len(values) == len(backbone) and any(np.abs(v).max() > 0 for v in values)
+
+
 def test_classes_with_fewer_references_average_only_their_real_ones():
     """counts [3, 1]: class 1's empty slots (zeros) must not enter its prototype, also
     when supports are sampled per step (real ones are drawn first)."""
@@ -411,6 +432,36 @@ def test_comparison_logits_equal_numpy(relu):
         assert (expected < 0).any()      # the case the ReLU would have cut
     assert got.shape == (m, k)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_distance_logits_equal_numpy():
+    """COMPARISON_SCORE "distance": -exp(s) * mean_d softplus(v_d) (f_d - p_kd)^2, plus
+    the background's bias on column 0; a nearer prototype always scores higher."""
+    cfg = tiny_cfg(COMPARISON_SCORE="distance")
+    rng = np.random.RandomState(4)
+    m, k, s, f = 6, 5, cfg.ROI_SIZE, 3
+    rois = rng.normal(size=[m, s, s, f]).astype(np.float32)
+    protos = rng.normal(size=[k, s, s, f]).astype(np.float32)
+    raw = rng.normal(size=[s * s * f, 1]).astype(np.float32)
+    with seeded_graph().as_default():
+        logits = build_fast_rcnn.comparison_classifier(
+            tf.constant(rois), None, tf.constant(protos), cfg, bn_training=False)
+        variables = {v.op.name.split("/")[-1]: v for v in tf.global_variables()}
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            sess.run([variables["feature_weights"].assign(raw),
+                      variables["log_scale"].assign(-0.7),
+                      variables["background_bias"].assign(1.5)])
+            got = sess.run(logits)
+    weights = np.log1p(np.exp(raw[:, 0].astype(np.float64)))          # softplus
+    diff = rois.reshape(m, 1, -1).astype(np.float64) - protos.reshape(1, k, -1)
+    distances = (diff ** 2 * weights).mean(axis=-1)                    # [M, K]
+    expected = -np.exp(-0.7) * distances
+    expected[:, 0] += 1.5
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    # the nearest prototype (weighted) has the highest logit, background aside
+    np.testing.assert_array_equal(np.argmax(got[:, 1:], axis=1),
+                                  np.argmin(distances[:, 1:], axis=1))
 
 
 def test_assign_levels_matches_formula():
