@@ -244,6 +244,9 @@ def main():
     parser.add_argument("--finetune_steps", type=int, default=400)
     parser.add_argument("--finetune_lr", type=float, default=0.002)
     parser.add_argument("--diagnose", action="store_true")
+    parser.add_argument("--train_only", choices=("comparison", "fc", "full"),
+                        help="prepare the data, train this one model and stop (to train "
+                             "the models in parallel processes)")
     parser.add_argument("--set", action="append", default=[],
                         help="config override FIELD=VALUE for every run (repeatable)")
     args = parser.parse_args()
@@ -264,12 +267,19 @@ def main():
     fc_base_model = args.fc_base_model or os.path.join(models, "fc_base")
     full_model = args.full_model or os.path.join(models, "comparison_full")
     base_data, base_refs = os.path.join(base, "data"), os.path.join(base, "references")
-    train(args, preset, base_data, base_refs, base_model, [], len(base_classes) + 1)
-    if "C" in methods:
-        train(args, preset, base_data, base_refs, fc_base_model, FC_SETS,
-              len(base_classes) + 1)
-    train(args, preset, os.path.join(full, "data"), os.path.join(full, "references"),
-          full_model, [], len(all_classes) + 1)
+    trainings = {
+        "comparison": (base_data, base_refs, base_model, [], len(base_classes) + 1),
+        "fc": (base_data, base_refs, fc_base_model, FC_SETS, len(base_classes) + 1),
+        "full": (os.path.join(full, "data"), os.path.join(full, "references"),
+                 full_model, [], len(all_classes) + 1)}
+    if args.train_only:
+        train(args, preset, *trainings[args.train_only])
+        return
+    given = {"comparison": args.base_model, "fc": args.fc_base_model,
+             "full": args.full_model}
+    for name in ("comparison", "fc", "full"):
+        if not given[name] and (name != "fc" or "C" in methods):
+            train(args, preset, *trainings[name])
 
     results_file = os.path.join(args.out, "results.json")
     state = read_json(results_file, {"rows": [], "reference": {}})

@@ -136,14 +136,21 @@ def apply_total_steps(cfg, total_steps):
     return cfg
 
 
-def decide_schedule(cfg, budget, steps_per_second, step_now, restart_seconds):
+def decide_schedule(cfg, budget, steps_per_second, step_now, restart_seconds,
+                    save_seconds=0.0):
     """Fits cfg's schedule into what is left of `budget`; updates cfg; returns the record.
 
     restart_seconds: what building the graph and session again will cost (the
-    warm-up's own start-up, measured).
+    warm-up's own start-up, measured). save_seconds: what one checkpoint costs (the
+    warm-up's last one, measured); the steps of the warm-up window never include one,
+    so every checkpoint the rest of the config's schedule would save is taken off the
+    time first (a few seconds each; counting the config's, not the fitted schedule's,
+    errs on the safe side).
     """
     config_steps = int(cfg.EPOCH * cfg.STEPS_PER_EPOCH)
-    seconds_for_steps = budget.remaining() - restart_seconds - budget.margin_seconds
+    saves = math.ceil(max(config_steps - step_now, 0) / max(cfg.SAVE_CHECKPOINTS_STEPS, 1))
+    seconds_for_steps = (budget.remaining() - restart_seconds - budget.margin_seconds
+                         - saves * save_seconds)
     total = fit_total_steps(config_steps, step_now, steps_per_second, seconds_for_steps)
     scaled = total < config_steps
     if scaled and total <= step_now:
@@ -160,6 +167,7 @@ def decide_schedule(cfg, budget, steps_per_second, step_now, restart_seconds):
             f"{cfg.NAME} ({exc}); give more minutes") from None
     return {"budget_minutes": budget.minutes, "steps_per_second": steps_per_second,
             "decided_at_step": int(step_now), "seconds_for_steps": seconds_for_steps,
+            "checkpoint_seconds": save_seconds,
             "config_steps": config_steps, "total_steps": int(cfg.MAX_STEPS),
             "scaled": scaled, "boundaries": [int(b) for b in cfg.BOUNDARY],
             "lr_values": [float(v) for v in cfg.LR_VALUES]}

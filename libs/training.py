@@ -395,7 +395,12 @@ def fit_schedule_to_budget(run, budget, input_fn, hooks, distribute=True):
     steady_since = budget.clock() if meter.steady_since is None else meter.steady_since
     restart_seconds = max(0.0, steady_since - called_at
                           - time_budget.WARMUP_SKIP_STEPS / rate)
-    record = time_budget.decide_schedule(cfg, budget, rate, step, restart_seconds)
+    # The warm-up ended with a checkpoint: from its last step to here is what one
+    # costs (with the session's close, so a little more).
+    last_step = meter.last_step_end
+    save_seconds = 0.0 if last_step is None else max(0.0, budget.clock() - last_step)
+    record = time_budget.decide_schedule(cfg, budget, rate, step, restart_seconds,
+                                         save_seconds)
     time_budget.write_schedule(run.model_dir, record)
     logging.info("%s", time_budget.describe_decision(record))
     return record

@@ -5,11 +5,13 @@ vectorised implementation, so order (level, row, column, ratio), centres, sizes 
 counts are all checked.
 """
 import math
+import os
 
 import numpy as np
 import pytest
 
 from libs.box_utils import anchors as anchor_ops
+from tests.conftest import REPO_ROOT
 
 RATIOS = [0.5, 1.0, 2.0]
 SIZES = [8, 16, 32, 64, 128]
@@ -115,3 +117,30 @@ def test_mismatched_level_lists_raise():
     with pytest.raises(ValueError, match="one size, shape and stride per level"):
         anchor_ops.generate_pyramid_anchors(SIZES[:4], RATIOS, _shapes_for_side(64),
                                             STRIDES)
+
+
+def test_anchor_coverage_counts_positive_anchors_per_box():
+    from libs.box_utils.anchors import anchor_coverage
+    anchors = np.array([[0, 0, 10, 10], [0, 0, 20, 20], [5, 5, 15, 15]], np.float32)
+    boxes = np.array([[0, 0, 10, 10],        # = anchor 0; IoU 0.25 with 1, 1/7 with 2
+                      [0, 0, 18, 18],        # IoU 0.81 with anchor 1
+                      [100, 100, 110, 110]], np.float32)
+    cover = anchor_coverage(boxes, anchors, positive_iou=0.7, chunk=2)
+    np.testing.assert_allclose(cover["best_iou"], [1.0, 0.81, 0.0], atol=1e-6)
+    assert cover["positives"].tolist() == [1, 1, 0]
+    assert cover["near"].tolist() == [1, 1, 0]
+
+
+def test_anchor_stats_tool_prints_sizes_and_coverage(sample_data):
+    import subprocess
+    import sys
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "tools", "anchor_stats.py"), "--cfg",
+         os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py"), "--data_dir",
+         sample_data["data_dir"]], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert "boxes in train" in lines[0]
+    assert any(line.startswith("size (sqrt area, px)") for line in lines)
+    coverage = [line for line in lines if "of boxes with a positive anchor" in line]
+    assert len(coverage) == 4 and "(config)" in coverage[1]

@@ -24,8 +24,9 @@ def frozen_clock():
 # ------------------------------------------------------------------ the arithmetic
 
 def test_a_shorter_schedule_scales_every_boundary_with_the_total():
-    """BCCD: 55 epochs of 205 images, LR drops at epochs 40 and 50."""
-    cfg = load_config(BCCD, {"NUM_TRAIN_IMAGES": 205})
+    """55 epochs of 205 images, LR drops at epochs 40 and 50."""
+    cfg = load_config(BCCD, {"NUM_TRAIN_IMAGES": 205, "EPOCH": 55,
+                             "EPOCH_BOUNDARY": [40, 50]})
     assert (cfg.MAX_STEPS, cfg.BOUNDARY) == (11275, [8200, 10250])   # unchanged default
     time_budget.apply_total_steps(cfg, 4600)
     # each boundary keeps its fraction of the run: 40/55 and 50/55 of 4,600
@@ -47,28 +48,33 @@ def test_decide_schedule_uses_the_time_left_after_restart_and_margin():
     cfg = load_config(BCCD, {"NUM_TRAIN_IMAGES": 205})
     clock = [100.0]
     budget = time_budget.TimeBudget(55, clock=lambda: clock[0], started_at=0.0)
+    config_steps = cfg.EPOCH * 205
+    saves = -(-(config_steps - 90) // cfg.SAVE_CHECKPOINTS_STEPS)     # ceil
     record = time_budget.decide_schedule(cfg, budget, steps_per_second=1.4, step_now=90,
-                                         restart_seconds=20.0)
+                                         restart_seconds=20.0, save_seconds=2.0)
     # 3300 s - 100 s already spent - 20 s to restart - 66 s margin (2% of the budget)
-    assert record["seconds_for_steps"] == pytest.approx(3300 - 100 - 20 - 66)
-    total = 90 + int(1.4 * (3300 - 100 - 20 - 66))
+    # - 2 s for each checkpoint the config's schedule would save
+    seconds = 3300 - 100 - 20 - 66 - 2.0 * saves
+    assert record["seconds_for_steps"] == pytest.approx(seconds)
+    total = 90 + int(1.4 * seconds)
     assert record["total_steps"] == total == cfg.MAX_STEPS
-    assert record["boundaries"] == cfg.BOUNDARY == [int(total * 40 / 55),
-                                                     int(total * 50 / 55)]
+    assert record["boundaries"] == cfg.BOUNDARY == [
+        int(total * b / cfg.EPOCH) for b in cfg.EPOCH_BOUNDARY]
     assert record["scaled"] is True
     assert time_budget.describe_decision(record) == (
         f"time budget 55 min at 1.4 steps/s: {total:,} steps, LR drops at "
-        f"{cfg.BOUNDARY[0]:,} and {cfg.BOUNDARY[1]:,} (the config's 11,275 steps scaled "
-        f"by {total / 11275:.3g})")
+        f"{cfg.BOUNDARY[0]:,} and {cfg.BOUNDARY[1]:,} (the config's {config_steps:,} "
+        f"steps scaled by {total / config_steps:.3g})")
 
     fast = load_config(BCCD, {"NUM_TRAIN_IMAGES": 205})
-    record = time_budget.decide_schedule(fast, budget, steps_per_second=6.2, step_now=90,
+    record = time_budget.decide_schedule(fast, budget, steps_per_second=9.0, step_now=90,
                                          restart_seconds=20.0)
     assert record["scaled"] is False
-    assert (fast.MAX_STEPS, fast.BOUNDARY) == (11275, [8200, 10250])
+    assert (fast.MAX_STEPS, fast.BOUNDARY) == (
+        config_steps, [b * 205 for b in fast.EPOCH_BOUNDARY])
     assert time_budget.describe_decision(record) == (
-        "time budget 55 min at 6.2 steps/s: the config's 11,275 steps fit, LR drops at "
-        "8,200 and 10,250")
+        f"time budget 55 min at 9.0 steps/s: the config's {config_steps:,} steps fit, LR "
+        f"drops at {fast.BOUNDARY[0]:,} and {fast.BOUNDARY[1]:,}")
 
 
 def test_budgets_too_small_fail_in_one_line():

@@ -101,3 +101,33 @@ def config_anchors(cfg):
     return generate_pyramid_anchors(cfg.BASE_ANCHOR_SIZE_LIST, cfg.ANCHOR_RATIOS,
                                     cfg.BACKBONE_SHAPES, cfg.BACKBONE_STRIDES,
                                     cfg.ANCHOR_STRIDE)
+
+
+def anchor_coverage(gt_boxes, anchors, positive_iou, chunk=512):
+    """How well anchors cover ground-truth boxes (numpy, network pixels [y1, x1, y2, x2]).
+
+    Returns {"best_iou": [N] each box's best anchor IoU, "positives": [N] anchors at or
+    above positive_iou per box, "near": [N] anchors at or above 0.5 per box}. The RPN
+    learns a box from its positive anchors: a box without one is learned only through
+    its single best anchor (bench of tools/anchor_stats.py).
+    """
+    gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
+    anchors = np.asarray(anchors, np.float64)
+    area = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])
+    best, positives, near = [], [], []
+    for start in range(0, len(gt_boxes), chunk):
+        boxes = gt_boxes[start:start + chunk]
+        top = np.maximum(boxes[:, None, 0], anchors[None, :, 0])
+        left = np.maximum(boxes[:, None, 1], anchors[None, :, 1])
+        bottom = np.minimum(boxes[:, None, 2], anchors[None, :, 2])
+        right = np.minimum(boxes[:, None, 3], anchors[None, :, 3])
+        inter = np.clip(bottom - top, 0, None) * np.clip(right - left, 0, None)
+        box_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        iou = inter / np.maximum(box_area[:, None] + area[None, :] - inter, 1e-9)
+        best.append(iou.max(axis=1))
+        positives.append((iou >= positive_iou).sum(axis=1))
+        near.append((iou >= 0.5).sum(axis=1))
+    empty = np.zeros(0)
+    return {"best_iou": np.concatenate(best) if best else empty,
+            "positives": np.concatenate(positives) if positives else empty,
+            "near": np.concatenate(near) if near else empty}
