@@ -66,7 +66,7 @@ TRAINABLE = {"B": ["fast_rcnn/", "background_prototype/"],
              "C": ["fast_rcnn/fc_classifier/", "fast_rcnn/box_regressor/"]}
 # The FC baseline is a plain Faster R-CNN head: per-class boxes and each ROI pooled from
 # the level its size picks. (With the comparison head's all-levels pooling, an FC base
-# model on DeepPCB reached a near-zero training loss and 0.05 bAP50 on val: docs/fewshot.md.)
+# model on DeepPCB reached 0.05 bAP50 on val, by size 0.34: docs/fewshot.md.)
 FC_SETS = ["CLASSIFIER='fc'", "BOX_REGRESSION='per_class'", "ROI_POOLING='by_size'"]
 
 
