@@ -22,6 +22,19 @@ def snapshot_tree(directory):
     return found
 
 
+def convert_sample_classes(sample_data, output_dir, classes):
+    """The sample's train split converted with only `classes` (the others' boxes are
+    dropped): a base-class dataset for the few-shot tests. Returns output_dir."""
+    from data.io import convert
+
+    voc = sample_data["voc_dir"]
+    convert.convert_dataset("voc", os.path.join(voc, "JPEGImages"),
+                            os.path.join(voc, "Annotations"), str(output_dir),
+                            split_file=os.path.join(voc, "ImageSets", "Main", "train.txt"),
+                            classes=list(classes), progress_every_seconds=1e9)
+    return str(output_dir)
+
+
 @pytest.fixture(scope="session")
 def sample_data(tmp_path_factory):
     """Generated sample dataset, converted, with references: the tiny config's inputs.

@@ -17,7 +17,7 @@ from data.io import preprocessing, reference_set, tfrecord_format
 from libs import export, io_utils, model_fn as model_lib, training
 from libs.configs import load_config
 from libs.tf_compat import seeded_graph, tf
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, convert_sample_classes
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
 # A short schedule that spans the run (8 images/epoch), and a low display threshold so
@@ -476,13 +476,7 @@ def test_export_and_predict_with_new_classes_from_references(sample_data, tmp_pa
     """A head that does not depend on the number of classes, trained on 'cell' only,
     runs with a reference set of other classes: the SavedModel holds one prototype per
     reference folder and names its detections by the folders."""
-    from data.io import convert
-    voc = sample_data["voc_dir"]
-    base_data = str(tmp_path / "cell_only")
-    convert.convert_dataset("voc", os.path.join(voc, "JPEGImages"),
-                            os.path.join(voc, "Annotations"), base_data,
-                            split_file=os.path.join(voc, "ImageSets", "Main", "train.txt"),
-                            classes=["cell"], progress_every_seconds=1e9)
+    base_data = convert_sample_classes(sample_data, tmp_path / "cell_only", ["cell"])
     model_dir = str(tmp_path / "cell_run")
     sets = dict(SETTINGS, NUM_CLASS=2, **NEW_CLASS_HEAD)
     run = training.prepare_run(tiny(**sets), base_data, sample_data["reference_dir"],

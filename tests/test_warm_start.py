@@ -4,11 +4,10 @@ import os
 import numpy as np
 import pytest
 
-from data.io import convert
 from libs import training, warm_start
 from libs.configs import load_config
 from libs.tf_compat import tf
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, convert_sample_classes
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
 
@@ -52,12 +51,7 @@ def _train(cfg, data_dir, reference_dir, model_dir, steps):
 def test_fc_fine_tuning_keeps_base_rows_and_frozen_layers(sample_data, tmp_path):
     """TFA's recipe on the sample: an FC model of one class, fine-tuned with both; only
     the classifier and box regressor train, the rest equals the base model."""
-    voc = sample_data["voc_dir"]
-    base_data = str(tmp_path / "base_data")
-    convert.convert_dataset("voc", os.path.join(voc, "JPEGImages"),
-                            os.path.join(voc, "Annotations"), base_data,
-                            split_file=os.path.join(voc, "ImageSets", "Main", "train.txt"),
-                            classes=["crystal"], progress_every_seconds=1e9)
+    base_data = convert_sample_classes(sample_data, tmp_path / "base_data", ["crystal"])
     options = dict(CLASSIFIER="fc", SAVE_CHECKPOINTS_STEPS=1000, SAVE_SUMMARY_STEPS=1000,
                    BOX_REGRESSION="per_class")
     base_dir = str(tmp_path / "base")
