@@ -45,13 +45,13 @@ from bench.common import REPO, read_json, run_tool, write_json  # noqa: E402
 from data.io import reference_set  # noqa: E402
 
 SHARED = os.path.join(REPO, "..", "shared", "datasets")
-# The head that runs with classes it never saw (docs/fewshot.md); cfgs/deeppcb_cpu.py
-# has it, the other configs get it here.
+# The head that runs with classes it never saw (docs/fewshot.md), set on every preset's
+# config (cfgs/deeppcb_cpu.py has all but the all-levels pooling).
 NEW_CLASS_HEAD = ["COMPARISON_SCORE='distance'", "BACKGROUND_PROTOTYPE='pooled'",
                   "BOX_REGRESSION='class_agnostic'", "ROI_POOLING='all_levels'"]
 PRESETS = {
     "deeppcb": {"voc": os.path.join(SHARED, "deeppcb"), "cfg": "cfgs/deeppcb_cpu.py",
-                "novel": ["short", "spur", "pin-hole"], "sets": []},
+                "novel": ["short", "spur", "pin-hole"], "sets": NEW_CLASS_HEAD},
     "bccd": {"voc": os.path.join(SHARED, "bccd"), "cfg": "cfgs/bccd_cpu.py",
              "novel": ["Platelets"], "sets": NEW_CLASS_HEAD},
 }

@@ -85,9 +85,11 @@ def analyse_image(gt_boxes, gt_labels, boxes, labels, scores):
     misses = []
     for g in np.where(~found)[0]:
         other = (ious[:, g] >= 0.5) & (labels != gt_labels[g]) if len(boxes) else []
+        # the best-scoring detection of another class on it (detections are by score)
+        seen_as = int(labels[np.argmax(other)]) if np.any(other) else None
         misses.append({"index": int(g), "size": size_bucket(gt_boxes[g]),
                        "touching": bool(len(gt_boxes) > 1 and gt_ious[g].max() > 0),
-                       "seen_as_other_class": bool(np.any(other))})
+                       "seen_as_other_class": seen_as is not None, "seen_as": seen_as})
     return {"boxes": boxes, "labels": labels, "hits": hits,
             "false_positives": false_positives, "misses": misses, "num_gt": len(gt_boxes)}
 
@@ -119,6 +121,7 @@ def main():
     checkpoint = training.resolve_checkpoint(run.model_dir)
     names = list(run.class_names)
     per_class = {n: collections.Counter() for n in names}
+    confusions = collections.Counter()
     images = []
     with export.Detector.from_checkpoint(run, checkpoint) as detector:
         for path in input_fn.tfrecord_files(run.data_dir, args.split):
@@ -141,9 +144,13 @@ def main():
                     counter[f"missed_{miss['size']}"] += 1
                     counter["missed_touching"] += miss["touching"]
                     counter["missed_as_other_class"] += miss["seen_as_other_class"]
+                    if miss["seen_as"] is not None:
+                        confusions[f"{names[record['labels'][miss['index']] - 1]} seen as "
+                                   f"{names[miss['seen_as'] - 1]}"] += 1
                 images.append((record, result))
     summary = {"checkpoint": checkpoint, "split": args.split, "min_score": args.min_score,
-               "per_class": {n: dict(c) for n, c in per_class.items()}}
+               "per_class": {n: dict(c) for n, c in per_class.items()},
+               "missed_confusions": dict(confusions.most_common())}
     print(f"{checkpoint}, {args.split}, detections with score >= {args.min_score}")
     columns = ("objects", "found", "missed", "missed_small", "missed_medium",
                "missed_large", "missed_touching", "missed_as_other_class", "fp_background",
@@ -151,6 +158,9 @@ def main():
     print("class".ljust(12) + " ".join(c.replace("missed_", "m_").rjust(10) for c in columns))
     for name, counter in per_class.items():
         print(name.ljust(12) + " ".join(str(counter.get(c, 0)).rjust(10) for c in columns))
+    if confusions:
+        print("missed objects seen as another class: " + ", ".join(
+            f"{pair} {count}" for pair, count in confusions.most_common()))
     if args.draw and args.draw_dir:
         os.makedirs(args.draw_dir, exist_ok=True)
         worst = sorted(images, key=lambda item: -(len(item[1]["misses"]) +

@@ -120,6 +120,9 @@ class Config:
     DETECTION_MAX_INSTANCES = 200
     DETECTION_MIN_CONFIDENCE = 0.5            # display / export threshold
     EVAL_SCORE_THRESHOLD = 0.05               # evaluation keeps low-score detections
+    # Test-time flip merging (libs/test_time_flips.py): () off, or any of "horizontal",
+    # "vertical"; each adds a backbone and head pass at evaluation and export.
+    TEST_FLIPS = ()
 
     # ---- optimisation --------------------------------------------------------------------
     LR = 0.001

@@ -239,21 +239,31 @@ class FastRCNN:
 
     def fast_rcnn_detection(self, min_confidence=None):
         """[B, DETECTION_MAX_INSTANCES, 6] rows [y1, x1, y2, x2, score, class], 0-padded."""
-        cfg = self.cfg
-        if min_confidence is None:
-            min_confidence = cfg.DETECTION_MIN_CONFIDENCE
-        num_rois = int(self.rois.shape[1])
-        probs = tf.reshape(self.class_probs, [-1, num_rois, cfg.NUM_CLASS])
-        deltas = tf.reshape(self.box_deltas, [-1, num_rois, self.num_box_classes, 4])
+        return detect(self.rois, self.class_probs, self.box_deltas, self.image_window,
+                      self.cfg, self.batch_size, min_confidence)
 
-        def one_image(rois, image_probs, image_deltas, window):
-            return refine_detections(rois, image_probs, image_deltas, window, cfg,
-                                     min_confidence)
 
-        with tf.name_scope("fast_rcnn_detection"):
-            return box_ops.batch_slice([self.rois, probs, deltas, self.image_window],
-                                       one_image, self.batch_size,
-                                       output_dtypes=tf.float32)
+def detect(rois, class_probs, box_deltas, image_window, cfg, batch_size,
+           min_confidence=None):
+    """Detections [B, DETECTION_MAX_INSTANCES, 6] from the head's outputs.
+
+    rois [B, N, 4]; class_probs [B*N, NUM_CLASS]; box_deltas [B*N, 1 or NUM_CLASS, 4];
+    image_window [B, 4]. Shared by FastRCNN.fast_rcnn_detection and test-time flip
+    merging (libs/test_time_flips.py), which averages several heads' outputs first.
+    """
+    if min_confidence is None:
+        min_confidence = cfg.DETECTION_MIN_CONFIDENCE
+    num_rois = int(rois.shape[1])
+    probs = tf.reshape(class_probs, [-1, num_rois, cfg.NUM_CLASS])
+    deltas = tf.reshape(box_deltas, [-1, num_rois, int(box_deltas.shape[1]), 4])
+
+    def one_image(image_rois, image_probs, image_deltas, window):
+        return refine_detections(image_rois, image_probs, image_deltas, window, cfg,
+                                 min_confidence)
+
+    with tf.name_scope("fast_rcnn_detection"):
+        return box_ops.batch_slice([rois, probs, deltas, image_window], one_image,
+                                   batch_size, output_dtypes=tf.float32)
 
 
 # ------------------------------------------------------------------------ graph helpers

@@ -18,7 +18,7 @@ FastRCNN -> losses / train_op / detections.
 import numpy as np
 
 from libs import (build_fast_rcnn, build_fpn, build_rpn, hooks, losses, reference,
-                  summaries, warm_start)
+                  summaries, test_time_flips, warm_start)
 from libs.box_utils.anchors import config_anchors
 from libs.networks import backbones
 from libs.tf_compat import tf
@@ -127,7 +127,15 @@ def detector_graph(features, labels, mode, params):
                                      sampling_seeds=sampling_seeds(features, cfg))
     return {"pyramid": pyramid, "rpn": rpn, "proposals": proposals,
             "proposal_scores": proposal_scores, "prototypes": prototypes,
-            "fast_rcnn": frcnn}
+            "fast_rcnn": frcnn, "images": images, "pyramid_fn": pyramid_fn}
+
+
+def inference_detections(graph, cfg, mode, min_confidence):
+    """EVAL / PREDICT detections: the head's, or merged over TEST_FLIPS' views."""
+    if not cfg.TEST_FLIPS:
+        return graph["fast_rcnn"].fast_rcnn_detection(min_confidence)
+    return test_time_flips.merged_detections(graph, graph["images"], graph["pyramid_fn"],
+                                             cfg, mode, min_confidence)
 
 
 def total_loss(graph, cfg):
@@ -254,10 +262,9 @@ def model_fn(features, labels, mode, params):
     # collection entries this tower adds, and write summaries from the first only.
     update_ops_before = len(tf.get_collection(tf.GraphKeys.UPDATE_OPS))
     graph = detector_graph(features, labels, mode, params)
-    frcnn = graph["fast_rcnn"]
 
     if mode == PREDICT:
-        detections = frcnn.fast_rcnn_detection(cfg.DETECTION_MIN_CONFIDENCE)
+        detections = inference_detections(graph, cfg, mode, cfg.DETECTION_MIN_CONFIDENCE)
         predictions = predictions_from_detections(detections, features,
                                                   params.get("class_names"))
         export = {"serving_default": tf.estimator.export.PredictOutput(predictions)}
@@ -267,7 +274,7 @@ def model_fn(features, labels, mode, params):
     loss, parts = total_loss(graph, cfg)
     if mode == EVAL:
         # Its own low score threshold: AP needs the low-score tail of the ranking.
-        detections = frcnn.fast_rcnn_detection(cfg.EVAL_SCORE_THRESHOLD)
+        detections = inference_detections(graph, cfg, mode, cfg.EVAL_SCORE_THRESHOLD)
         metric_ops = {name: tf.metrics.mean(value) for name, value in parts.items()}
         metric_ops.update(detection_metric_ops(detections, features, labels, params))
         return tf.estimator.EstimatorSpec(mode, loss=loss, eval_metric_ops=metric_ops)

@@ -487,7 +487,8 @@ def evaluate(run, checkpoint=None, split=None):
     """Evaluates a checkpoint on a TFRecord split; returns (results dict, checkpoint).
 
     results holds the losses and every metric of libs.metrics (VOC AP@0.5 per class and
-    mAP, COCO mAP / AP50 / AP75 / AR@100) plus global_step.
+    mAP, COCO mAP / AP50 / AP75 / AR@100) plus global_step. TensorBoard shows them under
+    eval_<split> (eval_<split>_flips with TEST_FLIPS, so the two never mix).
     """
     from data.io.input_fn import EVAL as EVAL_MODE
     from data.io.input_fn import make_input_fn
@@ -501,7 +502,8 @@ def evaluate(run, checkpoint=None, split=None):
     input_fn = make_input_fn(cfg, EVAL_MODE, data_dir=run.data_dir, split=split)
     with Progress(total, f"evaluating {split}", unit="images") as progress:
         results = estimator.evaluate(input_fn, checkpoint_path=checkpoint,
-                                     hooks=[hooks_lib.ProgressHook(progress)], name=split)
+                                     hooks=[hooks_lib.ProgressHook(progress)],
+                                     name=split + ("_flips" if cfg.TEST_FLIPS else ""))
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in results.items()}, \
         checkpoint
 

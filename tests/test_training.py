@@ -294,6 +294,17 @@ def test_train_and_eval_cli_run_and_write_their_outputs(tmp_path, sample_data):
     np.testing.assert_equal(report["results"]["voc/nAP@0.5"],
                             report["results"]["voc/AP@0.5/crystal"])
 
+    # test-time flips: their own report (the plain one stays), saying which flips
+    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "eval.py"),
+                             *common, "--test_flips", "horizontal,vertical"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "split val, test-time flips horizontal+vertical" in result.stdout
+    with open(os.path.join(model_dir, "model.ckpt-3.eval_val_flips.json")) as handle:
+        assert json.load(handle)["test_flips"] == ["horizontal", "vertical"]
+    with open(report_path) as handle:
+        assert json.load(handle)["test_flips"] == []
+
     result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "eval.py"),
                              *common, "--checkpoint", str(tmp_path / "nope")],
                             capture_output=True, text=True, timeout=300)

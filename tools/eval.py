@@ -4,6 +4,7 @@
     python tools/eval.py --cfg cfgs/tiny_cpu.py --checkpoint output/tiny_cpu/model.ckpt-960
 
     python tools/eval.py --cfg cfgs/deeppcb_cpu.py --novel_classes short,spur,pin-hole
+    python tools/eval.py --cfg cfgs/bccd_cpu.py --test_flips horizontal,vertical
 
 Prints a per-class table (VOC AP@0.5) and the COCO figures (pycocotools: mAP@[.5:.95],
 AP50, AP75, AR@100), and writes the JSON report `<checkpoint>.eval_<split>.json` beside
@@ -11,6 +12,8 @@ the checkpoint (or --report). The same metrics appear in TensorBoard under `eval
 --novel_classes adds the few-shot protocol's bAP50 (mean AP@0.5 over the other,
 base classes) and nAP50 (over the listed classes) to the table and to the report
 (results "voc/bAP@0.5" and "voc/nAP@0.5"; libs/metrics.base_novel_ap).
+--test_flips merges the head's outputs over mirrored views of each image
+(libs/test_time_flips.py, TEST_FLIPS); its report is `<checkpoint>.eval_<split>_flips.json`.
 """
 import json
 import os
@@ -34,6 +37,8 @@ def _define_flags():
     flags.DEFINE_multi_string("set", [], "Config override FIELD=VALUE.")
     flags.DEFINE_string("novel_classes", None, "Comma-separated novel classes: also "
                         "report bAP50 (the other classes) and nAP50 (these).")
+    flags.DEFINE_list("test_flips", None, "Test-time flip merging: horizontal, "
+                      "vertical or both, comma-separated (sets TEST_FLIPS).")
     flags.DEFINE_string("report", None, "Where the JSON report goes (default: "
                         "<checkpoint>.eval_<split>.json beside the checkpoint).")
 
@@ -50,7 +55,10 @@ def _evaluate():
     from data.io import convert, label_map
     from libs import cli, metrics, training
     from libs.io_utils import atomic_write
-    cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
+    overrides = list(FLAGS.set)
+    if FLAGS.test_flips:
+        overrides.append(f"TEST_FLIPS={tuple(FLAGS.test_flips)!r}")
+    cfg = cli.load_config_from_flags(FLAGS.cfg, overrides)
     run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir,
                                inference=True)
     novel = convert.parse_classes(FLAGS.novel_classes)
@@ -63,13 +71,16 @@ def _evaluate():
     results, checkpoint = training.evaluate(run, FLAGS.checkpoint, split)
     if novel:
         results.update(metrics.base_novel_ap(results, run.class_names, novel))
-    print(f"checkpoint {checkpoint} (step {results.get('global_step')}), split {split}")
+    flips = f", test-time flips {'+'.join(cfg.TEST_FLIPS)}" if cfg.TEST_FLIPS else ""
+    print(f"checkpoint {checkpoint} (step {results.get('global_step')}), split {split}"
+          f"{flips}")
     print(metrics.format_table(results, run.class_names, novel_classes=novel))
-    report = FLAGS.report or f"{checkpoint}.eval_{split}.json"
+    suffix = "_flips" if cfg.TEST_FLIPS else ""
+    report = FLAGS.report or f"{checkpoint}.eval_{split}{suffix}.json"
     with atomic_write(report, "w") as handle:
         json.dump({"checkpoint": checkpoint, "split": split, "config": cfg.NAME,
-                   "results": results, **base_novel}, handle, indent=2, sort_keys=True,
-                  default=float)
+                   "test_flips": list(cfg.TEST_FLIPS), "results": results, **base_novel},
+                  handle, indent=2, sort_keys=True, default=float)
         handle.write("\n")
     print(f"report: {report}")
 

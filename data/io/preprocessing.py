@@ -71,28 +71,30 @@ def restore_boxes(boxes, image_window, image_scale):
     return (boxes - offset) / scale
 
 
+def mirror_boxes(boxes, side, direction):
+    """Boxes [..., 4] ([y1, x1, y2, x2]) of an image of `side` pixels, mirrored
+    "horizontal"ly (left-right) or "vertical"ly (top-bottom): pixel edges at t move to
+    side - t, so a box stays on the same pixels of the mirrored image."""
+    y1, x1, y2, x2 = tf.unstack(boxes, num=4, axis=-1)
+    if direction == "horizontal":
+        return tf.stack([y1, side - x2, y2, side - x1], axis=-1)
+    if direction == "vertical":
+        return tf.stack([side - y2, x1, side - y1, x2], axis=-1)
+    raise ValueError(f"direction must be 'horizontal' or 'vertical', got {direction!r}")
+
+
 def flip_horizontal(image, boxes, image_window):
     """Mirrors the padded square image, its boxes and its window left-right."""
     side = tf.cast(tf.shape(image)[1], tf.float32)
-    flipped = tf.reverse(image, axis=[1])
-
-    def mirror(b):
-        y1, x1, y2, x2 = tf.unstack(b, axis=-1)
-        return tf.stack([y1, side - x2, y2, side - x1], axis=-1)
-
-    return flipped, mirror(boxes), mirror(image_window)
+    return (tf.reverse(image, axis=[1]), mirror_boxes(boxes, side, "horizontal"),
+            mirror_boxes(image_window, side, "horizontal"))
 
 
 def flip_vertical(image, boxes, image_window):
     """Mirrors the padded square image, its boxes and its window top-bottom."""
     side = tf.cast(tf.shape(image)[0], tf.float32)
-    flipped = tf.reverse(image, axis=[0])
-
-    def mirror(b):
-        y1, x1, y2, x2 = tf.unstack(b, axis=-1)
-        return tf.stack([side - y2, x1, side - y1, x2], axis=-1)
-
-    return flipped, mirror(boxes), mirror(image_window)
+    return (tf.reverse(image, axis=[0]), mirror_boxes(boxes, side, "vertical"),
+            mirror_boxes(image_window, side, "vertical"))
 
 
 def filter_small_boxes(boxes, labels, min_size):

@@ -210,6 +210,11 @@ def _validate(cfg, source):
     for field, choices in _CHOICES.items():
         if getattr(cfg, field) not in choices:
             _fail(source, field, f"must be one of {choices}, got {getattr(cfg, field)!r}")
+    flips = cfg.TEST_FLIPS
+    if (isinstance(flips, str) or len(set(flips)) != len(flips)
+            or any(f not in ("horizontal", "vertical") for f in flips)):
+        _fail(source, "TEST_FLIPS", f"must list distinct 'horizontal' / 'vertical' "
+              f"(or be empty), got {flips!r}")
     if not isinstance(cfg.NUM_SUPPORTS, int) or cfg.NUM_SUPPORTS < 1:
         _fail(source, "NUM_SUPPORTS", f"must be a positive integer, got {cfg.NUM_SUPPORTS!r}")
     per_step = cfg.REFERENCE_SUPPORTS_PER_STEP
