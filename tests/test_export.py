@@ -468,6 +468,30 @@ def test_fc_baseline_exports_without_references(sample_data, tmp_path):
     assert out["predict_bbox"].shape == (len(images), cfg.DETECTION_MAX_INSTANCES, 4)
 
 
+def test_export_with_test_time_flips_merges_in_the_serving_graph(trained, sample_data,
+                                                                 tmp_path):
+    """TEST_FLIPS at export: the SavedModel (any batch size) scores every proposal on
+    the mirrored images too, and says so in its info; the plain export does not."""
+    run, checkpoint = trained
+    images = [encoded for _, encoded in _records(sample_data["data_dir"], "val")][:3]
+    outputs = {}
+    for flips in ((), ("horizontal", "vertical")):
+        flipped_run = training.prepare_run(
+            tiny(TEST_FLIPS=flips, DETECTION_MIN_CONFIDENCE=0.0), sample_data["data_dir"],
+            sample_data["reference_dir"], run.model_dir, inference=True)
+        export_dir = str(tmp_path / f"export_{len(flips)}")
+        info = export.export_saved_model(flipped_run, checkpoint, export_dir)
+        assert info["test_flips"] == list(flips)
+        with export.Detector.from_saved_model(export_dir) as detector:
+            outputs[flips] = detector.run(images)
+            ops = [op.name for op in detector.session.graph.get_operations()]
+        assert any("test_time_flip_vertical" in name for name in ops) == bool(flips)
+    plain, merged = outputs[()], outputs[("horizontal", "vertical")]
+    assert merged["predict_bbox"].shape == plain["predict_bbox"].shape
+    assert merged["num_detections"].sum() > 0
+    assert not np.allclose(merged["predict_scores"], plain["predict_scores"])
+
+
 NEW_CLASS_HEAD = dict(BACKGROUND_PROTOTYPE="pooled", BOX_REGRESSION="class_agnostic",
                       COMPARISON_SCORE="distance", ROI_POOLING="all_levels")
 
