@@ -134,8 +134,8 @@ def inference_detections(graph, cfg, mode, min_confidence):
     """EVAL / PREDICT detections: the head's, or merged over TEST_FLIPS' views."""
     if not cfg.TEST_FLIPS:
         return graph["fast_rcnn"].fast_rcnn_detection(min_confidence)
-    return test_time_flips.merged_detections(graph, graph["images"], graph["pyramid_fn"],
-                                             cfg, mode, min_confidence)
+    return test_time_flips.merged_detections(graph["fast_rcnn"], graph["images"],
+                                             graph["pyramid_fn"], cfg, mode, min_confidence)
 
 
 def total_loss(graph, cfg):

@@ -9,8 +9,8 @@ left-right flip negates the x offset, a top-bottom flip the y offset), before th
 usual decoding, clipping and per-class NMS (build_fast_rcnn.detect). Sharing the
 proposals keeps one ROI per object across views, so nothing needs matching afterwards,
 and a view only changes how each proposal is scored and refined. Each flip adds one
-backbone pass and one head pass: ("horizontal", "vertical") costs about 3x the plain
-inference.
+backbone pass and one head pass (the RPN runs once): ("horizontal", "vertical")
+evaluated DeepPCB at 1.9x the plain time (docs/results.md).
 
 Used in EVAL and PREDICT (so an exported model merges too); training never flips here
 (FLIP_HORIZONTAL / FLIP_VERTICAL augment the training images instead).
@@ -31,15 +31,13 @@ def mirror_deltas(box_deltas, direction):
     return box_deltas * tf.constant(_DELTA_SIGN[direction], tf.float32)
 
 
-def merged_detections(graph, images, pyramid_fn, cfg, mode, min_confidence):
+def merged_detections(head, images, pyramid_fn, cfg, mode, min_confidence):
     """Detections [B, DETECTION_MAX_INSTANCES, 6] merged over the plain view and the
     views of cfg.TEST_FLIPS.
 
-    graph: model_fn.detector_graph's dict (its "fast_rcnn" head is the plain view);
-    images: the mean-subtracted [B, H, W, 3] batch the graph was built on;
-    pyramid_fn: the query branch's (same weights).
+    head: the plain view's build_fast_rcnn.FastRCNN; images: the mean-subtracted
+    [B, H, W, 3] batch it was built on; pyramid_fn: the query branch's (same weights).
     """
-    head = graph["fast_rcnn"]
     probs, deltas = [head.class_probs], [head.box_deltas]
     for direction in cfg.TEST_FLIPS:
         with tf.name_scope(f"test_time_flip_{direction}"):

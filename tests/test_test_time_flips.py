@@ -79,8 +79,8 @@ def _merged(cfg, images, rois, prototypes, side):
     window = tf.constant([[0.0, 0.0, side, side]] * images.shape[0])
     head = build_fast_rcnn.FastRCNN(pyramid_fn(tf.constant(images)), tf.constant(rois),
                                     prototypes, window, cfg, PREDICT)
-    merged = test_time_flips.merged_detections({"fast_rcnn": head}, tf.constant(images),
-                                               pyramid_fn, cfg, PREDICT, 0.0)
+    merged = test_time_flips.merged_detections(head, tf.constant(images), pyramid_fn,
+                                               cfg, PREDICT, 0.0)
     return merged, head.fast_rcnn_detection(0.0)
 
 
