@@ -89,7 +89,7 @@ def analyse_image(gt_boxes, gt_labels, boxes, labels, scores):
         seen_as = int(labels[np.argmax(other)]) if np.any(other) else None
         misses.append({"index": int(g), "size": size_bucket(gt_boxes[g]),
                        "touching": bool(len(gt_boxes) > 1 and gt_ious[g].max() > 0),
-                       "seen_as_other_class": seen_as is not None, "seen_as": seen_as})
+                       "seen_as": seen_as})
     return {"boxes": boxes, "labels": labels, "hits": hits,
             "false_positives": false_positives, "misses": misses, "num_gt": len(gt_boxes)}
 
@@ -139,14 +139,14 @@ def main():
                 for d, kind in result["false_positives"]:
                     per_class[names[result["labels"][d] - 1]][f"fp_{kind}"] += 1
                 for miss in result["misses"]:
-                    counter = per_class[names[record["labels"][miss["index"]] - 1]]
+                    name = names[record["labels"][miss["index"]] - 1]
+                    counter = per_class[name]
                     counter["missed"] += 1
                     counter[f"missed_{miss['size']}"] += 1
                     counter["missed_touching"] += miss["touching"]
-                    counter["missed_as_other_class"] += miss["seen_as_other_class"]
+                    counter["missed_as_other_class"] += miss["seen_as"] is not None
                     if miss["seen_as"] is not None:
-                        confusions[f"{names[record['labels'][miss['index']] - 1]} seen as "
-                                   f"{names[miss['seen_as'] - 1]}"] += 1
+                        confusions[f"{name} seen as {names[miss['seen_as'] - 1]}"] += 1
                 images.append((record, result))
     summary = {"checkpoint": checkpoint, "split": args.split, "min_score": args.min_score,
                "per_class": {n: dict(c) for n, c in per_class.items()},

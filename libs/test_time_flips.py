@@ -19,7 +19,6 @@ from data.io import preprocessing
 from libs import build_fast_rcnn
 from libs.tf_compat import tf
 
-FLIPS = ("horizontal", "vertical")
 # Which image axis of [B, H, W, C] each flip reverses, and which delta it negates
 # (deltas are [dy, dx, dh, dw]).
 _IMAGE_AXIS = {"horizontal": 2, "vertical": 1}

@@ -483,12 +483,18 @@ def resolve_checkpoint(model_dir, checkpoint=None):
     return latest
 
 
+def eval_name(cfg, split):
+    """The evaluation's name: TensorBoard's eval_<name> and the report's suffix. Flip-
+    merged figures get their own (<split>_flips), so they never mix with plain ones."""
+    return split + ("_flips" if cfg.TEST_FLIPS else "")
+
+
 def evaluate(run, checkpoint=None, split=None):
     """Evaluates a checkpoint on a TFRecord split; returns (results dict, checkpoint).
 
     results holds the losses and every metric of libs.metrics (VOC AP@0.5 per class and
     mAP, COCO mAP / AP50 / AP75 / AR@100) plus global_step. TensorBoard shows them under
-    eval_<split> (eval_<split>_flips with TEST_FLIPS, so the two never mix).
+    eval_<eval_name>.
     """
     from data.io.input_fn import EVAL as EVAL_MODE
     from data.io.input_fn import make_input_fn
@@ -503,7 +509,7 @@ def evaluate(run, checkpoint=None, split=None):
     with Progress(total, f"evaluating {split}", unit="images") as progress:
         results = estimator.evaluate(input_fn, checkpoint_path=checkpoint,
                                      hooks=[hooks_lib.ProgressHook(progress)],
-                                     name=split + ("_flips" if cfg.TEST_FLIPS else ""))
+                                     name=eval_name(cfg, split))
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in results.items()}, \
         checkpoint
 
@@ -538,6 +544,7 @@ def train_and_evaluate(run, max_steps=None, split=None, throttle_secs=0):
                 hooks_lib.ProgressHook(progress, training=True)])
         eval_spec = tf.estimator.EvalSpec(
             make_input_fn(cfg, EVAL_MODE, data_dir=run.data_dir, split=split),
-            steps=None, name=split, start_delay_secs=0, throttle_secs=throttle_secs)
+            steps=None, name=eval_name(cfg, split), start_delay_secs=0,
+            throttle_secs=throttle_secs)
         results, _ = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
     return results

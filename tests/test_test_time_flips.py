@@ -8,7 +8,7 @@ import pytest
 
 from data.io import preprocessing
 from libs import build_fast_rcnn, test_time_flips
-from libs.configs import ConfigError, load_config
+from libs.configs import FLIP_DIRECTIONS, ConfigError, load_config
 from libs.model_fn import make_pyramid_fn
 from libs.tf_compat import seeded_graph, tf
 from tests.conftest import REPO_ROOT
@@ -53,7 +53,7 @@ def _np_decode(box, delta):
     return np.array([cy - height / 2, cx - width / 2, cy + height / 2, cx + width / 2])
 
 
-@pytest.mark.parametrize("direction", test_time_flips.FLIPS)
+@pytest.mark.parametrize("direction", FLIP_DIRECTIONS)
 def test_deltas_predicted_on_the_mirror_decode_to_the_mirrored_box(direction):
     """A delta that moves a mirrored ROI onto the mirrored object, once mirrored back,
     moves the original ROI onto the original object."""

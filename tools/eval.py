@@ -75,8 +75,7 @@ def _evaluate():
     print(f"checkpoint {checkpoint} (step {results.get('global_step')}), split {split}"
           f"{flips}")
     print(metrics.format_table(results, run.class_names, novel_classes=novel))
-    suffix = "_flips" if cfg.TEST_FLIPS else ""
-    report = FLAGS.report or f"{checkpoint}.eval_{split}{suffix}.json"
+    report = FLAGS.report or f"{checkpoint}.eval_{training.eval_name(cfg, split)}.json"
     with atomic_write(report, "w") as handle:
         json.dump({"checkpoint": checkpoint, "split": split, "config": cfg.NAME,
                    "test_flips": list(cfg.TEST_FLIPS), "results": results, **base_novel},

@@ -33,6 +33,8 @@ class ConfigError(ValueError):
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _CLASSIFIERS = ("comparison", "fc")
+# The mirrorings TEST_FLIPS may list (libs/test_time_flips.py implements them).
+FLIP_DIRECTIONS = ("horizontal", "vertical")
 _CHOICES = {"CLASSIFIER": _CLASSIFIERS,
             "BACKGROUND_PROTOTYPE": ("stacked", "pooled"),
             "BOX_REGRESSION": ("per_class", "class_agnostic"),
@@ -212,7 +214,7 @@ def _validate(cfg, source):
             _fail(source, field, f"must be one of {choices}, got {getattr(cfg, field)!r}")
     flips = cfg.TEST_FLIPS
     if (isinstance(flips, str) or len(set(flips)) != len(flips)
-            or any(f not in ("horizontal", "vertical") for f in flips)):
+            or any(f not in FLIP_DIRECTIONS for f in flips)):
         _fail(source, "TEST_FLIPS", f"must list distinct 'horizontal' / 'vertical' "
               f"(or be empty), got {flips!r}")
     if not isinstance(cfg.NUM_SUPPORTS, int) or cfg.NUM_SUPPORTS < 1:
