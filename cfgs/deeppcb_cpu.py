@@ -1,4 +1,4 @@
-"""DeepPCB (printed-circuit-board defects, 6 classes) from scratch on a 2-core CPU.
+"""DeepPCB (printed-circuit-board defects, 6 classes) on a 2-core CPU, from ImageNet weights.
 
     make deeppcb       # convert train + val, crop references, train, evaluate on val
 
@@ -6,7 +6,8 @@ DeepPCB's images are 640x640 binarised line scans (one-channel JPEG, stored as R
 the converter), ~7 defects per image, median box ~34 px (20..129). The model is the
 Comparison Detector of res101_fewshot; what differs, and why:
 
-- No pretrained weights: the small group-norm ResNet of bccd_cpu (see there).
+- EfficientNet-Lite0 with ImageNet weights, as bccd_cpu (see there); from scratch (the
+  small group-norm ResNet of the last release): --set PRESET=scratch.
 - Side 512: defects become ~27 px (16..103). Anchors 24..384 on P2..P6: with the
   bccd sizes (16..256) only 32% of the defects had an anchor of IoU >= 0.7 (0.4 per
   defect) and a 4,500-step run found none; with these 61% (1.3 per defect).
@@ -20,14 +21,15 @@ Comparison Detector of res101_fewshot; what differs, and why:
   class, 2 of them drawn per class and step (REFERENCE_SUPPORTS_PER_STEP).
 - Defects have no up or down: horizontal and vertical flips.
 
-make deeppcb on a 2-core CPU with AVX2 kernels: 9,817 steps (12.3 epochs) in 60 minutes,
-val mAP@0.5 0.860 (0.872 with tools/eval.py --test_flips horizontal,vertical); the FC
-baseline (CLASSIFIER "fc") 0.870. Figures and the failure analysis: docs/results.md.
+From scratch (PRESET scratch), make deeppcb on a 2-core CPU with AVX2 kernels: 9,817
+steps (12.3 epochs) in 60 minutes, val mAP@0.5 0.860. Pretrained figures, the FC
+baseline and the failure analysis: docs/results.md.
 """
+from cfgs.imagenet_backbone import SCRATCH_BACKBONE, EfficientNetLite0
 from cfgs.res101_fewshot import Config as Res101FewShot
 
 
-class Config(Res101FewShot):
+class Config(EfficientNetLite0, Res101FewShot):
     NAME = "deeppcb_cpu"
     MODEL_DIR = "output/deeppcb_cpu"
     DATA_DIR = "output/deeppcb/data"
@@ -38,8 +40,8 @@ class Config(Res101FewShot):
 
     NUM_CLASS = 7                             # background + 6 defect types
 
-    NET_NAME = "small_resnet_gn"
-    TRAIN_BATCH_NORM = True                   # (no effect on group norm)
+    # NET_NAME, CHECKPOINT_DIR, PIXEL_MEANS / PIXEL_STD, frozen batch norm and stages:
+    # EfficientNetLite0 (cfgs/imagenet_backbone.py).
     HEAD_TRAIN_BATCH_NORM = True
     HEAD_BATCH_NORM_DECAY = 0.99
     COMPARISON_RELU = False
@@ -47,7 +49,6 @@ class Config(Res101FewShot):
     BACKGROUND_PROTOTYPE = "pooled"
     BOX_REGRESSION = "class_agnostic"
     ROI_POOLING = "by_size"
-    PIXEL_MEANS = [182.3, 182.3, 182.3]       # binarised: mostly white board
     TARGET_SIDE = 512
     FPN_CHANNELS = 64
 
@@ -70,12 +71,15 @@ class Config(Res101FewShot):
     DETECTION_NMS_THRESHOLD = 0.5
     DETECTION_MAX_INSTANCES = 100
 
-    # 24 epochs of the 800 train images = 19,200 steps, more than an hour of a 2-core
-    # CPU: make deeppcb fits the schedule into 60 minutes (--max_minutes scales every
-    # LR stage down together).
-    LR = 0.01
-    EPOCH = 24
-    EPOCH_BOUNDARY = [18, 22]
+    LR = 0.005
+    EPOCH = 8
+    EPOCH_BOUNDARY = [6, 7]
     GPU_GROUPS = ["/cpu:0"]
     PER_GPU_IMAGE = 1
     FLIP_VERTICAL = True
+
+    # The from-scratch model of the last release (val 0.860 in 60 minutes, AVX2):
+    # --set PRESET=scratch.
+    PRESETS = {"scratch": dict(
+        SCRATCH_BACKBONE, PIXEL_MEANS=[182.3, 182.3, 182.3],
+        LR=0.01, EPOCH=24, EPOCH_BOUNDARY=[18, 22])}

@@ -23,6 +23,11 @@ class Config:
     INIT_CHECKPOINT = None
     TRAINABLE_VARIABLES = None
     SEED = 0
+    # Named variants of a config: PRESETS maps a name to {FIELD: value}; --set
+    # PRESET=name applies that variant when the config is loaded (before the other
+    # --set overrides), e.g. the from-scratch variant of the real-data configs.
+    PRESET = None
+    PRESETS = {}
     SAVE_CHECKPOINTS_STEPS = 500
     SAVE_SUMMARY_STEPS = 50
     LOG_EVERY_N_STEPS = 10
@@ -39,6 +44,12 @@ class Config:
     # (from scratch); the reference branch always uses the moving statistics.
     TRAIN_BATCH_NORM = False
     PIXEL_MEANS = [115.2, 118.8, 123.0]       # RGB
+    # The backbone sees (RGB - PIXEL_MEANS) / PIXEL_STD: the normalisation its weights
+    # were trained with (slim's ResNets: means only; EfficientNet-Lite: 127 and 128).
+    PIXEL_STD = [1.0, 1.0, 1.0]
+    # k > 0: the stem and the first k stages keep their (pretrained) weights, with no
+    # gradient through them - a faster step (efficientnet_lite* only; docs/results.md).
+    BACKBONE_FROZEN_STAGES = 0
     TARGET_SIDE = 1024                        # long side after resize; padded square
     BACKBONE_STRIDES = [4, 8, 16, 32, 64]     # P2..P6
     FPN_CHANNELS = 256

@@ -394,7 +394,13 @@ def roi_align_all_levels(pyramid, rois, batch_size, rois_per_image, crop_size,
                          image_side):
     """Pools each ROI [M, 4] (image pixels) from every level P2..P5: the mean of the four
     S x S crops (ROI_POOLING "all_levels"; the references are pooled the same way).
-    Boxes are clamped to each map's cell centres (clamped_feature_boxes)."""
+    Boxes are clamped to each map's cell centres (clamped_feature_boxes).
+
+    Padding rows (all-zero boxes: the minibatch's filler, label -1) pool zeros, as in
+    roi_align: clamped, [0, 0, 0, 0] would sample the image's top-left cell on every
+    level, and those rows (most of a training minibatch while the RPN finds few
+    positives) enter the head's batch-norm statistics with the corner's content.
+    """
     with tf.name_scope("roi_align_all_levels"):
         if batch_size is None:
             batch_size = tf.shape(pyramid["P2"])[0]
@@ -404,7 +410,10 @@ def roi_align_all_levels(pyramid, rois, batch_size, rois_per_image, crop_size,
                 rois, 2 ** level, image_side)),
             box_indices, [crop_size, crop_size], method="bilinear")
                  for level in ROI_LEVELS]
-        return tf.reduce_mean(tf.stack(crops, axis=0), axis=0, name="roi_features")
+        is_real = tf.cast(tf.reduce_any(tf.not_equal(rois, 0.0), axis=1), crops[0].dtype)
+        return tf.multiply(tf.reduce_mean(tf.stack(crops, axis=0), axis=0),
+                           is_real[:, tf.newaxis, tf.newaxis, tf.newaxis],
+                           name="roi_features")
 
 
 def roi_align(pyramid, rois, levels, batch_size, rois_per_image, crop_size, image_side):

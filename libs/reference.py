@@ -22,6 +22,7 @@ prototype from a random n of its NUM_SUPPORTS references instead of all of them:
 reference branch costs n / NUM_SUPPORTS as much, and the classifier learns to compare
 against prototypes from few, varying supports (what it meets with new classes).
 """
+from data.io import preprocessing
 from libs.tf_compat import slim, tf
 
 PROTOTYPE_LEVELS = ("P2", "P3", "P4", "P5")
@@ -148,7 +149,7 @@ def build_prototypes(reference_images, pyramid_fn, cfg, support_seed=None, count
         num_supports = int(reference_images.shape[1])
         images = tf.reshape(tf.cast(reference_images, tf.float32),
                             [num_classes * num_supports] + shape[2:])
-        images = images - tf.constant(cfg.PIXEL_MEANS, tf.float32)
+        images = preprocessing.normalize_pixels(images, cfg.PIXEL_MEANS, cfg.PIXEL_STD)
         pyramid = pyramid_fn(images)
         if not cfg.REFERENCE_GRADIENTS:
             # The backbone then learns from the query branch only: the reference

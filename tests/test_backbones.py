@@ -7,19 +7,22 @@ from libs.tf_compat import seeded_graph, slim, tf
 from tf_slim.nets import resnet_v1, resnet_v2
 
 SLIM_RESNETS = ("resnet_v1_50", "resnet_v1_101", "resnet_v2_50", "resnet_v2_101")
-ALL_NETS = SLIM_RESNETS + ("tiny_resnet", "tiny_resnet_gn", "small_resnet_gn")
+ALL_NETS = SLIM_RESNETS + ("tiny_resnet", "tiny_resnet_gn", "small_resnet_gn",
+                           "efficientnet_lite0")
 RESNET_CHANNELS = {"C2": 256, "C3": 512, "C4": 1024, "C5": 2048}
 TINY_CHANNELS = {"C2": 16, "C3": 32, "C4": 64, "C5": 128}
 SMALL_CHANNELS = {"C2": 32, "C3": 64, "C4": 128, "C5": 256}
 EXPECTED_CHANNELS = {"tiny_resnet": TINY_CHANNELS, "tiny_resnet_gn": TINY_CHANNELS,
-                     "small_resnet_gn": SMALL_CHANNELS}
+                     "small_resnet_gn": SMALL_CHANNELS,
+                     "efficientnet_lite0": {"C2": 24, "C3": 40, "C4": 112, "C5": 320}}
 SIDE = 128
 REFERENCE_SIDE = 64
 
 
 # The reuse test covers the notebook's net, the v2 path (its C-levels come from a
 # per-call collection) and the tiny net; the other ResNets share their code paths.
-REUSE_CHECKED = ("resnet_v1_101", "resnet_v2_50", "tiny_resnet", "small_resnet_gn")
+REUSE_CHECKED = ("resnet_v1_101", "resnet_v2_50", "tiny_resnet", "small_resnet_gn",
+                 "efficientnet_lite0")
 
 
 class BuiltBackbone:

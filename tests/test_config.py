@@ -134,3 +134,62 @@ def test_override_typo_and_derived_override_refused():
         load_config(TINY, {"NUM_CLASSES": 4})
     with pytest.raises(ConfigError, match="BATCH_SIZE is derived"):
         load_config(TINY, {"BATCH_SIZE": 4})
+
+
+BCCD = os.path.join(REPO_ROOT, "cfgs", "bccd_cpu.py")
+DEEPPCB = os.path.join(REPO_ROOT, "cfgs", "deeppcb_cpu.py")
+
+
+@pytest.mark.parametrize("path", [BCCD, DEEPPCB])
+def test_real_data_configs_start_pretrained_and_scratch_is_one_preset_away(path):
+    cfg = load_config(path)
+    assert cfg.NET_NAME == "efficientnet_lite0" and cfg.PRESET is None
+    assert cfg.CHECKPOINT_DIR == "output/pretrained/efficientnet_lite0"
+    assert (cfg.PIXEL_MEANS, cfg.PIXEL_STD) == ([127.0] * 3, [128.0] * 3)
+    assert cfg.TRAIN_BATCH_NORM is False          # the checkpoint's statistics
+    scratch = load_config(path, {"PRESET": "scratch", "LR": 0.02})
+    assert scratch.PRESET == "scratch" and scratch.NET_NAME == "small_resnet_gn"
+    assert scratch.CHECKPOINT_DIR is None and scratch.PIXEL_STD == [1.0] * 3
+    assert scratch.TRAIN_BATCH_NORM is True and scratch.BACKBONE_FROZEN_STAGES == 0
+    assert scratch.LR == 0.02                     # --set after the preset wins
+    # everything the preset does not name is the config's
+    assert scratch.TARGET_SIDE == cfg.TARGET_SIDE and scratch.NAME == cfg.NAME
+
+
+def test_preset_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"PRESET: no preset 'nope' \(this config has: "
+                                          r"scratch\)"):
+        load_config(BCCD, {"PRESET": "nope"})
+    bad = tmp_path / "bad.py"
+    bad.write_text(textwrap.dedent("""
+        from cfgs.tiny_cpu import Config as Tiny
+        class Config(Tiny):
+            PRESETS = {"fast": {"LR_TYPO": 1.0}}
+    """))
+    with pytest.raises(ConfigError, match=r"PRESETS\['fast'\]: cannot set LR_TYPO"):
+        load_config(str(bad), {"PRESET": "fast"})
+    cfg = load_config(TINY)
+    with pytest.raises(ConfigError, match="takes effect when the config is loaded"):
+        finalize(cfg, {"PRESET": "scratch"})
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"PIXEL_STD": [1.0, 0.0, 1.0]}, "PIXEL_STD: needs three positive"),
+    ({"BACKBONE_FROZEN_STAGES": -1}, "BACKBONE_FROZEN_STAGES: must be an integer >= 0"),
+])
+def test_normalisation_and_freezing_fields_are_checked(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TINY, fields)
+
+
+def test_normalize_pixels_matches_numpy():
+    import numpy as np
+
+    from data.io.preprocessing import normalize_pixels
+    from libs.tf_compat import tf
+    images = np.random.RandomState(0).randint(0, 256, [2, 5, 4, 3]).astype(np.uint8)
+    with tf.Graph().as_default(), tf.Session() as sess:
+        scaled = sess.run(normalize_pixels(tf.constant(images), [127.0] * 3, [128.0] * 3))
+        means_only = sess.run(normalize_pixels(tf.constant(images), [1.0, 2.0, 3.0]))
+    np.testing.assert_allclose(scaled, (images - 127.0) / 128.0, rtol=1e-6)
+    np.testing.assert_allclose(means_only, images - np.array([1.0, 2.0, 3.0]), rtol=1e-6)

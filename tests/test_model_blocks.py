@@ -211,6 +211,52 @@ def test_all_levels_pooling_samples_the_same_image_points_on_every_level():
                                    rtol=1e-5, atol=1e-3)
 
 
+def _bilinear(feature_map, y, x):
+    """crop_and_resize's bilinear sample of [H, W, C] at feature coordinates (y, x)."""
+    height, width = feature_map.shape[:2]
+    y0, x0 = int(np.floor(y)), int(np.floor(x))
+    y1, x1 = min(y0 + 1, height - 1), min(x0 + 1, width - 1)
+    dy, dx = y - y0, x - x0
+    return ((1 - dy) * (1 - dx) * feature_map[y0, x0] + (1 - dy) * dx * feature_map[y0, x1]
+            + dy * (1 - dx) * feature_map[y1, x0] + dy * dx * feature_map[y1, x1])
+
+
+def test_all_levels_pooling_equals_numpy_on_a_random_pyramid():
+    """Both axes, several images: ROI i of the flat [B * N] list is pooled from image
+    i // N, each level at its own stride, clamped to its cell centres, levels averaged;
+    all-zero rows (the minibatch's padding) give zeros, as roi_align's."""
+    side, size, batch, per_image, channels = 128, 7, 2, 3, 3
+    rng = np.random.RandomState(3)
+    pyramid = {f"P{level}": rng.normal(size=[batch, side >> level, side >> level,
+                                             channels]).astype(np.float32)
+               for level in (2, 3, 4, 5)}
+    rois = rng.uniform(0, side, [batch * per_image, 4]).astype(np.float32)
+    rois[:, [0, 2]] = np.sort(rois[:, [0, 2]], axis=1)
+    rois[:, [1, 3]] = np.sort(rois[:, [1, 3]], axis=1)
+    rois[-1] = 0.0                                   # padding row of the second image
+    with seeded_graph().as_default(), tf.Session() as sess:
+        pyramid_t = {name: tf.constant(value) for name, value in pyramid.items()}
+        pooled = sess.run(build_fast_rcnn.roi_align_all_levels(
+            pyramid_t, tf.constant(rois), batch, per_image, size, side))
+        by_size = sess.run(build_fast_rcnn.roi_align(
+            pyramid_t, tf.constant(rois), tf.constant([2] * len(rois)), batch, per_image,
+            size, side))
+    expected = np.zeros_like(pooled)
+    for i, (y1, x1, y2, x2) in enumerate(rois[:-1]):
+        for level in (2, 3, 4, 5):
+            stride = 2 ** level
+            low, high = stride / 2, side - stride / 2
+            ys = np.linspace(np.clip(y1, low, high), np.clip(y2, low, high), size) / stride
+            xs = np.linspace(np.clip(x1, low, high), np.clip(x2, low, high), size) / stride
+            for a, y in enumerate(ys - 0.5):
+                for b, x in enumerate(xs - 0.5):
+                    expected[i, a, b] += _bilinear(pyramid[f"P{level}"][i // per_image],
+                                                   y, x) / 4
+    np.testing.assert_allclose(pooled, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(by_size[-1], 0.0)
+    np.testing.assert_array_equal(pooled[-1], 0.0)
+
+
 def test_reference_objects_are_pooled_like_query_rois():
     """ROI_POOLING "all_levels": a reference's object box (margin removed) is pooled at
     the same image points as a query ROI of that box."""

@@ -32,7 +32,7 @@ def test_a_shorter_schedule_scales_every_boundary_with_the_total():
     # each boundary keeps its fraction of the run: 40/55 and 50/55 of 4,600
     assert cfg.MAX_STEPS == 4600
     assert cfg.BOUNDARY == [int(4600 * 40 / 55), int(4600 * 50 / 55)] == [3345, 4181]
-    assert cfg.LR_VALUES == pytest.approx([0.01, 0.001, 0.0001])
+    assert cfg.LR_VALUES == pytest.approx([cfg.LR, cfg.LR / 10, cfg.LR / 100])
 
 
 def test_the_fit_never_lengthens_and_counts_from_the_current_step():
@@ -50,19 +50,19 @@ def test_decide_schedule_uses_the_time_left_after_restart_and_margin():
     budget = time_budget.TimeBudget(55, clock=lambda: clock[0], started_at=0.0)
     config_steps = cfg.EPOCH * 205
     saves = -(-(config_steps - 90) // cfg.SAVE_CHECKPOINTS_STEPS)     # ceil
-    record = time_budget.decide_schedule(cfg, budget, steps_per_second=1.4, step_now=90,
+    record = time_budget.decide_schedule(cfg, budget, steps_per_second=1.0, step_now=90,
                                          restart_seconds=20.0, save_seconds=2.0)
     # 3300 s - 100 s already spent - 20 s to restart - 66 s margin (2% of the budget)
     # - 2 s for each checkpoint the config's schedule would save
     seconds = 3300 - 100 - 20 - 66 - 2.0 * saves
     assert record["seconds_for_steps"] == pytest.approx(seconds)
-    total = 90 + int(1.4 * seconds)
+    total = 90 + int(1.0 * seconds)
     assert record["total_steps"] == total == cfg.MAX_STEPS
     assert record["boundaries"] == cfg.BOUNDARY == [
         int(total * b / cfg.EPOCH) for b in cfg.EPOCH_BOUNDARY]
     assert record["scaled"] is True
     assert time_budget.describe_decision(record) == (
-        f"time budget 55 min at 1.4 steps/s: {total:,} steps, LR drops at "
+        f"time budget 55 min at 1.0 steps/s: {total:,} steps, LR drops at "
         f"{cfg.BOUNDARY[0]:,} and {cfg.BOUNDARY[1]:,} (the config's {config_steps:,} "
         f"steps scaled by {total / config_steps:.3g})")
 

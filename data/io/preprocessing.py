@@ -24,6 +24,19 @@ def decode_image(encoded, name=None):
         return image
 
 
+def normalize_pixels(images, pixel_means, pixel_std=(1.0, 1.0, 1.0)):
+    """(RGB - PIXEL_MEANS) / PIXEL_STD as float32: the backbone's input.
+
+    The one place images and references are normalised. A pretrained backbone needs
+    the normalisation its weights were trained with (EfficientNet-Lite: mean 127, std
+    128); the notebook's ResNet subtracts means only (std 1).
+    """
+    images = tf.cast(images, tf.float32) - tf.constant(pixel_means, tf.float32)
+    if any(float(s) != 1.0 for s in pixel_std):
+        images = images / tf.constant(pixel_std, tf.float32)
+    return images
+
+
 def resize_and_pad(image, target_side):
     """Resizes keeping aspect so the long side is `target_side`, pads centred to square.
 

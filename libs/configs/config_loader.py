@@ -105,9 +105,29 @@ def load_config(path, overrides=None):
         raise ConfigError(f"--cfg {path}: the module defines no class `Config`")
     settings = _settings(config_class)
     _check_field_names(settings, path)
+    overrides = dict(overrides or {})
+    settings.update(_preset(settings, overrides.pop("PRESET", settings.get("PRESET")),
+                            path))
     cfg = types.SimpleNamespace(**settings)
     cfg.CONFIG_PATH = os.path.abspath(path)
     return finalize(cfg, overrides, source=path)
+
+
+def _preset(settings, name, source):
+    """The fields of preset ``name`` of the config (PRESETS), plus PRESET itself."""
+    if name is None:
+        return {"PRESET": None}
+    presets = settings.get("PRESETS") or {}
+    if name not in presets:
+        known = ", ".join(sorted(presets)) or "none"
+        raise ConfigError(f"{source}: PRESET: no preset {name!r} (this config has: "
+                          f"{known})")
+    fields = dict(presets[name])
+    for key in fields:
+        if key in ("PRESET", "PRESETS") or key in _DERIVED or key not in known_fields():
+            raise ConfigError(f"{source}: PRESETS[{name!r}]: cannot set {key}")
+    fields["PRESET"] = name
+    return fields
 
 
 _DERIVED = ("NUM_GPUS", "BATCH_SIZE", "STEPS_PER_EPOCH", "EPOCH_STEPS", "MAX_STEPS",
@@ -121,6 +141,9 @@ def finalize(cfg, overrides=None, source="config"):
     Call again after changing a setting (e.g. NUM_TRAIN_IMAGES once the data is known).
     """
     for key, value in (overrides or {}).items():
+        if key in ("PRESET", "PRESETS"):
+            raise ConfigError(f"{source}: {key} takes effect when the config is loaded "
+                              f"(--set PRESET=name), not later")
         if key in _DERIVED:
             raise ConfigError(f"{source}: {key} is derived from other fields; "
                               f"set those instead")
@@ -199,6 +222,11 @@ def _validate(cfg, source):
               f"got {cfg.TARGET_SIDE}")
     if len(cfg.PIXEL_MEANS) != 3:
         _fail(source, "PIXEL_MEANS", "needs three RGB means")
+    if len(cfg.PIXEL_STD) != 3 or any(float(s) <= 0 for s in cfg.PIXEL_STD):
+        _fail(source, "PIXEL_STD", f"needs three positive RGB values, got {cfg.PIXEL_STD!r}")
+    frozen = cfg.BACKBONE_FROZEN_STAGES
+    if not isinstance(frozen, int) or isinstance(frozen, bool) or frozen < 0:
+        _fail(source, "BACKBONE_FROZEN_STAGES", f"must be an integer >= 0, got {frozen!r}")
     if cfg.EPOCH <= 0:
         _fail(source, "EPOCH", f"must be positive, got {cfg.EPOCH}")
     bounds = list(cfg.EPOCH_BOUNDARY)

