@@ -13,8 +13,10 @@ inherited). What differs, and why, for a short run on a CPU:
   --set PRESET=scratch.
 - The head's batch norms train (HEAD_TRAIN_BATCH_NORM): frozen at their initial
   statistics the comparison logits ReLU(w . d^2) start dead (see tiny_cpu.py).
-- Side 384 (BCCD is 640x480): cells are then Platelets ~24 px, RBC ~61 px, WBC ~114
-  px (medians of the train split), well inside the anchors 16..256 of P2..P6.
+- Side 512 (BCCD is 640x480): cells are then Platelets ~32 px, RBC ~81 px, WBC ~152
+  px (medians of the train split), inside the anchors 16..256 of P2..P6. At side 384
+  (the from-scratch model's) pretrained platelets scored 0.755 against 0.802 here
+  (docs/results.md, trials P1 and P4).
 - Proposals and detections sized for at most 30 objects per image.
 - Detection NMS 0.5 instead of the notebook's 0.3: red cells touch and overlap; at 0.3
   NMS removes real neighbouring cells.
@@ -49,7 +51,7 @@ class Config(EfficientNetLite0, Res101FewShot):
     # 1000 steps here (fast R-CNN loss flat at the class prior through 8000 steps, no
     # detection on val); linear logits keep every class trainable.
     COMPARISON_RELU = False
-    TARGET_SIDE = 384
+    TARGET_SIDE = 512
     FPN_CHANNELS = 64
 
     NUM_SUPPORTS = 5                          # tools/make_references.py --per_class 5
@@ -63,7 +65,7 @@ class Config(EfficientNetLite0, Res101FewShot):
     RPN_PROPOSALS_INFERENCE = 300
 
     HEAD_CHANNELS = 256
-    ROI_CANONICAL_SIZE = 84                   # 224 scaled by 384 / 1024
+    ROI_CANONICAL_SIZE = 112                  # 224 scaled by 512 / 1024
     ADD_GT_TO_PROPOSALS = True
     FAST_RCNN_MINIBATCH_SIZE = 128
     FAST_RCNN_MAX_INSTANCES = 40
@@ -81,5 +83,6 @@ class Config(EfficientNetLite0, Res101FewShot):
     # The from-scratch model of the last release (docs/results.md: val 0.853 in 55
     # minutes): --set PRESET=scratch.
     PRESETS = {"scratch": dict(
-        SCRATCH_BACKBONE, PIXEL_MEANS=[115.2, 118.8, 123.0],
+        SCRATCH_BACKBONE, PIXEL_MEANS=[115.2, 118.8, 123.0], TARGET_SIDE=384,
+        ROI_CANONICAL_SIZE=84,
         LR=0.01, EPOCH=80, EPOCH_BOUNDARY=[60, 72])}

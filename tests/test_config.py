@@ -153,7 +153,8 @@ def test_real_data_configs_start_pretrained_and_scratch_is_one_preset_away(path)
     assert scratch.TRAIN_BATCH_NORM is True and scratch.BACKBONE_FROZEN_STAGES == 0
     assert scratch.LR == 0.02                     # --set after the preset wins
     # everything the preset does not name is the config's
-    assert scratch.TARGET_SIDE == cfg.TARGET_SIDE and scratch.NAME == cfg.NAME
+    assert scratch.BASE_ANCHOR_SIZE_LIST == cfg.BASE_ANCHOR_SIZE_LIST
+    assert scratch.NAME == cfg.NAME and scratch.NUM_CLASS == cfg.NUM_CLASS
 
 
 def test_preset_errors_name_the_field(tmp_path):
