@@ -141,12 +141,10 @@ def mbconv_block(inputs, spec, stride, input_channels, scope):
 
 
 def efficientnet_lite(images, variant="efficientnet_lite0", is_training=False,
-                      frozen_stages=0, num_stages=7, include_classifier=False,
+                      frozen_stages=0, include_classifier=False,
                       reuse=None, scope=None):
     """EfficientNet-Lite on images already normalised ((RGB - 127) / 128 for ImageNet).
 
-    num_stages: build the stem and stages 1..num_stages only (the detector needs all
-      seven for C5; fewer for quick tests).
     include_classifier: add the head conv, global average pool and the 1000 ImageNet
       logits (end point "<scope>/logits", [B, 1000]).
     is_training: batch-norm mode; the pretrained detector keeps it False (moving
@@ -164,7 +162,7 @@ def efficientnet_lite(images, variant="efficientnet_lite0", is_training=False,
                 net = slim.conv2d(images, STEM_CHANNELS, [3, 3], stride=2, scope="stem")
             end_points[f"{sc.name}/stem"] = net
             channels = STEM_CHANNELS
-            for stage, spec in enumerate(specs[:num_stages], 1):
+            for stage, spec in enumerate(specs, 1):
                 with slim.arg_scope([slim.conv2d, slim.separable_conv2d, slim.batch_norm],
                                     trainable=stage > frozen_stages):
                     for unit in range(1, spec.repeats + 1):
