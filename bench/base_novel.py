@@ -46,9 +46,11 @@ from data.io import reference_set  # noqa: E402
 
 SHARED = os.path.join(REPO, "..", "shared", "datasets")
 # The head that runs with classes it never saw (docs/fewshot.md), set on every preset's
-# config (cfgs/deeppcb_cpu.py has all but the all-levels pooling).
+# config (cfgs/deeppcb_cpu.py has it). ROIs are pooled by size, as the configs' own
+# full-data models (the upper bounds) were trained; the from-scratch experiment pooled
+# on all levels (--set "ROI_POOLING='all_levels'" reproduces it).
 NEW_CLASS_HEAD = ["COMPARISON_SCORE='distance'", "BACKGROUND_PROTOTYPE='pooled'",
-                  "BOX_REGRESSION='class_agnostic'", "ROI_POOLING='all_levels'"]
+                  "BOX_REGRESSION='class_agnostic'"]
 PRESETS = {
     "deeppcb": {"voc": os.path.join(SHARED, "deeppcb"), "cfg": "cfgs/deeppcb_cpu.py",
                 "novel": ["short", "spur", "pin-hole"], "sets": NEW_CLASS_HEAD},
@@ -57,7 +59,7 @@ PRESETS = {
 }
 # The generated sample (make demo's), for a quick run of the whole protocol.
 PRESETS["sample"] = {"voc": os.path.join(REPO, "output", "sample", "voc"),
-                     "cfg": "cfgs/tiny_cpu.py", "novel": ["crystal"],
+                     "cfg": "cfgs/tiny_fewshot.py", "novel": ["crystal"],
                      "sets": NEW_CLASS_HEAD}
 METHODS = ("A", "B", "C")
 BASE_REFERENCES = 5          # references per base class, cropped from the base data
@@ -120,12 +122,21 @@ def train(args, preset, data_dir, reference_dir, model_dir, sets, num_class, max
 
 
 def evaluate(args, preset, data_dir, reference_dir, model_dir, sets, report, novel=True):
-    """tools/eval.py on val (nAP50 / bAP50 with novel) unless `report` exists."""
+    """tools/eval.py on val (nAP50 / bAP50 with novel) unless `report` exists. A model
+    this script trained runs with the settings it was trained with (trained.json); one
+    trained elsewhere (--full_model) with its config's own."""
     if not os.path.exists(report):
         novel_args = ["--novel_classes", ",".join(preset["novel"])] if novel else []
+        trained = read_json(os.path.join(model_dir, "trained.json"))
+        if sets:
+            model_sets = preset["sets"] + sets
+        elif trained:
+            model_sets = trained["sets"]
+        else:       # trained elsewhere: its config's own settings
+            model_sets = []
         run_tool("eval.py", "--cfg", args.cfg, "--data_dir", data_dir, "--reference_dir",
                  reference_dir, "--model_dir", model_dir, "--report", report, *novel_args,
-                 *sets_args(preset["sets"] + sets))
+                 *sets_args(model_sets))
     results = read_json(report)["results"]
     return {k: v for k, v in results.items() if k.startswith(("voc/", "coco/"))}
 

@@ -36,6 +36,17 @@ def convert_sample_classes(sample_data, output_dir, classes):
 
 
 @pytest.fixture(scope="session")
+def imported_lite0(tmp_path_factory):
+    """The ImageNet EfficientNet-Lite0 of the installed package, imported once per test
+    session as tools/import_backbone.py does: (checkpoint folder, import info)."""
+    from libs.networks import pretrained
+
+    output_dir = str(tmp_path_factory.mktemp("pretrained") / "efficientnet_lite0")
+    info = pretrained.import_backbone("efficientnet_lite0", output_dir)
+    return output_dir, info
+
+
+@pytest.fixture(scope="session")
 def sample_data(tmp_path_factory):
     """Generated sample dataset, converted, with references: the tiny config's inputs.
 

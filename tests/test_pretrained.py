@@ -172,11 +172,7 @@ def test_truncated_package_file_is_a_clear_import_error(tmp_path):
 
 # ---------------------------------------------------------------------- the importer
 
-@pytest.fixture(scope="module")
-def imported_lite0(tmp_path_factory):
-    output_dir = str(tmp_path_factory.mktemp("pretrained") / "efficientnet_lite0")
-    info = pretrained.import_backbone("efficientnet_lite0", output_dir)
-    return output_dir, info
+# imported_lite0: tests/conftest.py (shared with the few-shot end-to-end test)
 
 
 def test_import_writes_a_tf_checkpoint_with_every_weight(imported_lite0):

@@ -1,4 +1,5 @@
 """Reference images: cropping from annotations (library and CLI) and loading supports."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -141,6 +142,26 @@ def test_make_references_cli(sample, tmp_path):
     assert missing.returncode != 0
     assert len(missing.stderr.strip().splitlines()) == 1
     assert "no such directory" in missing.stderr
+
+
+def test_a_class_folder_dropped_into_a_cropped_set_joins_it(sample, tmp_path):
+    """Adding a class to a trained model's references (README): crops of the new class,
+    from the tool or by hand, copied in beside the folders the manifest lists."""
+    _, images, _ = sample
+    renamed = [dataclasses.replace(image, objects=[
+        dataclasses.replace(obj, name="cell/round") for obj in image.objects
+        if obj.name == "cell"]) for image in images]
+    out = str(tmp_path / "refs")
+    reference_set.crop_references(renamed, out, per_class=2, progress_every_seconds=1e9)
+    assert reference_set.reference_classes(out) == ["cell/round"]     # folder cell_round
+    os.makedirs(os.path.join(out, "spore"))
+    assert reference_set.reference_classes(out) == ["cell/round"]     # no image yet
+    for k in range(2):
+        cv2.imwrite(os.path.join(out, "spore", f"s{k}.png"),
+                    np.full((12, 12, 3), 200, np.uint8))
+    assert reference_set.reference_classes(out) == ["cell/round", "spore"]
+    batch = load_reference_images(out, ["cell/round", "spore"], 2, 16)
+    assert batch.shape == (2, 2, 16, 16, 3)
 
 
 # ---------------------------------------------------------------------------------------

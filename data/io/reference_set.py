@@ -279,20 +279,23 @@ def _class_files(reference_dir, class_name):
 def reference_classes(reference_dir):
     """The class names a reference set holds, sorted.
 
-    From the manifest a cropping tool wrote (original names, which folder names may
-    have altered), else the sub-folders that hold at least one image file.
+    The classes of the manifest a cropping tool wrote (original names, which folder
+    names may have altered), and every other sub-folder that holds at least one image
+    file: a class added by dropping a folder of crops into the set (how a new class
+    joins a trained model's references, README "Add a class from a few examples").
     """
     if not reference_dir or not os.path.isdir(reference_dir):
         raise ReferenceSetError(f"reference dir {reference_dir} does not exist (crop one "
                                 f"with tools/make_references.py)")
     manifest = _read_manifest(reference_dir)
+    names = []
     if manifest and isinstance(manifest.get("classes"), dict):
         names = [name for name, entries in manifest["classes"].items() if entries]
-    else:
-        names = [name for name in os.listdir(reference_dir)
-                 if not name.startswith(".")
-                 and os.path.isdir(os.path.join(reference_dir, name))
-                 and _class_files(reference_dir, name)[1]]
+    listed = {class_dir_name(name) for name in names}
+    names += [name for name in os.listdir(reference_dir)
+              if not name.startswith(".") and name not in listed
+              and os.path.isdir(os.path.join(reference_dir, name))
+              and _class_files(reference_dir, name)[1]]
     if not names:
         raise ReferenceSetError(f"{reference_dir}: no class folder with images in it")
     return sorted(names)
