@@ -157,6 +157,14 @@ def test_real_data_configs_start_pretrained_and_scratch_is_one_preset_away(path)
     assert scratch.NAME == cfg.NAME and scratch.NUM_CLASS == cfg.NUM_CLASS
 
 
+def test_fine_tuning_a_pretrained_config_starts_from_the_run_alone():
+    """INIT_CHECKPOINT (a run: backbone included) replaces CHECKPOINT_DIR (ImageNet)."""
+    assert load_config(DEEPPCB).CHECKPOINT_DIR == "output/pretrained/efficientnet_lite0"
+    tuned = load_config(DEEPPCB, {"INIT_CHECKPOINT": "output/deeppcb_cpu"})
+    assert tuned.CHECKPOINT_DIR is None
+    assert tuned.INIT_CHECKPOINT == "output/deeppcb_cpu"
+
+
 def test_preset_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match=r"PRESET: no preset 'nope' \(this config has: "
                                           r"scratch\)"):

@@ -151,6 +151,11 @@ def finalize(cfg, overrides=None, source="config"):
             raise ConfigError(_unknown_field_message(source, key))
         setattr(cfg, key, value)
     _validate(cfg, source)
+    if cfg.INIT_CHECKPOINT:
+        # A run of this project holds every weight, its backbone's included (a pretrained
+        # config's run started from CHECKPOINT_DIR and trained on): fine-tuning it must
+        # not put the imported ImageNet backbone back over them.
+        cfg.CHECKPOINT_DIR = None
 
     cfg.NUM_GPUS = len(cfg.GPU_GROUPS)
     cfg.BATCH_SIZE = cfg.NUM_GPUS * cfg.PER_GPU_IMAGE
@@ -262,9 +267,6 @@ def _validate(cfg, source):
     if cfg.RPN_PROPOSALS_TRAIN > cfg.RPN_TOP_K_NMS or \
             cfg.RPN_PROPOSALS_INFERENCE > cfg.RPN_TOP_K_NMS:
         _fail(source, "RPN_TOP_K_NMS", "must be at least the number of proposals kept")
-    if cfg.CHECKPOINT_DIR and cfg.INIT_CHECKPOINT:
-        _fail(source, "INIT_CHECKPOINT", "set either CHECKPOINT_DIR (a pretrained "
-              "backbone) or INIT_CHECKPOINT (a run of this project), not both")
     trainable = cfg.TRAINABLE_VARIABLES
     if trainable is not None and (isinstance(trainable, str) or not all(
             isinstance(p, str) for p in trainable) or not trainable):
