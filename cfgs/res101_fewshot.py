@@ -18,8 +18,9 @@ class Config:
     CHECKPOINT_DIR = None                     # pretrained TF-slim checkpoint, or None
     # Fine-tuning: start from another run of this project (a checkpoint or a run
     # folder): every variable of the same name; class-sized ones matched by class name
-    # (libs/warm_start.py). TRAINABLE_VARIABLES: regexes of the variables to train
-    # (None: all); the others stay frozen.
+    # (libs/warm_start.py); CHECKPOINT_DIR is then ignored (the run holds its backbone).
+    # TRAINABLE_VARIABLES: regexes of the variables to train (None: all); the others
+    # stay frozen.
     INIT_CHECKPOINT = None
     TRAINABLE_VARIABLES = None
     SEED = 0
