@@ -8,6 +8,7 @@
     StopAfterTimeHook      stops when the time budget is spent, in the last LR stage
                            only (train.py --max_minutes)
     ProgressHook           a Progress line: evaluated images, or training steps and loss
+    SaveTimer              a CheckpointSaverListener timing each checkpoint save
 
 The guard only works if it runs before the CheckpointSaverHook in the same session:
 libs.training passes [guard, its own CheckpointSaverHook] as the Estimator's hooks (the
@@ -145,6 +146,28 @@ class SpeedMeter(StepCounter):
         seconds = self._step_ends[-1] - self._step_ends[-1 - half]
         self.steps_per_second = half / seconds if seconds > 0 else None
         run_context.request_stop()
+
+
+class SaveTimer(tf.estimator.CheckpointSaverListener):
+    """Times each checkpoint save, from the saver's start to its end (the file writes
+    only). Afterwards: seconds, one entry per save; last_seconds (None before any)."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.seconds = []
+        self._started = None
+
+    @property
+    def last_seconds(self):
+        return self.seconds[-1] if self.seconds else None
+
+    def before_save(self, session, global_step_value):
+        self._started = self.clock()
+
+    def after_save(self, session, global_step_value):
+        if self._started is not None:
+            self.seconds.append(self.clock() - self._started)
+            self._started = None
 
 
 class StopAfterTimeHook(StepCounter):

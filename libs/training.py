@@ -200,9 +200,10 @@ def make_estimator(cfg, model_dir, params, distribute=True, warm_start_from=None
                                   warm_start_from=warm_start_from)
 
 
-def training_hooks(estimator, cfg):
+def training_hooks(estimator, cfg, saving_listeners=()):
     """[finite-loss guard, checkpoint saver]: the guard first, so a step whose loss or
-    gradients are not finite stops training before its weights can be saved."""
+    gradients are not finite stops training before its weights can be saved.
+    saving_listeners: tf.estimator.CheckpointSaverListener, told of each save."""
     task = cluster_task()
     if task is None:
         save_dir = estimator.model_dir if estimator.config.is_chief else None
@@ -216,7 +217,8 @@ def training_hooks(estimator, cfg):
     hooks = [hooks_lib.FiniteLossGuard(estimator.model_dir)]
     if save_dir:
         hooks.append(tf.train.CheckpointSaverHook(save_dir,
-                                                  save_steps=cfg.SAVE_CHECKPOINTS_STEPS))
+                                                  save_steps=cfg.SAVE_CHECKPOINTS_STEPS,
+                                                  listeners=list(saving_listeners)))
     return hooks
 
 
@@ -376,11 +378,13 @@ def fit_schedule_to_budget(run, budget, input_fn, hooks, distribute=True):
     meter = hooks_lib.SpeedMeter(budget.clock, budget.warmup_seconds,
                                  skip_steps=time_budget.WARMUP_SKIP_STEPS,
                                  min_steps=time_budget.WARMUP_MIN_STEPS)
+    save_timer = hooks_lib.SaveTimer(budget.clock)
     called_at = budget.clock()
     estimator = make_estimator(cfg, run.model_dir, training_params(run),
                                distribute=distribute)
     estimator.train(input_fn, max_steps=cfg.EPOCH_STEPS,
-                    hooks=training_hooks(estimator, cfg) + list(hooks) + [meter])
+                    hooks=training_hooks(estimator, cfg, [save_timer]) + list(hooks)
+                    + [meter])
     step = int(estimator.get_variable_value("global_step"))
     if step >= cfg.EPOCH_STEPS:
         logging.info("the config's %d steps ran within the warm-up: nothing to fit", step)
@@ -395,10 +399,10 @@ def fit_schedule_to_budget(run, budget, input_fn, hooks, distribute=True):
     steady_since = budget.clock() if meter.steady_since is None else meter.steady_since
     restart_seconds = max(0.0, steady_since - called_at
                           - time_budget.WARMUP_SKIP_STEPS / rate)
-    # The warm-up ended with a checkpoint: from its last step to here is what one
-    # costs (with the session's close, so a little more).
-    last_step = meter.last_step_end
-    save_seconds = 0.0 if last_step is None else max(0.0, budget.clock() - last_step)
+    # The warm-up ended with a checkpoint: what writing it took is what each later save
+    # will cost (the session's close after it is paid once, at the end, like the
+    # margin's other costs).
+    save_seconds = save_timer.last_seconds or 0.0
     record = time_budget.decide_schedule(cfg, budget, rate, step, restart_seconds,
                                          save_seconds)
     time_budget.write_schedule(run.model_dir, record)

@@ -131,6 +131,32 @@ def test_speed_meter_times_the_steady_steps_then_stops_training():
     assert meter.steps_per_second == pytest.approx(2.0)
 
 
+def test_save_timer_times_every_checkpoint_save_and_only_the_saves(tmp_path):
+    """One duration per checkpoint written, each what the saver took: the clock is
+    advanced 3 s inside every save (by a second listener, called after the timer's
+    start) and 1 s per training step, which the timer must not count."""
+    clock = [0.0]
+    timer = hooks.SaveTimer(lambda: clock[0])
+
+    class SlowDisk(tf.estimator.CheckpointSaverListener):
+        def before_save(self, session, global_step_value):
+            clock[0] += 3.0
+
+    with seeded_graph().as_default():
+        step = tf.train.get_or_create_global_step()
+        tf.Variable(tf.zeros([10]), name="weights")
+        train_op = tf.assign_add(step, 1)
+        saver_hook = tf.train.CheckpointSaverHook(str(tmp_path), save_steps=2,
+                                                  listeners=[timer, SlowDisk()])
+        with tf.train.MonitoredSession(hooks=[saver_hook]) as session:
+            for _ in range(5):
+                session.run(train_op)
+                clock[0] += 1.0
+    saved = tf.train.get_checkpoint_state(str(tmp_path)).all_model_checkpoint_paths
+    assert len(saved) >= 2 and len(timer.seconds) == len(saved)
+    assert timer.seconds == [3.0] * len(saved) and timer.last_seconds == 3.0
+
+
 # ------------------------------------------------------------------ budgeted runs
 
 RATE = 0.5          # steps/s, injected
