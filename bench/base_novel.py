@@ -169,8 +169,10 @@ def fine_tune_sets(method, init, shots, num_images, steps, lr):
 
 
 def diagnose(args, preset, data_dir, reference_dir, model_dir, supports):
-    """Per class: proposal recall@0.5, class probabilities of the ROIs covering its
-    objects; and the prototypes' pairwise distances (mean squared difference)."""
+    """Per class: proposal recall@0.5, class probabilities and RPN objectness of the
+    ROIs covering its objects; the objectness of ROIs touching no object (IoU < 0.1)
+    and how many distinct objectness values an image's proposals have; and the
+    prototypes' pairwise distances (mean squared difference)."""
     from data.io.input_fn import EVAL, make_input_fn
     from libs import cli, training
     from libs.model_fn import PREDICT, detector_graph
@@ -180,6 +182,7 @@ def diagnose(args, preset, data_dir, reference_dir, model_dir, supports):
     run = training.prepare_run(cfg, data_dir, reference_dir, model_dir, inference=True)
     names = ["background"] + list(run.class_names)
     hits, probs = collections.defaultdict(list), collections.defaultdict(list)
+    objectness, distinct = collections.defaultdict(list), []
     graph = seeded_graph(cfg.SEED)
     with graph.as_default():
         features, labels = tf.data.make_one_shot_iterator(
@@ -193,23 +196,40 @@ def diagnose(args, preset, data_dir, reference_dir, model_dir, supports):
             prototypes = session.run(detector["prototypes"])
             while True:
                 try:
-                    rois, p, boxes, classes = session.run(
-                        [frcnn.rois, roi_probs, labels["gt_boxes"], labels["gt_labels"]])
+                    rois, p, scores, boxes, classes = session.run(
+                        [frcnn.rois, roi_probs, detector["proposal_scores"],
+                         labels["gt_boxes"], labels["gt_labels"]])
                 except tf.errors.OutOfRangeError:
                     break
                 for b in range(rois.shape[0]):
+                    real = rois[b].any(axis=1)
+                    distinct.append(len(np.unique(scores[b][real])))
+                    touching = np.zeros(len(rois[b]), bool)
                     for box, label in zip(boxes[b], classes[b]):
                         if label <= 0:
                             continue
-                        covering = box_iou(rois[b], box) >= 0.5
+                        iou = box_iou(rois[b], box)
+                        touching |= iou >= 0.1
+                        covering = iou >= 0.5
                         hits[names[label]].append(bool(covering.any()))
                         if covering.any():
                             probs[names[label]].append(p[b][covering].mean(axis=0))
+                            objectness[names[label]].extend(scores[b][covering])
+                    objectness["(no object)"].extend(scores[b][real & ~touching])
     flat = prototypes.reshape(len(prototypes), -1)
     distances = ((flat[:, None] - flat[None]) ** 2).mean(axis=-1)
     return {"proposal_recall@0.5": {n: float(np.mean(h)) for n, h in hits.items()},
             "covering_roi_probs": {n: dict(zip(names, np.mean(p, axis=0).round(3).tolist()))
                                    for n, p in probs.items()},
+            # the RPN's objectness (rows: covering ROIs per class, and ROIs touching no
+            # object): quartiles and the share above 0.5
+            "roi_objectness": {n: {"quartiles": np.percentile(v, [25, 50, 75]).round(3)
+                                   .tolist(), "above_0.5": round(float(np.mean(
+                                       np.array(v) > 0.5)), 3)}
+                               for n, v in objectness.items()},
+            "distinct_objectness_per_image": {"median": float(np.median(distinct)),
+                                              "max": int(np.max(distinct)),
+                                              "proposals": int(rois.shape[1])},
             "prototype_distances": {"classes": names,
                                     "mean_squared": distances.round(4).tolist()}}
 
@@ -301,6 +321,11 @@ def main():
     if "base" not in reference:     # the base model on val's base classes (bAP's reference)
         reference["base"] = evaluate(args, preset, base_data, base_refs, base_model, [],
                                      os.path.join(base_model, "eval_base.json"), novel=False)
+    if "C" in methods and "fc_base" not in reference:   # (C)'s own bAP reference
+        reference["fc_base"] = evaluate(
+            args, preset, base_data, base_refs, fc_base_model,
+            FC_SETS + [f"NUM_CLASS={len(base_classes) + 1}"],
+            os.path.join(fc_base_model, "eval_base.json"), novel=False)
     if "full" not in reference:     # the upper bound: all classes, full data
         reference["full"] = evaluate(args, preset, os.path.join(full, "data"),
                                      os.path.join(full, "references"), full_model, [],
@@ -351,9 +376,12 @@ def main():
 
 def print_table(table, reference, preset):
     base_map = reference.get("base", {}).get("voc/mAP@0.5")
+    fc_map = reference.get("fc_base", {}).get("voc/mAP@0.5")
     full = reference.get("full", {})
     print(f"\nnovel: {', '.join(preset['novel'])}; base model on val's base classes: "
           f"mAP50 {base_map:.3f}" if base_map is not None else "")
+    if fc_map is not None:
+        print(f"FC base model on val's base classes: mAP50 {fc_map:.3f}")
     if full:
         novel_full = np.mean([full[f"voc/AP@0.5/{n}"] for n in preset["novel"]])
         print(f"upper bound (all classes, full data): mAP50 {full['voc/mAP@0.5']:.3f}, "

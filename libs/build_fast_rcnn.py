@@ -130,7 +130,7 @@ def head_batch_norm_params(cfg, is_training):
 class FastRCNN:
     def __init__(self, feature_pyramid, rpn_proposals, prototypes, image_window, cfg,
                  mode, gt_boxes=None, gt_labels=None, sampling_seeds=None,
-                 scope="fast_rcnn"):
+                 proposal_scores=None, scope="fast_rcnn"):
         self.cfg = cfg
         self.mode = mode
         self.image_window = image_window
@@ -146,9 +146,13 @@ class FastRCNN:
         with tf.variable_scope(scope, reuse=tf.AUTO_REUSE):
             if gt_boxes is not None and mode != tf.estimator.ModeKeys.PREDICT:
                 self.rois, self.roi_labels, self.roi_deltas = self._sample_targets(
-                    rpn_proposals, gt_boxes, gt_labels, sampling_seeds, sample=training)
+                    rpn_proposals, gt_boxes, gt_labels, sampling_seeds, sample=training,
+                    proposal_scores=proposal_scores)
             else:
                 self.rois, self.roi_labels, self.roi_deltas = rpn_proposals, None, None
+            # Outside training the ROIs are the proposals in their order (with or
+            # without targets), so the RPN's scores are the ROIs' objectness.
+            self.roi_objectness = None if training else proposal_scores
             flat_rois = tf.reshape(self.rois, [-1, 4])
             self.level_of_rois = assign_levels(flat_rois, cfg.ROI_CANONICAL_SIZE)
             if cfg.ROI_POOLING == "all_levels":
@@ -176,18 +180,23 @@ class FastRCNN:
 
     # -- targets --------------------------------------------------------------------
 
-    def _sample_targets(self, proposals, gt_boxes, gt_labels, seeds, sample):
+    def _sample_targets(self, proposals, gt_boxes, gt_labels, seeds, sample,
+                        proposal_scores=None):
         cfg = self.cfg
         num_rois = cfg.FAST_RCNN_MINIBATCH_SIZE if sample else int(proposals.shape[1])
         if seeds is None:
             seeds = tf.zeros([self.batch_size, 2], tf.int64)
+        if proposal_scores is None:
+            proposal_scores = tf.zeros(tf.shape(proposals)[:2])
 
-        def one_image(props, boxes, labels, seed):
-            return fast_rcnn_targets(props, boxes, labels, cfg, num_rois, sample, seed)
+        def one_image(props, boxes, labels, seed, scores):
+            return fast_rcnn_targets(props, boxes, labels, cfg, num_rois, sample, seed,
+                                     scores)
 
         with tf.name_scope("fast_rcnn_targets"):
             rois, labels, deltas = box_ops.batch_slice(
-                [proposals, gt_boxes, gt_labels, seeds], one_image, self.batch_size)
+                [proposals, gt_boxes, gt_labels, seeds, proposal_scores], one_image,
+                self.batch_size)
         return (tf.stop_gradient(rois), tf.stop_gradient(labels),
                 tf.stop_gradient(deltas))
 
@@ -240,20 +249,51 @@ class FastRCNN:
     def fast_rcnn_detection(self, min_confidence=None):
         """[B, DETECTION_MAX_INSTANCES, 6] rows [y1, x1, y2, x2, score, class], 0-padded."""
         return detect(self.rois, self.class_probs, self.box_deltas, self.image_window,
-                      self.cfg, self.batch_size, min_confidence)
+                      self.cfg, self.batch_size, min_confidence, self.roi_objectness)
+
+
+def objectness_gated_probs(class_probs, objectness, source):
+    """The class probabilities [N, C] (column 0 background) with the probability that an
+    ROI is an object taken from `source` (DETECTION_OBJECTNESS):
+      "head": the second stage's own, 1 - P(background) (unchanged);
+      "rpn": the RPN's objectness [N] (class-agnostic, trained on every base object);
+      "geometric_mean": sqrt((1 - P(background)) * objectness).
+    The split of that probability among the object classes is always the head's.
+    """
+    if source == "head":
+        return class_probs
+    objects = class_probs[:, 1:]
+    share = tf.math.divide_no_nan(objects, tf.reduce_sum(objects, axis=1, keepdims=True))
+    if source == "rpn":
+        is_object = objectness
+    elif source == "geometric_mean":
+        is_object = tf.sqrt(tf.maximum(1.0 - class_probs[:, 0], 0.0) * objectness)
+    else:
+        raise ValueError(f"DETECTION_OBJECTNESS {source!r}: 'head', 'rpn' or "
+                         "'geometric_mean'")
+    is_object = is_object[:, tf.newaxis]
+    return tf.concat([1.0 - is_object, is_object * share], axis=1)
 
 
 def detect(rois, class_probs, box_deltas, image_window, cfg, batch_size,
-           min_confidence=None):
+           min_confidence=None, objectness=None):
     """Detections [B, DETECTION_MAX_INSTANCES, 6] from the head's outputs.
 
     rois [B, N, 4]; class_probs [B*N, NUM_CLASS]; box_deltas [B*N, 1 or NUM_CLASS, 4];
-    image_window [B, 4]. Shared by FastRCNN.fast_rcnn_detection and test-time flip
-    merging (libs/test_time_flips.py), which averages several heads' outputs first.
+    image_window [B, 4]; objectness [B, N], the RPN's scores of the ROIs (needed unless
+    DETECTION_OBJECTNESS is "head"). Shared by FastRCNN.fast_rcnn_detection and
+    test-time flip merging (libs/test_time_flips.py), which averages several heads'
+    outputs first.
     """
     if min_confidence is None:
         min_confidence = cfg.DETECTION_MIN_CONFIDENCE
     num_rois = int(rois.shape[1])
+    if cfg.DETECTION_OBJECTNESS != "head":
+        if objectness is None:
+            raise ValueError("DETECTION_OBJECTNESS from the RPN needs the proposals' "
+                             "scores (inference only)")
+        class_probs = objectness_gated_probs(class_probs, tf.reshape(objectness, [-1]),
+                                             cfg.DETECTION_OBJECTNESS)
     probs = tf.reshape(class_probs, [-1, num_rois, cfg.NUM_CLASS])
     deltas = tf.reshape(box_deltas, [-1, num_rois, int(box_deltas.shape[1]), 4])
 
@@ -298,7 +338,7 @@ def _shuffle(indices, seed):
 
 
 def fast_rcnn_targets(proposals, gt_boxes, gt_labels, cfg, num_rois, sample=True,
-                      seed=None):
+                      seed=None, proposal_scores=None):
     """Minibatch of ROIs with class and delta targets for one image.
 
     Positives: IoU >= FAST_RCNN_POSITIVE_IOU with a GT; negatives: below it. With
@@ -311,10 +351,13 @@ def fast_rcnn_targets(proposals, gt_boxes, gt_labels, cfg, num_rois, sample=True
     deltas [num_rois, 4] (BBOX_STD_DEV-normalised, 0 for negatives).
     `seed` (int [2]) drives the sampling; model_fn passes (image id, global step), so
     the same image at the same step samples the same ROIs in any tower layout.
+    `proposal_scores` [N], the RPN's objectness: with BACKGROUND_MAX_OBJECTNESS set, a
+    sampled negative that touches no GT box and scores above it is not taught as
+    background (left out of the minibatch).
     """
     if seed is None:
         seed = tf.zeros([2], tf.int64)
-    proposals, _ = box_ops.trim_zeros(proposals, name="trim_proposals")
+    proposals, valid = box_ops.trim_zeros(proposals, name="trim_proposals")
     gt_boxes, gt_valid = box_ops.trim_zeros(gt_boxes, name="trim_gt")
     gt_labels = tf.boolean_mask(gt_labels, gt_valid)
     if sample and cfg.ADD_GT_TO_PROPOSALS:
@@ -324,9 +367,14 @@ def fast_rcnn_targets(proposals, gt_boxes, gt_labels, cfg, num_rois, sample=True
                   lambda: tf.zeros([tf.shape(proposals)[0], 1]))
     best_iou = tf.reduce_max(iou, axis=1)
     best_gt = tf.argmax(iou, axis=1, output_type=tf.int32)
+    safe_gt = tf.cond(num_gt > 0, lambda: gt_boxes, lambda: tf.zeros([1, 4]))
+    safe_labels = tf.cond(num_gt > 0, lambda: gt_labels, lambda: tf.zeros([1], tf.int32))
     positive = tf.where(best_iou >= cfg.FAST_RCNN_POSITIVE_IOU)[:, 0]
     negative = tf.where(best_iou < cfg.FAST_RCNN_POSITIVE_IOU)[:, 0]
     if sample:
+        if cfg.BACKGROUND_MAX_OBJECTNESS is not None and proposal_scores is not None:
+            negative = _drop_object_like(negative, best_iou, tf.boolean_mask(
+                proposal_scores, valid), cfg.BACKGROUND_MAX_OBJECTNESS)
         max_positive = int(num_rois * cfg.FAST_RCNN_POSITIVE_RATIO)
         positive = _shuffle(positive, seed)[:max_positive]
         negatives_per_positive = int(1.0 / cfg.FAST_RCNN_POSITIVE_RATIO) - 1
@@ -334,12 +382,9 @@ def fast_rcnn_targets(proposals, gt_boxes, gt_labels, cfg, num_rois, sample=True
                                   num_rois - tf.shape(positive)[0])
         negative = _shuffle(negative, seed + tf.constant([0, 1], seed.dtype))[:num_negative]
     else:
-        everything = tf.range(tf.shape(proposals, out_type=tf.int64)[0])
-        positive = tf.boolean_mask(everything, best_iou >= cfg.FAST_RCNN_POSITIVE_IOU)
-        negative = tf.boolean_mask(everything, best_iou < cfg.FAST_RCNN_POSITIVE_IOU)
+        return _every_proposal_in_order(proposals, safe_gt, safe_labels, best_iou, best_gt,
+                                        cfg, num_rois)
     pos_rois = tf.gather(proposals, positive)
-    safe_gt = tf.cond(num_gt > 0, lambda: gt_boxes, lambda: tf.zeros([1, 4]))
-    safe_labels = tf.cond(num_gt > 0, lambda: gt_labels, lambda: tf.zeros([1], tf.int32))
     matched = tf.gather(best_gt, positive)
     pos_deltas = box_ops.encode_boxes(pos_rois, tf.gather(safe_gt, matched),
                                       cfg.BBOX_STD_DEV)
@@ -347,14 +392,45 @@ def fast_rcnn_targets(proposals, gt_boxes, gt_labels, cfg, num_rois, sample=True
     labels = tf.concat([tf.gather(safe_labels, matched),
                         tf.zeros_like(negative, tf.int32)], axis=0)
     deltas = tf.concat([pos_deltas, tf.zeros([tf.shape(negative)[0], 4])], axis=0)
-    pad = num_rois - tf.shape(rois)[0]
-    rois = tf.pad(rois[:num_rois], [[0, tf.maximum(pad, 0)], [0, 0]])
-    labels = tf.pad(labels[:num_rois], [[0, tf.maximum(pad, 0)]], constant_values=-1)
-    deltas = tf.pad(deltas[:num_rois], [[0, tf.maximum(pad, 0)], [0, 0]])
+    return _padded(rois, labels, deltas, num_rois)
+
+
+def _padded(rois, labels, deltas, num_rois):
+    """The first num_rois rows, padded to num_rois (zeros; label -1)."""
+    pad = tf.maximum(num_rois - tf.shape(rois)[0], 0)
+    rois = tf.pad(rois[:num_rois], [[0, pad], [0, 0]])
+    labels = tf.pad(labels[:num_rois], [[0, pad]], constant_values=-1)
+    deltas = tf.pad(deltas[:num_rois], [[0, pad], [0, 0]])
     rois.set_shape([num_rois, 4])
     labels.set_shape([num_rois])
     deltas.set_shape([num_rois, 4])
     return rois, labels, deltas
+
+
+# A negative overlapping a GT box this much or more is a badly placed box of a labelled
+# object (a useful negative), not a possible object of another class.
+UNLABELLED_MAX_IOU = 0.1
+
+
+def _drop_object_like(negative, best_iou, scores, max_objectness):
+    """The negatives (indices) minus those that look like an unlabelled object: the RPN
+    scores them above max_objectness and they touch no GT box. Base images hold objects
+    of the classes to come, unlabelled; taught as background, the head rejects them
+    when their references arrive (docs/fewshot.md)."""
+    object_like = tf.logical_and(tf.gather(scores, negative) > max_objectness,
+                                 tf.gather(best_iou, negative) < UNLABELLED_MAX_IOU)
+    return tf.boolean_mask(negative, tf.logical_not(object_like))
+
+
+def _every_proposal_in_order(proposals, safe_gt, safe_labels, best_iou, best_gt, cfg,
+                             num_rois):
+    """fast_rcnn_targets without sampling: row i is proposal i (so the RPN's scores of
+    the proposals still line up with the ROIs: DETECTION_OBJECTNESS)."""
+    positive = best_iou >= cfg.FAST_RCNN_POSITIVE_IOU
+    labels = tf.where(positive, tf.gather(safe_labels, best_gt), tf.zeros_like(best_gt))
+    deltas = box_ops.encode_boxes(proposals, tf.gather(safe_gt, best_gt), cfg.BBOX_STD_DEV)
+    deltas = deltas * tf.cast(positive, tf.float32)[:, tf.newaxis]
+    return _padded(proposals, labels, deltas, num_rois)
 
 
 def assign_levels(rois, canonical_size=224.0, canonical_level=4):

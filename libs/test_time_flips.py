@@ -54,4 +54,5 @@ def merged_detections(head, images, pyramid_fn, cfg, mode, min_confidence):
         class_probs = tf.add_n(probs) / len(probs)
         box_deltas = tf.add_n(deltas) / len(deltas)
     return build_fast_rcnn.detect(head.rois, class_probs, box_deltas, head.image_window,
-                                  cfg, head.batch_size, min_confidence)
+                                  cfg, head.batch_size, min_confidence,
+                                  head.roi_objectness)

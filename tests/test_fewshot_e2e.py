@@ -23,20 +23,10 @@ Objects of a class left out of the reference set are not rejected: the head rank
 given prototypes and the background (a closed set; docs/fewshot.md). With crystals
 left out, round / triangle scored 0.60 / 0.53 on this fixture, for that reason.
 """
-import os
-import shutil
-import subprocess
-import sys
-
-import numpy as np
 import pytest
 
-from data.sample.generate import generate_voc_dataset
-from libs import export
-from libs.metrics import DetectionEvaluator
-from tests.conftest import REPO_ROOT
+from bench.new_class_sample import average_precision, build
 
-CFG = os.path.join(REPO_ROOT, "cfgs", "tiny_fewshot.py")
 TRAINED = ["cell", "crystal"]
 NEW = "spore"
 RENAMED = {"angular": "crystal", "round": "cell", "triangle": "spore"}  # export name: crops
@@ -47,96 +37,23 @@ RENAMED = {"angular": "crystal", "round": "cell", "triangle": "spore"}  # export
 MIN_AP = 0.5
 
 
-def _tool(name, *args):
-    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", name), *args],
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
-
-
-def _voc_args(voc, split):
-    return ["--format", "voc", "--image_dir", str(voc / "JPEGImages"), "--annotations",
-            str(voc / "Annotations"), "--split_file",
-            str(voc / "ImageSets" / "Main" / f"{split}.txt")]
-
-
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, imported_lite0):
-    root = tmp_path_factory.mktemp("fewshot")
-    train_voc, voc = root / "train_voc", root / "voc"
-    generate_voc_dataset(str(train_voc), num_train=72, num_val=4, seed=0, classes=TRAINED)
-    generate_voc_dataset(str(voc), num_train=12, num_val=12, seed=1,
-                         classes=TRAINED + [NEW])
-    data = str(root / "data")
-    _tool("convert_to_tfrecord.py", *_voc_args(train_voc, "train"), "--output_dir", data)
-    _tool("make_references.py", *_voc_args(train_voc, "train"), "--output_dir",
-          str(root / "refs"), "--per_class", "3")
-    # The exports' references: crops of other images, the new class among them.
-    crops = root / "crops"
-    _tool("make_references.py", *_voc_args(voc, "train"), "--output_dir", str(crops),
-          "--per_class", "3")
-    renamed = root / "renamed_refs"
-    for name, source in RENAMED.items():
-        shutil.copytree(crops / source, renamed / name)
-    # evaluation keeps low-score detections (AP needs the ranking's tail)
-    sets = [f"--set={s}" for s in [f"CHECKPOINT_DIR='{imported_lite0[0]}'", "NUM_CLASS=3",
-                                   "DETECTION_MIN_CONFIDENCE=0.05"]]
-    model_dir = str(root / "model")
-    _tool("train.py", "--cfg", CFG, "--data_dir", data, "--reference_dir",
-          str(root / "refs"), "--model_dir", model_dir, *sets)
-    found = {}
-    for name, references in (("all", crops), ("renamed", renamed)):
-        found[name] = str(root / f"export_{name}")
-        _tool("export_savedmodel.py", "--cfg", CFG, "--data_dir", data, "--reference_dir",
-              str(references), "--model_dir", model_dir, "--export_dir", found[name],
-              *sets)
-    return {"voc": voc, **found}
-
-
-def _average_precision(export_dir, voc, rename):
-    """AP@0.5 per exported class over voc's val split; ground truth of the classes the
-    export names (`rename`: its class -> the sample's), other objects dropped."""
-    classes = export.read_export_info(export_dir)["class_names"]
-    assert classes == sorted(rename)
-    sample_name = {source: name for name, source in rename.items()}
-    evaluator = DetectionEvaluator(classes)
-    val = (voc / "ImageSets" / "Main" / "val.txt").read_text().split()
-    with export.Detector.from_saved_model(export_dir) as detector:
-        for index, image_id in enumerate(val):
-            with open(voc / "JPEGImages" / f"{image_id}.jpg", "rb") as handle:
-                found = detector.detect([handle.read()])[0]
-            boxes, names = _ground_truth(voc / "Annotations" / f"{image_id}.xml")
-            keep = [n in sample_name for n in names]
-            evaluator.add_ground_truth(
-                index, boxes[keep],
-                np.array([classes.index(sample_name[n]) + 1 for n in names
-                          if n in sample_name], np.int64))
-            evaluator.add_detections(index, found["boxes"], found["scores"],
-                                     found["class_ids"])
-    results = evaluator.evaluate()
-    return {name: results[f"voc/AP@0.5/{name}"] for name in classes}
+    """bench/new_class_sample.py's recipe (the first row of its table), exported twice:
+    every class under its own name, and renamed."""
+    return build(tmp_path_factory.mktemp("fewshot"), TRAINED, NEW, imported_lite0[0],
+                 exports={"all": {name: name for name in TRAINED + [NEW]},
+                          "renamed": RENAMED})
 
 
 def test_a_class_never_trained_on_is_found_from_references(exports):
-    average_precision = _average_precision(
-        exports["all"], exports["voc"], {name: name for name in TRAINED + [NEW]})
+    found = average_precision(exports["all"], exports["voc"],
+                              {name: name for name in TRAINED + [NEW]})
     for name in TRAINED + [NEW]:
-        assert average_precision[name] >= MIN_AP, average_precision
+        assert found[name] >= MIN_AP, found
 
 
 def test_classes_defined_by_references_are_found_and_named(exports):
-    average_precision = _average_precision(exports["renamed"], exports["voc"], RENAMED)
+    found = average_precision(exports["renamed"], exports["voc"], RENAMED)
     for name in RENAMED:
-        assert average_precision[name] >= MIN_AP, average_precision
-
-
-def _ground_truth(xml_path):
-    """[y1, x1, y2, x2] boxes (pixels) and class names of a VOC annotation."""
-    import xml.etree.ElementTree as ElementTree
-    boxes, names = [], []
-    for obj in ElementTree.parse(xml_path).getroot().iter("object"):
-        box = obj.find("bndbox")
-        x1, y1, x2, y2 = (float(box.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
-        boxes.append([y1, x1, y2, x2])
-        names.append(obj.find("name").text)
-    return np.array(boxes, np.float32).reshape(-1, 4), names
+        assert found[name] >= MIN_AP, found

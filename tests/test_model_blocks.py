@@ -432,6 +432,31 @@ def test_class_count_independent_head_restores_with_other_class_counts(tmp_path)
     assert shapes[3] == shapes[5]
 
 
+@pytest.mark.parametrize("mode", [PREDICT, tf.estimator.ModeKeys.EVAL])
+def test_rpn_objectness_scores_the_detections_in_evaluation_and_prediction(mode):
+    """DETECTION_OBJECTNESS "rpn": each ROI's objectness is its proposal's score (EVAL
+    keeps the proposals in their order). With one object class, all of an ROI's object
+    probability is that class's: every detection scores what the RPN scored its ROI."""
+    cfg = tiny_cfg(DETECTION_OBJECTNESS="rpn", NUM_CLASS=2)
+    with seeded_graph().as_default():
+        features, targets = fake_batch(cfg, 2)
+        graph = detector_graph(features, targets if mode != PREDICT else None, mode,
+                               {"net_config": cfg, "reference_images": reference_images(cfg)})
+        frcnn = graph["fast_rcnn"]
+        detections = frcnn.fast_rcnn_detection(0.0)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            proposals, scores, rois, objectness, det = sess.run(
+                [graph["proposals"], graph["proposal_scores"], frcnn.rois,
+                 frcnn.roi_objectness, detections])
+    np.testing.assert_array_equal(rois, proposals)
+    np.testing.assert_array_equal(objectness, scores)
+    for image_scores, image_det in zip(scores, det):
+        found = image_det[image_det[:, 4] > 0, 4]
+        assert len(found) > 0
+        assert np.isin(found, image_scores[image_scores > 0.5]).all()
+
+
 def test_notebook_head_is_sized_by_the_number_of_classes():
     shapes = {}
     for num_class in (3, 5):
@@ -657,6 +682,78 @@ def test_fast_rcnn_targets_respect_sampling_rules():
             assert abs((cy - gh / 2) - g[0]) < 1e-2 and abs((cy + gh / 2) - g[2]) < 1e-2
         elif label == 0:
             assert max(ious) < 0.5 and not delta.any()
+
+
+def test_fast_rcnn_targets_without_sampling_keep_every_proposal_in_its_place():
+    # EVAL: row i must stay proposal i, so the RPN's scores line up with the ROIs.
+    cfg = tiny_cfg()
+    proposals = np.array([[0, 0, 10, 10], [48, 52, 82, 80], [10, 10, 40, 40],
+                          [100, 100, 120, 120]], np.float32)
+    gt = np.zeros([cfg.FAST_RCNN_MAX_INSTANCES, 4], np.float32)
+    gt[:2] = [[50, 50, 80, 80], [10, 10, 40, 42]]
+    labels = np.zeros([cfg.FAST_RCNN_MAX_INSTANCES], np.int32)
+    labels[:2] = [2, 1]
+    padded = np.pad(proposals, [[0, 2], [0, 0]])           # RPN padding at the end
+    with seeded_graph().as_default(), tf.Session() as sess:
+        rois, roi_labels, deltas = sess.run(build_fast_rcnn.fast_rcnn_targets(
+            tf.constant(padded), tf.constant(gt), tf.constant(labels), cfg, 6,
+            sample=False))
+    np.testing.assert_array_equal(rois, padded)
+    np.testing.assert_array_equal(roi_labels, [0, 2, 1, 0, -1, -1])
+    assert not deltas[[0, 3, 4, 5]].any() and deltas[[1, 2]].any()
+    # proposal 2 is gt 1 but 2 px narrower: dw = log(32 / 30) / std, dh = 0
+    np.testing.assert_allclose(deltas[2, 2:], [0, np.log(32 / 30) / cfg.BBOX_STD_DEV[3]],
+                               rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("threshold", [None, 0.5])
+def test_object_like_negatives_are_left_out_of_the_background(threshold):
+    # Proposals 0-1 match the GT; 2-5 are far from it, 2 and 3 scored as objects by
+    # the RPN; 6 overlaps the GT a little (a badly placed box: a negative whatever
+    # its score).
+    cfg = tiny_cfg(BACKGROUND_MAX_OBJECTNESS=threshold, ADD_GT_TO_PROPOSALS=False)
+    proposals = np.array([[10, 10, 40, 40], [11, 10, 41, 40], [60, 60, 90, 90],
+                          [70, 10, 100, 40], [10, 70, 40, 100], [60, 100, 90, 120],
+                          [25, 25, 55, 55]], np.float32)
+    scores = np.array([0.9, 0.9, 0.95, 0.7, 0.2, 0.4, 0.9], np.float32)
+    gt = np.zeros([cfg.FAST_RCNN_MAX_INSTANCES, 4], np.float32)
+    gt[0] = [10, 10, 40, 40]
+    labels = np.zeros([cfg.FAST_RCNN_MAX_INSTANCES], np.int32)
+    labels[0] = 1
+    with seeded_graph().as_default(), tf.Session() as sess:
+        rois, roi_labels, _ = sess.run(build_fast_rcnn.fast_rcnn_targets(
+            tf.constant(proposals), tf.constant(gt), tf.constant(labels), cfg, 12,
+            proposal_scores=tf.constant(scores)))
+    negatives = [tuple(r) for r in rois[roi_labels == 0]]
+    index = {tuple(p): i for i, p in enumerate(proposals)}
+    sampled = sorted(index[r] for r in negatives)
+    assert (roi_labels > 0).sum() == 2         # so up to 4 negatives (1:2)
+    if threshold:
+        assert sampled == [4, 5, 6]
+    else:   # 4 of the 5: at least one object-like proposal taught as background
+        assert len(sampled) == 4 and set(sampled) <= {2, 3, 4, 5, 6}
+        assert {2, 3} & set(sampled)
+
+
+@pytest.mark.parametrize("source", ["head", "rpn", "geometric_mean"])
+def test_objectness_gate_moves_the_object_mass_keeps_the_class_split(source):
+    probs = np.array([[0.9, 0.06, 0.04], [0.2, 0.2, 0.6], [1.0, 0.0, 0.0]], np.float32)
+    rpn = np.array([0.8, 0.1, 0.5], np.float32)
+    with seeded_graph().as_default(), tf.Session() as sess:
+        got = sess.run(build_fast_rcnn.objectness_gated_probs(
+            tf.constant(probs), tf.constant(rpn), source))
+    is_object = {"head": 1 - probs[:, 0], "rpn": rpn,
+                 "geometric_mean": np.sqrt((1 - probs[:, 0]) * rpn)}[source]
+    share = probs[:, 1:] / np.maximum(probs[:, 1:].sum(1, keepdims=True), 1e-30)
+    expected = np.concatenate([1 - is_object[:, None], is_object[:, None] * share], 1)
+    if source == "head":
+        expected = probs
+    else:       # an ROI the head gives no object class keeps no object mass
+        expected[2] = [1 - is_object[2], 0, 0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # ROI 0: the head calls it background (0.9), the RPN an object (0.8)
+    assert {"head": 0.9, "rpn": 0.2, "geometric_mean": 1 - np.sqrt(0.08)}[source] == \
+        pytest.approx(got[0, 0], abs=1e-6)
 
 
 def test_refine_detections_nms_per_class_and_drops():

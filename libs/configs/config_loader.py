@@ -39,7 +39,8 @@ _CHOICES = {"CLASSIFIER": _CLASSIFIERS,
             "BACKGROUND_PROTOTYPE": ("stacked", "pooled"),
             "BOX_REGRESSION": ("per_class", "class_agnostic"),
             "COMPARISON_SCORE": ("learned", "distance"),
-            "ROI_POOLING": ("by_size", "all_levels")}
+            "ROI_POOLING": ("by_size", "all_levels"),
+            "DETECTION_OBJECTNESS": ("head", "rpn", "geometric_mean")}
 
 
 def _import_module(path):

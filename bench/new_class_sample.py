@@ -1,0 +1,157 @@
+"""A class never trained on, added from reference crops: the generated sample's table.
+
+    python bench/new_class_sample.py --out output/new_class_sample
+    python bench/new_class_sample.py --out output/new_class_sample --name by_size \
+        "--set=ROI_POOLING='by_size'"
+    python bench/new_class_sample.py --out output/new_class_sample --name cell_only \
+        --base cell --new spore
+
+One row of docs/fewshot.md ("The generated sample: a new class from references"): the
+config (default cfgs/tiny_fewshot.py, with --set overrides) is trained on generated
+images of the --base classes only (72 train images; the --new class never appears in
+them), then exported without retraining with 3 reference crops per class cropped from
+other images (sample seed + 1), the new class among them, and evaluated on their 12
+val images: AP@0.5 per class, through the exported SavedModel as a user serves it. The
+same recipe is tests/test_fewshot_e2e.py's fixture (`build`, `average_precision`).
+Each row takes about 3 minutes (2 cores); its result is <out>/<name>/result.json.
+"""
+import argparse
+import os
+import shutil
+import sys
+import xml.etree.ElementTree as ElementTree
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import REPO, run_tool, write_json  # noqa: E402
+
+CFG = os.path.join(REPO, "cfgs", "tiny_fewshot.py")
+NUM_BASE_IMAGES = 72
+NUM_EVAL_IMAGES = 12
+REFERENCES_PER_CLASS = 3
+
+
+def voc_args(voc, split):
+    voc = str(voc)
+    return ["--format", "voc", "--image_dir", os.path.join(voc, "JPEGImages"),
+            "--annotations", os.path.join(voc, "Annotations"), "--split_file",
+            os.path.join(voc, "ImageSets", "Main", f"{split}.txt")]
+
+
+def build(root, base_classes, new_class, backbone_dir, sets=(), seed=0, cfg=CFG,
+          exports=None):
+    """Trains on the base classes and exports. root: an empty folder.
+
+    exports: {export name: {class name in the export: class of the sample}}; default
+    one export "all" with every class under its own name. Returns {"voc": the
+    evaluation images' VOC folder, <export name>: its SavedModel folder}.
+    """
+    from data.sample.generate import generate_voc_dataset
+
+    root = str(root)
+    classes = list(base_classes) + [new_class]
+    exports = exports or {"all": {name: name for name in classes}}
+    train_voc, voc = os.path.join(root, "train_voc"), os.path.join(root, "voc")
+    generate_voc_dataset(train_voc, num_train=NUM_BASE_IMAGES, num_val=4, seed=seed,
+                         classes=list(base_classes))
+    generate_voc_dataset(voc, num_train=NUM_EVAL_IMAGES, num_val=NUM_EVAL_IMAGES,
+                         seed=seed + 1, classes=classes)
+    data = os.path.join(root, "data")
+    run_tool("convert_to_tfrecord.py", *voc_args(train_voc, "train"), "--output_dir", data)
+    run_tool("make_references.py", *voc_args(train_voc, "train"), "--output_dir",
+             os.path.join(root, "refs"), "--per_class", str(REFERENCES_PER_CLASS))
+    # The exports' references: crops of other images, the new class among them.
+    crops = os.path.join(root, "crops")
+    run_tool("make_references.py", *voc_args(voc, "train"), "--output_dir", crops,
+             "--per_class", str(REFERENCES_PER_CLASS))
+    # Evaluation keeps low-score detections (AP needs the ranking's tail).
+    set_args = [f"--set={s}" for s in [f"CHECKPOINT_DIR='{backbone_dir}'",
+                                       f"NUM_CLASS={len(base_classes) + 1}",
+                                       "DETECTION_MIN_CONFIDENCE=0.05", *sets]]
+    model_dir = os.path.join(root, "model")
+    run_tool("train.py", "--cfg", cfg, "--data_dir", data, "--reference_dir",
+             os.path.join(root, "refs"), "--model_dir", model_dir, *set_args)
+    found = {"voc": voc}
+    for name, rename in exports.items():
+        references = os.path.join(root, f"refs_{name}")
+        for export_class, sample_class in rename.items():
+            shutil.copytree(os.path.join(crops, sample_class),
+                            os.path.join(references, export_class))
+        found[name] = os.path.join(root, f"export_{name}")
+        run_tool("export_savedmodel.py", "--cfg", cfg, "--data_dir", data,
+                 "--reference_dir", references, "--model_dir", model_dir,
+                 "--export_dir", found[name], *set_args)
+    return found
+
+
+def ground_truth(xml_path):
+    """[y1, x1, y2, x2] boxes (pixels) and class names of a VOC annotation."""
+    boxes, names = [], []
+    for obj in ElementTree.parse(xml_path).getroot().iter("object"):
+        box = obj.find("bndbox")
+        x1, y1, x2, y2 = (float(box.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
+        boxes.append([y1, x1, y2, x2])
+        names.append(obj.find("name").text)
+    return np.array(boxes, np.float32).reshape(-1, 4), names
+
+
+def average_precision(export_dir, voc, rename):
+    """AP@0.5 per exported class over voc's val split; ground truth of the classes the
+    export names (`rename`: its class -> the sample's), other objects dropped."""
+    from libs import export
+    from libs.metrics import DetectionEvaluator
+
+    classes = export.read_export_info(export_dir)["class_names"]
+    if classes != sorted(rename):
+        raise RuntimeError(f"{export_dir} names {classes}, expected {sorted(rename)}")
+    sample_name = {source: name for name, source in rename.items()}
+    evaluator = DetectionEvaluator(classes)
+    with open(os.path.join(voc, "ImageSets", "Main", "val.txt")) as handle:
+        val = handle.read().split()
+    with export.Detector.from_saved_model(export_dir) as detector:
+        for index, image_id in enumerate(val):
+            with open(os.path.join(voc, "JPEGImages", f"{image_id}.jpg"), "rb") as handle:
+                found = detector.detect([handle.read()])[0]
+            boxes, names = ground_truth(os.path.join(voc, "Annotations", f"{image_id}.xml"))
+            keep = [n in sample_name for n in names]
+            evaluator.add_ground_truth(
+                index, boxes[keep],
+                np.array([classes.index(sample_name[n]) + 1 for n in names
+                          if n in sample_name], np.int64))
+            evaluator.add_detections(index, found["boxes"], found["scores"],
+                                     found["class_ids"])
+    results = evaluator.evaluate()
+    return {name: results[f"voc/AP@0.5/{name}"] for name in classes}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--name", default="default", help="the row's folder in --out")
+    parser.add_argument("--base", default="cell,crystal", help="classes trained on")
+    parser.add_argument("--new", default="spore", help="the class added from crops")
+    parser.add_argument("--seed", type=int, default=0, help="sample seed")
+    parser.add_argument("--cfg", default=CFG)
+    parser.add_argument("--set", action="append", default=[],
+                        help="config override FIELD=VALUE (repeatable)")
+    args = parser.parse_args()
+    from libs.networks import pretrained
+
+    row = os.path.join(args.out, args.name)
+    shutil.rmtree(row, ignore_errors=True)
+    backbone = os.path.join(args.out, "efficientnet_lite0")
+    if not os.path.exists(os.path.join(backbone, "checkpoint")):
+        pretrained.import_backbone("efficientnet_lite0", backbone)
+    base = args.base.split(",")
+    found = build(row, base, args.new, backbone, args.set, args.seed, args.cfg)
+    result = {"base": base, "new": args.new, "seed": args.seed, "sets": args.set,
+              "ap50": average_precision(found["all"], found["voc"],
+                                        {n: n for n in base + [args.new]})}
+    write_json(os.path.join(row, "result.json"), result)
+    print(" ".join(f"{name} {value:.2f}" for name, value in result["ap50"].items()))
+
+
+if __name__ == "__main__":
+    main()
