@@ -128,10 +128,6 @@ class SpeedMeter(StepCounter):
     def steady_since(self):
         return self._step_ends[0] if self._step_ends else None
 
-    @property
-    def last_step_end(self):
-        return self._step_ends[-1] if self._step_ends else None
-
     def after_run(self, run_context, run_values):
         super().after_run(run_context, run_values)
         self._runs += 1

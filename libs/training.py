@@ -400,8 +400,8 @@ def fit_schedule_to_budget(run, budget, input_fn, hooks, distribute=True):
     restart_seconds = max(0.0, steady_since - called_at
                           - time_budget.WARMUP_SKIP_STEPS / rate)
     # The warm-up ended with a checkpoint: what writing it took is what each later save
-    # will cost (the session's close after it is paid once, at the end, like the
-    # margin's other costs).
+    # will cost. (Its session's close is already spent here; the last run's close is
+    # in the margin.)
     save_seconds = save_timer.last_seconds or 0.0
     record = time_budget.decide_schedule(cfg, budget, rate, step, restart_seconds,
                                          save_seconds)
