@@ -5,6 +5,8 @@
         "--set=ROI_POOLING='by_size'"
     python bench/new_class_sample.py --out output/new_class_sample --name cell_only \
         --base cell --new spore
+    python bench/new_class_sample.py --out output/new_class_sample --name open_set \
+        --leave_out crystal --open_set_radius 1.5,2,3
 
 One row of docs/fewshot.md ("The generated sample: a new class from references"): the
 config (default cfgs/tiny_fewshot.py, with --set overrides) is trained on generated
@@ -40,6 +42,13 @@ def voc_args(voc, split):
             os.path.join(voc, "ImageSets", "Main", f"{split}.txt")]
 
 
+def training_sets(base_classes, backbone_dir, sets=()):
+    """The --set flags of build()'s training (and its exports)."""
+    return [f"--set={s}" for s in [f"CHECKPOINT_DIR='{backbone_dir}'",
+                                   f"NUM_CLASS={len(base_classes) + 1}",
+                                   "DETECTION_MIN_CONFIDENCE=0.05", *sets]]
+
+
 def build(root, base_classes, new_class, backbone_dir, sets=(), seed=0, cfg=CFG,
           exports=None):
     """Trains on the base classes and exports. root: an empty folder.
@@ -67,23 +76,29 @@ def build(root, base_classes, new_class, backbone_dir, sets=(), seed=0, cfg=CFG,
     run_tool("make_references.py", *voc_args(voc, "train"), "--output_dir", crops,
              "--per_class", str(REFERENCES_PER_CLASS))
     # Evaluation keeps low-score detections (AP needs the ranking's tail).
-    set_args = [f"--set={s}" for s in [f"CHECKPOINT_DIR='{backbone_dir}'",
-                                       f"NUM_CLASS={len(base_classes) + 1}",
-                                       "DETECTION_MIN_CONFIDENCE=0.05", *sets]]
+    set_args = training_sets(base_classes, backbone_dir, sets)
     model_dir = os.path.join(root, "model")
     run_tool("train.py", "--cfg", cfg, "--data_dir", data, "--reference_dir",
              os.path.join(root, "refs"), "--model_dir", model_dir, *set_args)
     found = {"voc": voc}
     for name, rename in exports.items():
-        references = os.path.join(root, f"refs_{name}")
-        for export_class, sample_class in rename.items():
-            shutil.copytree(os.path.join(crops, sample_class),
-                            os.path.join(references, export_class))
-        found[name] = os.path.join(root, f"export_{name}")
-        run_tool("export_savedmodel.py", "--cfg", cfg, "--data_dir", data,
-                 "--reference_dir", references, "--model_dir", model_dir,
-                 "--export_dir", found[name], *set_args)
+        found[name] = export(root, name, rename, set_args, cfg)
     return found
+
+
+def export(root, name, rename, set_args, cfg=CFG):
+    """Exports build()'s model under root with the crops of `rename` ({class name in the
+    export: class of the sample}) as references; returns the SavedModel folder.
+    set_args: the --set flags (training's, and any inference-only field)."""
+    references = os.path.join(root, f"refs_{name}")
+    for export_class, sample_class in rename.items():
+        shutil.copytree(os.path.join(root, "crops", sample_class),
+                        os.path.join(references, export_class))
+    export_dir = os.path.join(root, f"export_{name}")
+    run_tool("export_savedmodel.py", "--cfg", cfg, "--data_dir", os.path.join(root, "data"),
+             "--reference_dir", references, "--model_dir", os.path.join(root, "model"),
+             "--export_dir", export_dir, *set_args)
+    return export_dir
 
 
 def ground_truth(xml_path):
@@ -126,6 +141,56 @@ def average_precision(export_dir, voc, rename):
     return {name: results[f"voc/AP@0.5/{name}"] for name in classes}
 
 
+def named_objects(export_dir, voc, sample_class, min_score=0.5):
+    """(how many of voc's val objects of `sample_class` a detection of any class with
+    score >= min_score covers at IoU >= 0.5, how many there are)."""
+    from libs import export
+    from libs.metrics import iou_matrix
+
+    with open(os.path.join(voc, "ImageSets", "Main", "val.txt")) as handle:
+        val = handle.read().split()
+    named = total = 0
+    with export.Detector.from_saved_model(export_dir) as detector:
+        for image_id in val:
+            boxes, names = ground_truth(os.path.join(voc, "Annotations", f"{image_id}.xml"))
+            objects = boxes[[n == sample_class for n in names]]
+            if not len(objects):
+                continue
+            with open(os.path.join(voc, "JPEGImages", f"{image_id}.jpg"), "rb") as handle:
+                found = detector.detect([handle.read()])[0]
+            shown = found["boxes"][found["scores"] >= min_score]
+            total += len(objects)
+            if len(shown):
+                named += int((iou_matrix(objects, shown).max(axis=1) >= 0.5).sum())
+    return named, total
+
+
+def open_set_rows(row, base, new, leave_out, radii, set_args, cfg=CFG):
+    """Exports of the trained row without `leave_out`'s references, closed (radius None)
+    and with each OPEN_SET_RADIUS: AP of the given classes (the left-out objects count
+    as false positives when named) and how many left-out objects are named."""
+    voc = os.path.join(row, "voc")
+    given = [name for name in base + [new] if name != leave_out]
+    rows = []
+    for radius in [None] + list(radii):
+        name = f"without_{leave_out}" + ("" if radius is None else f"_r{radius:g}")
+        sets = set_args + ([] if radius is None else [f"--set=OPEN_SET_RADIUS={radius}"])
+        found = export(row, name, {n: n for n in given}, sets, cfg)
+        named, total = named_objects(found, voc, leave_out)
+        rows.append({"open_set_radius": radius,
+                     "ap50": average_precision(found, voc, {n: n for n in given}),
+                     f"{leave_out}_named": named, f"{leave_out}_objects": total})
+        if radius is not None:   # what the radius costs with every class given
+            every = export(row, f"all_r{radius:g}", {n: n for n in base + [new]}, sets,
+                           cfg)
+            rows[-1]["ap50_every_class_given"] = average_precision(
+                every, voc, {n: n for n in base + [new]})
+        print(f"without {leave_out}, radius {radius}: " + " ".join(
+            f"{k} {v:.2f}" for k, v in rows[-1]["ap50"].items())
+            + f"; {leave_out} named {named} of {total}", flush=True)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
@@ -136,6 +201,11 @@ def main():
     parser.add_argument("--cfg", default=CFG)
     parser.add_argument("--set", action="append", default=[],
                         help="config override FIELD=VALUE (repeatable)")
+    parser.add_argument("--leave_out", default=None,
+                        help="also export without this class's references (open set)")
+    parser.add_argument("--open_set_radius", default="",
+                        help="with --leave_out: OPEN_SET_RADIUS values to export with, "
+                             "comma-separated")
     args = parser.parse_args()
     from libs.networks import pretrained
 
@@ -149,6 +219,11 @@ def main():
     result = {"base": base, "new": args.new, "seed": args.seed, "sets": args.set,
               "ap50": average_precision(found["all"], found["voc"],
                                         {n: n for n in base + [args.new]})}
+    if args.leave_out:
+        radii = [float(r) for r in args.open_set_radius.split(",") if r]
+        result["open_set"] = open_set_rows(
+            row, base, args.new, args.leave_out, radii,
+            training_sets(base, backbone, args.set), args.cfg)
     write_json(os.path.join(row, "result.json"), result)
     print(" ".join(f"{name} {value:.2f}" for name, value in result["ap50"].items()))
 

@@ -142,6 +142,13 @@ class Config:
     # trained on base images learns unlabelled new-class objects as background; the
     # RPN's objectness is one place the literature looks instead (docs/fewshot.md).
     DETECTION_OBJECTNESS = "head"
+    # None (the notebook): a closed set, every object is one of the given classes or
+    # background. A number m (COMPARISON_SCORE "distance" only): an ROI farther from a
+    # class's prototype than m x that class's spread (its references' mean
+    # leave-one-out distance) cannot be that class; one beyond every class's radius is
+    # background - objects of classes absent from the reference set are rejected
+    # instead of named as the nearest class (docs/fewshot.md, "Open-set rejection").
+    OPEN_SET_RADIUS = None
     # Test-time flip merging (libs/test_time_flips.py): () off, or any of "horizontal",
     # "vertical"; each adds a backbone and head pass at evaluation and export.
     TEST_FLIPS = ()

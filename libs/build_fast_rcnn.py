@@ -18,6 +18,8 @@ suits its size, then:
 """
 import math
 
+import numpy as np
+
 from libs import losses
 from libs.box_utils import box_ops
 from libs.tf_compat import slim, tf
@@ -76,18 +78,17 @@ def comparison_classifier(roi_features, box_features, prototypes, cfg, bn_traini
     depth = size * size * channels
     num_prototypes = (tf.compat.dimension_value(prototypes.shape[0])
                       or tf.shape(prototypes)[0])
+    if cfg.COMPARISON_SCORE == "distance":
+        weights = distance_weights(depth)
     with tf.variable_scope("comparison_classifier", reuse=tf.AUTO_REUSE):
         if cfg.COMPARISON_SCORE == "distance":
             with tf.variable_scope("distance"):
-                # softplus(0.5413) = 1: every feature starts with weight 1
-                raw = slim.model_variable("feature_weights", shape=[depth, 1],
-                                          initializer=tf.constant_initializer(0.5413))
                 log_scale = slim.model_variable("log_scale", shape=[],
                                                 initializer=tf.zeros_initializer())
                 background_bias = slim.model_variable("background_bias", shape=[],
                                                       initializer=tf.zeros_initializer())
                 distances = weighted_squared_distances(roi_features, prototypes,
-                                                       tf.nn.softplus(raw)) / depth
+                                                       weights) / depth
                 logits = -tf.exp(log_scale) * distances
                 bias = tf.one_hot(0, num_prototypes) * background_bias
                 return tf.add(logits, bias, name="class_logits")
@@ -104,6 +105,68 @@ def comparison_classifier(roi_features, box_features, prototypes, cfg, bn_traini
             if cfg.COMPARISON_RELU:
                 scores = tf.nn.relu(scores)
         return tf.reshape(scores, [-1, num_prototypes], name="class_logits")
+
+
+def distance_weights(depth):
+    """The "distance" score's per-feature weights w_d = softplus(v_d) >= 0, [depth, 1].
+
+    Shared, in the head's scope, by comparison_classifier and the open-set test, which
+    measures in the same metric."""
+    with tf.variable_scope("comparison_classifier/distance", reuse=tf.AUTO_REUSE):
+        # softplus(0.5413) = 1: every feature starts with weight 1
+        raw = slim.model_variable("feature_weights", shape=[depth, 1],
+                                  initializer=tf.constant_initializer(0.5413))
+    return tf.nn.softplus(raw)
+
+
+def open_set_radii(supports, mask, weights, multiplier):
+    """Each class's acceptance radius [C] in the distance score's metric (mean over
+    features of w_d (f_d - p_d)^2).
+
+    supports [C, K, V, S, S, F]: each reference's feature in V views, view 0 its
+    object's box, views 1.. as proposals would box it (reference.proposal_like_boxes);
+    mask [C, K] (1 = a real reference); weights [S*S*F, 1]. A class's spread is how far
+    those proposal-like views lie from a prototype that has not seen their reference:
+    the mean of the class's other references (leave one out), or, for a class with one
+    reference, that reference's own box. Without proposal-like views (V = 1) it is the
+    leave-one-out distance of the references themselves, and a class with one
+    reference takes the mean radius of those that have more (infinite when none has).
+    radius = multiplier x spread.
+    """
+    num_classes, num_supports, num_views = (int(d) for d in supports.shape[:3])
+    depth = int(weights.shape[0])
+    flat = tf.reshape(supports, [num_classes, num_supports, num_views, depth])
+    objects = flat[:, :, 0]                                                  # [C, K, D]
+    count = tf.reduce_sum(mask, axis=1)                                        # [C]
+    total = tf.reduce_sum(objects * mask[:, :, tf.newaxis], axis=1, keepdims=True)
+    left_out = (total - objects) / tf.maximum(count - 1.0, 1.0)[:, tf.newaxis, tf.newaxis]
+    centre = tf.where(tf.broadcast_to((count >= 2.0)[:, tf.newaxis, tf.newaxis],
+                                      tf.shape(objects)), left_out, objects)
+    views = flat[:, :, 1:] if num_views > 1 else flat
+    squared = tf.square(views - centre[:, :, tf.newaxis])                 # [C, K, V', D]
+    per_view = tf.reshape(tf.matmul(tf.reshape(squared, [-1, depth]), weights),
+                          [num_classes, num_supports, -1]) / depth
+    per_reference = tf.reduce_mean(per_view, axis=2)                          # [C, K]
+    own = tf.math.divide_no_nan(tf.reduce_sum(per_reference * mask, axis=1), count)
+    if num_views > 1:
+        return tf.multiply(own, float(multiplier), name="open_set_radii")
+    has_spread = count >= 2.0
+    shared = tf.math.divide_no_nan(
+        tf.reduce_sum(tf.where(has_spread, own, tf.zeros_like(own))),
+        tf.reduce_sum(tf.cast(has_spread, tf.float32)))
+    shared = tf.where(tf.reduce_any(has_spread), shared, tf.constant(math.inf))
+    return tf.multiply(tf.where(has_spread, own, tf.fill([num_classes], shared)),
+                       float(multiplier), name="open_set_radii")
+
+
+def open_set_probs(class_probs, distances, radii):
+    """class_probs [M, C + 1] (column 0 background) with every class an ROI lies beyond
+    the radius of ([M, C + 1] distances, [C] radii) given no probability: its share
+    goes to the background. An ROI beyond every radius is background."""
+    beyond = distances[:, 1:] > radii[tf.newaxis, :]
+    objects = tf.where(beyond, tf.zeros_like(class_probs[:, 1:]), class_probs[:, 1:])
+    return tf.concat([1.0 - tf.reduce_sum(objects, axis=1, keepdims=True), objects],
+                     axis=1, name="open_set_probs")
 
 
 def fc_classifier(roi_features, box_features, prototypes, cfg, bn_training):
@@ -130,11 +193,14 @@ def head_batch_norm_params(cfg, is_training):
 class FastRCNN:
     def __init__(self, feature_pyramid, rpn_proposals, prototypes, image_window, cfg,
                  mode, gt_boxes=None, gt_labels=None, sampling_seeds=None,
-                 proposal_scores=None, scope="fast_rcnn"):
+                 proposal_scores=None, reference_supports=None, scope="fast_rcnn"):
+        """reference_supports: (each reference's features [C, K, V, S, S, F], mask
+        [C, K]; see open_set_radii), needed at inference with OPEN_SET_RADIUS."""
         self.cfg = cfg
         self.mode = mode
         self.image_window = image_window
         self.prototypes = prototypes
+        self.reference_supports = reference_supports
         # None only in PREDICT for the exported model (any number of images per call).
         self.batch_size = tf.compat.dimension_value(rpn_proposals.shape[0])
         if self.batch_size is None and mode != tf.estimator.ModeKeys.PREDICT:
@@ -177,6 +243,23 @@ class FastRCNN:
             self.class_logits = classify(self.roi_features, box_features, prototypes,
                                          cfg, self.bn_training)
             self.class_probs = tf.nn.softmax(self.class_logits, name="class_probs")
+            if cfg.OPEN_SET_RADIUS is not None and not training:
+                self.class_probs = self._open_set(self.class_probs, reference_supports)
+
+    def _open_set(self, class_probs, reference_supports):
+        if reference_supports is None:
+            raise ValueError("OPEN_SET_RADIUS needs the references' features "
+                             "(reference_supports)")
+        supports, mask = reference_supports
+        depth = int(np.prod(self.roi_features.shape.as_list()[1:]))
+        weights = distance_weights(depth)
+        distances = tf.divide(weighted_squared_distances(self.roi_features,
+                                                         self.prototypes, weights),
+                              float(depth), name="prototype_distances")
+        self.open_set_radii = open_set_radii(supports, mask, weights,
+                                             self.cfg.OPEN_SET_RADIUS)
+        self.prototype_distances = distances
+        return open_set_probs(class_probs, distances, self.open_set_radii)
 
     # -- targets --------------------------------------------------------------------
 

@@ -35,38 +35,79 @@ def object_box(side, margin):
     return [low, low, side - low, side - low]
 
 
-def class_prototypes(reference_pyramid, num_classes, num_supports, roi_size, mask=None,
+def support_features(reference_pyramid, num_classes, num_supports, roi_size,
                      pooled_box=None, reference_side=None):
-    """Pyramid of the C*K reference images -> positive prototypes [C, S, S, F].
+    """Pyramid of the C*K reference images -> each reference's feature [C, K, S, S, F].
 
     Each level is resized whole to S x S (the notebook), or, with pooled_box
     ([y1, x1, y2, x2] in reference pixels; ROI_POOLING "all_levels"), the object's box
     is pooled from it as a query ROI is (crop_and_resize, the same coordinates); the
     levels are averaged.
+    """
+    if pooled_box is not None:
+        return box_features(reference_pyramid, num_classes, num_supports, roi_size,
+                            [pooled_box], reference_side)[:, :, 0]
+    per_level = [tf.image.resize_bilinear(reference_pyramid[level], [roi_size, roi_size])
+                 for level in PROTOTYPE_LEVELS]
+    features = tf.reduce_mean(tf.stack(per_level, axis=0), axis=0)
+    return tf.reshape(features, [num_classes, num_supports, roi_size, roi_size,
+                                 int(features.shape[-1])], name="support_features")
+
+
+def box_features(reference_pyramid, num_classes, num_supports, roi_size, boxes,
+                 reference_side):
+    """The V boxes ([y1, x1, y2, x2] reference pixels) pooled from every reference as a
+    query ROI is (every level, averaged): [C, K, V, S, S, F]."""
+    from libs.build_fast_rcnn import clamped_feature_boxes
+    count, views = num_classes * num_supports, len(boxes)
+    per_level = []
+    for stride_log2, level in enumerate(PROTOTYPE_LEVELS, 2):
+        scaled = clamped_feature_boxes(tf.constant(list(boxes) * count, tf.float32),
+                                       2 ** stride_log2, reference_side)
+        image_of_box = tf.repeat(tf.range(count), views)
+        per_level.append(tf.image.crop_and_resize(reference_pyramid[level], scaled,
+                                                  image_of_box, [roi_size, roi_size]))
+    features = tf.reduce_mean(tf.stack(per_level, axis=0), axis=0)
+    return tf.reshape(features, [num_classes, num_supports, views, roi_size, roi_size,
+                                 int(features.shape[-1])], name="box_features")
+
+
+def proposal_like_boxes(box, shift=0.15, scale=1.25):
+    """Boxes a proposal of the object `box` might be: the box itself, then shifted by
+    `shift` of its side up, down, left and right (IoU 0.74) and scaled by 1 / scale and
+    scale about its centre (IoU 0.64) - the overlap of a typical positive ROI."""
+    y1, x1, y2, x2 = box
+    height, width = y2 - y1, x2 - x1
+    cy, cx = (y1 + y2) / 2.0, (x1 + x2) / 2.0
+    boxes = [list(box)]
+    for dy, dx in ((-shift, 0), (shift, 0), (0, -shift), (0, shift)):
+        boxes.append([y1 + dy * height, x1 + dx * width, y2 + dy * height, x2 + dx * width])
+    for factor in (1.0 / scale, scale):
+        boxes.append([cy - factor * height / 2, cx - factor * width / 2,
+                      cy + factor * height / 2, cx + factor * width / 2])
+    return boxes
+
+
+def average_supports(supports, mask=None):
+    """Positive prototypes [C, S, S, F]: each class's mean over its supports [C, K, ...].
+
     mask (float [C, K], optional): 1 for a real support, 0 for an empty slot (a class
     with fewer references than K); each class averages its real supports only.
     """
-    from libs.build_fast_rcnn import clamped_feature_boxes
     if mask is None:
-        mask = tf.ones([num_classes, num_supports])
+        return tf.reduce_mean(supports, axis=1, name="positive_prototypes")
     weights = mask / tf.reduce_sum(mask, axis=1, keepdims=True)
     weights = weights[:, :, tf.newaxis, tf.newaxis, tf.newaxis]
-    count = num_classes * num_supports
-    per_level = []
-    for stride_log2, level in enumerate(PROTOTYPE_LEVELS, 2):
-        if pooled_box is None:
-            features = tf.image.resize_bilinear(reference_pyramid[level],
-                                                [roi_size, roi_size])
-        else:
-            boxes = clamped_feature_boxes(tf.constant([pooled_box] * count, tf.float32),
-                                          2 ** stride_log2, reference_side)
-            features = tf.image.crop_and_resize(reference_pyramid[level], boxes,
-                                                tf.range(count), [roi_size, roi_size])
-        channels = features.shape[-1]
-        features = tf.reshape(features, [num_classes, num_supports, roi_size, roi_size,
-                                         channels])
-        per_level.append(tf.reduce_sum(features * weights, axis=1))
-    return tf.reduce_mean(tf.stack(per_level, axis=0), axis=0, name="positive_prototypes")
+    return tf.reduce_sum(supports * weights, axis=1, name="positive_prototypes")
+
+
+def class_prototypes(reference_pyramid, num_classes, num_supports, roi_size, mask=None,
+                     pooled_box=None, reference_side=None):
+    """Pyramid of the C*K reference images -> positive prototypes [C, S, S, F]: the
+    mean over a class's supports of support_features (the arguments are theirs)."""
+    return average_supports(support_features(reference_pyramid, num_classes,
+                                             num_supports, roi_size, pooled_box,
+                                             reference_side), mask)
 
 
 def background_prototype(positives, channels, scope="background_prototype"):
@@ -127,13 +168,18 @@ def sample_supports(images, per_step, seed, mask=None):
             tf.gather(mask, chosen, axis=1, batch_dims=1))
 
 
-def build_prototypes(reference_images, pyramid_fn, cfg, support_seed=None, counts=None):
+def build_prototypes(reference_images, pyramid_fn, cfg, support_seed=None, counts=None,
+                     with_supports=False):
     """reference_images: uint8/float [C, K, R, R, 3] RGB. pyramid_fn: images -> P-dict.
 
     counts (optional, [C] ints): real references per class, the rest of its K slots
     being empty. support_seed (int64 [2]), in training only: build each prototype from
     a random REFERENCE_SUPPORTS_PER_STEP of the supports (all of them when None).
-    Returns prototypes [C + 1, ROI_SIZE, ROI_SIZE, FPN_CHANNELS], background first.
+    Returns prototypes [C + 1, ROI_SIZE, ROI_SIZE, FPN_CHANNELS], background first;
+    with_supports (ROI_POOLING "all_levels"): (prototypes, each reference's features
+    [C, K, V, S, S, F] in the V proposal_like_boxes of its object (view 0 the object's
+    box), mask [C, K] of the real ones), what OPEN_SET_RADIUS measures a class's spread
+    from.
     """
     with tf.name_scope("reference_branch"):
         shape = reference_images.shape.as_list()
@@ -157,8 +203,17 @@ def build_prototypes(reference_images, pyramid_fn, cfg, support_seed=None, count
             pyramid = {level: tf.stop_gradient(value) for level, value in pyramid.items()}
         pooled_box = (object_box(cfg.REFERENCE_SIDE, cfg.REFERENCE_MARGIN)
                       if cfg.ROI_POOLING == "all_levels" else None)
-        positives = class_prototypes(pyramid, num_classes, num_supports, cfg.ROI_SIZE,
-                                     mask, pooled_box, cfg.REFERENCE_SIDE)
+        if with_supports:
+            # [C, K, V, S, S, F]: view 0 the object's box, the others as proposals
+            # would box it (OPEN_SET_RADIUS measures a class's spread on them).
+            views = box_features(pyramid, num_classes, num_supports, cfg.ROI_SIZE,
+                                 proposal_like_boxes(pooled_box), cfg.REFERENCE_SIDE)
+            supports = views[:, :, 0]
+        else:
+            supports = support_features(pyramid, num_classes, num_supports,
+                                        cfg.ROI_SIZE, pooled_box, cfg.REFERENCE_SIDE)
+        positives = average_supports(supports, mask)
         background = BACKGROUND_PROTOTYPES[cfg.BACKGROUND_PROTOTYPE](positives,
                                                                     cfg.FPN_CHANNELS)
-        return tf.concat([background, positives], axis=0, name="prototypes")
+        prototypes = tf.concat([background, positives], axis=0, name="prototypes")
+        return (prototypes, views, mask) if with_supports else prototypes

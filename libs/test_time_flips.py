@@ -47,7 +47,7 @@ def merged_detections(head, images, pyramid_fn, cfg, mode, min_confidence):
                 preprocessing.mirror_boxes(head.rois, side, direction),
                 head.prototypes,
                 preprocessing.mirror_boxes(head.image_window, side, direction),
-                cfg, mode)
+                cfg, mode, reference_supports=head.reference_supports)
             probs.append(mirrored.class_probs)
             deltas.append(mirror_deltas(mirrored.box_deltas, direction))
     with tf.name_scope("test_time_flip_merge"):

@@ -7,7 +7,7 @@ import pytest
 
 from libs import build_fast_rcnn, losses, reference
 from libs.configs import load_config
-from libs.model_fn import detector_graph, make_pyramid_fn
+from libs.model_fn import detector_graph, inference_detections, make_pyramid_fn
 from libs.tf_compat import seeded_graph, tf
 from tests.conftest import REPO_ROOT
 
@@ -533,6 +533,132 @@ def test_distance_logits_equal_numpy():
     # the nearest prototype (weighted) has the highest logit, background aside
     np.testing.assert_array_equal(np.argmax(got[:, 1:], axis=1),
                                   np.argmin(distances[:, 1:], axis=1))
+
+
+def _weighted(a, b, w):
+    return (w * (a - b) ** 2).mean()
+
+
+def test_open_set_radii_without_views_are_the_references_leave_one_out_distance():
+    """V = 1: per class, the mean over its real references of the weighted distance
+    (mean over features) to the mean of its other real references, times the
+    multiplier; a class with one reference takes the mean of the others' radii."""
+    rng = np.random.RandomState(5)
+    c, k, s, f = 3, 4, 2, 3
+    supports = rng.normal(size=[c, k, 1, s, s, f]).astype(np.float32)
+    supports[1] *= 3.0                       # a wider class gets a wider radius
+    mask = np.array([[1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0]], np.float32)
+    weights = rng.uniform(0.2, 2.0, size=[s * s * f, 1]).astype(np.float32)
+    with seeded_graph().as_default(), tf.Session() as sess:
+        got = sess.run(build_fast_rcnn.open_set_radii(
+            tf.constant(supports), tf.constant(mask), tf.constant(weights), 2.5))
+    flat, w = supports.reshape(c, k, -1).astype(np.float64), weights[:, 0]
+    own = []
+    for cls in range(2):
+        real = np.flatnonzero(mask[cls])
+        own.append(np.mean([_weighted(flat[cls, i], flat[cls, [j for j in real if j != i]]
+                                      .mean(axis=0), w) for i in real]))
+    expected = 2.5 * np.array(own + [np.mean(own)])
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    assert got[1] > 4 * got[0]
+    with seeded_graph().as_default(), tf.Session() as sess:   # nobody has a spread
+        alone = sess.run(build_fast_rcnn.open_set_radii(
+            tf.constant(supports), tf.constant(np.eye(3, 4, dtype=np.float32)),
+            tf.constant(weights), 2.5))
+    assert np.isinf(alone).all()
+
+
+def test_open_set_radii_measure_proposal_like_views_against_the_other_references():
+    """V > 1: views 1.. of each reference against the mean of the class's other
+    references' view 0, or against its own view 0 when it is the class's only one."""
+    rng = np.random.RandomState(6)
+    c, k, v, s, f = 2, 3, 4, 2, 2
+    supports = rng.normal(size=[c, k, v, s, s, f]).astype(np.float32)
+    mask = np.array([[1, 1, 1], [1, 0, 0]], np.float32)
+    weights = rng.uniform(0.2, 2.0, size=[s * s * f, 1]).astype(np.float32)
+    with seeded_graph().as_default(), tf.Session() as sess:
+        got = sess.run(build_fast_rcnn.open_set_radii(
+            tf.constant(supports), tf.constant(mask), tf.constant(weights), 1.5))
+    flat, w = supports.reshape(c, k, v, -1).astype(np.float64), weights[:, 0]
+    first = np.mean([_weighted(flat[0, i, view], flat[0, [j for j in range(3) if j != i],
+                                                      0].mean(axis=0), w)
+                     for i in range(3) for view in range(1, v)])
+    second = np.mean([_weighted(flat[1, 0, view], flat[1, 0, 0], w)
+                      for view in range(1, v)])
+    np.testing.assert_allclose(got, 1.5 * np.array([first, second]), rtol=1e-4)
+
+
+def test_proposal_like_boxes_overlap_the_object_as_a_positive_roi_does():
+    from libs.metrics import iou_matrix
+    box = [10.0, 20.0, 50.0, 100.0]
+    boxes = np.array(reference.proposal_like_boxes(box))
+    iou = iou_matrix(np.array([box]), boxes)[0]
+    np.testing.assert_allclose(iou, [1.0] + [0.85 / 1.15] * 4 + [0.64, 0.64], rtol=1e-6)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    np.testing.assert_allclose(centres[5:], [[30.0, 60.0]] * 2)
+
+
+def test_open_set_gives_a_class_nothing_beyond_its_radius():
+    probs = np.array([[0.1, 0.6, 0.3], [0.2, 0.5, 0.3], [0.5, 0.25, 0.25]], np.float32)
+    distances = np.array([[9.0, 1.0, 5.0],       # within class 1's radius, not class 2's
+                          [9.0, 7.0, 5.0],       # beyond both: background
+                          [0.1, 1.0, 1.0]], np.float32)
+    radii = np.array([2.0, 4.0], np.float32)
+    with seeded_graph().as_default(), tf.Session() as sess:
+        got = sess.run(build_fast_rcnn.open_set_probs(
+            tf.constant(probs), tf.constant(distances), tf.constant(radii)))
+    np.testing.assert_allclose(got, [[0.4, 0.6, 0.0], [1.0, 0.0, 0.0],
+                                     [0.5, 0.25, 0.25]], atol=1e-6)
+
+
+def test_open_set_rejects_rois_far_from_every_reference_in_the_graph():
+    """OPEN_SET_RADIUS in PREDICT: the classes' radii come from the references' own
+    features (7 views each: the object's box and 6 proposal-like boxes), and with a
+    radius far below their spread every ROI is background, with a huge one nothing
+    changes (the closed-set probabilities)."""
+    outputs = {}
+    for radius in (None, 1e-6, 1e6):
+        cfg = tiny_cfg(COMPARISON_SCORE="distance", ROI_POOLING="all_levels",
+                       OPEN_SET_RADIUS=radius)
+        with seeded_graph().as_default():
+            features, _ = fake_batch(cfg, 1)
+            graph = detector_graph(features, None, PREDICT,
+                                   {"net_config": cfg,
+                                    "reference_images": reference_images(cfg)})
+            frcnn = graph["fast_rcnn"]
+            fetch = {"probs": frcnn.class_probs}
+            if radius is not None:
+                fetch["radii"] = frcnn.open_set_radii
+            with tf.Session() as sess:
+                sess.run(tf.global_variables_initializer())
+                outputs[radius] = sess.run(fetch)
+    closed = outputs[None]["probs"]
+    assert closed[:, 1:].sum() > 0
+    np.testing.assert_allclose(outputs[1e6]["probs"], closed, atol=1e-6)
+    np.testing.assert_allclose(outputs[1e-6]["probs"][:, 0], 1.0, atol=1e-6)
+    radii = outputs[1e6]["radii"]
+    assert radii.shape == (cfg.NUM_CLASS - 1,) and (radii > 0).all()
+    np.testing.assert_allclose(outputs[1e-6]["radii"] * 1e12, radii, rtol=1e-4)
+
+
+def test_open_set_applies_to_every_view_of_test_time_flips():
+    """With TEST_FLIPS the mirrored heads apply the same radii: a radius below every
+    spread leaves no detection, a huge one leaves the closed set's."""
+    found = {}
+    for radius in (1e-6, 1e6):
+        cfg = tiny_cfg(COMPARISON_SCORE="distance", ROI_POOLING="all_levels",
+                       OPEN_SET_RADIUS=radius, TEST_FLIPS=("horizontal",))
+        with seeded_graph().as_default():
+            features, _ = fake_batch(cfg, 1)
+            graph = detector_graph(features, None, PREDICT,
+                                   {"net_config": cfg,
+                                    "reference_images": reference_images(cfg)})
+            detections = inference_detections(graph, cfg, PREDICT, 0.0)
+            with tf.Session() as sess:
+                sess.run(tf.global_variables_initializer())
+                found[radius] = sess.run(detections)
+    assert (found[1e6][..., 4] > 0).any()
+    assert not found[1e-6].any()
 
 
 def test_assign_levels_matches_formula():
