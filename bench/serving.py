@@ -111,6 +111,13 @@ def main(argv):
             start = time.perf_counter()
             model.detect([image])
             times[name].append(time.perf_counter() - start)
+    # The work a call did: proposals that are real boxes (not padding) per image.
+    cached_model = models["cached"]
+    graph = cached_model.session.graph
+    proposals = [cached_model.session.run(
+        graph.get_tensor_by_name("rpn_proposal_boxes:0"),
+        {graph.get_tensor_by_name("encoded_images:0"): [image]}) for image in images]
+    proposal_counts = [int((np.abs(p).sum(axis=-1) > 0).sum()) for p in proposals]
     cached = statistics.median(times["cached"])
     per_call = statistics.median(times["per_call"])
     result = {"config": cfg.NAME, "net": cfg.NET_NAME, "side": cfg.TARGET_SIDE,
@@ -121,6 +128,7 @@ def main(argv):
               "per_call_s_per_image": round(per_call, 4),
               "ratio_cached_over_per_call": round(cached / per_call, 3),
               "export_with_prototypes_s": round(export_cached_s, 1),
+              "proposals_per_image": proposal_counts,
               "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                                     / 2 ** 20, 2)}
     if FLAGS.json:

@@ -5,8 +5,9 @@
 
 Trains `--steps` steps into a temporary run directory (or --model_dir), times every
 step with a SessionRunHook, and prints the median seconds/step after `--warmup` steps,
-the proposals and ROIs that flowed through the timed steps (a benchmark that drops
-proposals under-counts the second stage), and the process's peak RSS.
+the proposals and sampled ROIs that flowed through the timed steps (first tower; a
+benchmark that drops proposals under-counts the second stage), and the process's peak
+RSS.
 
 With --breakdown (default on) one more step runs traced (tf.RunOptions FULL_TRACE, not
 in the median) and its op time is summed per block of the model, forward and backward
@@ -191,7 +192,7 @@ def main(argv):
 
     class StepTimer(tf.train.SessionRunHook):
         def __init__(self, trace_step=None):
-            self.times, self.counts, self.cpu_times = [], [], []
+            self.times, self.counts, self.roi_counts, self.cpu_times = [], [], [], []
             self.trace_step = trace_step      # index of the call to trace (not timed)
             self.calls = 0
             self.step_stats = None
@@ -204,11 +205,14 @@ def main(argv):
             self._start = time.perf_counter()
             self._cpu_start = _cpu_seconds()
             # the first tower's proposals (model_fn names them "rpn_proposal_boxes")
-            proposals = tf.get_default_graph().get_tensor_by_name("rpn_proposal_boxes:0")
+            graph = tf.get_default_graph()
+            proposals = graph.get_tensor_by_name("rpn_proposal_boxes:0")
+            roi_labels = graph.get_tensor_by_name("fast_rcnn/roi_labels:0")
             options = None
             if self.calls == self.trace_step:
                 options = tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE)
-            return tf.train.SessionRunArgs({"proposals": proposals}, options=options)
+            return tf.train.SessionRunArgs({"proposals": proposals, "rois": roi_labels},
+                                           options=options)
 
         def after_run(self, run_context, run_values):
             elapsed = time.perf_counter() - self._start
@@ -219,6 +223,7 @@ def main(argv):
                 self.times.append(elapsed)
                 self.cpu_times.append(_cpu_seconds() - self._cpu_start)
                 self.counts.append(int((abs(boxes).sum(axis=-1) > 0).sum()))
+                self.roi_counts.append(int((run_values.results["rois"] >= 0).sum()))
             self.calls += 1
 
     cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
@@ -235,7 +240,8 @@ def main(argv):
               "median_s_per_step": statistics.median(timed) if timed else None,
               "median_cpu_s_per_step": statistics.median(cpu_timed) if cpu_timed else None,
               "step_times_s": [round(t, 3) for t in timer.times],
-              "proposals_per_step": timer.counts, "peak_rss_gib": round(peak_gib, 2)}
+              "proposals_per_step": timer.counts, "rois_per_step": timer.roi_counts,
+              "peak_rss_gib": round(peak_gib, 2)}
     if timer.step_stats is not None:
         result["op_seconds_per_block"] = {
             k: round(v, 3) for k, v in breakdown(timer.step_stats, cfg.NET_NAME).items()}
@@ -255,7 +261,9 @@ def main(argv):
               f"{result['median_s_per_step']:.3f} s/step ("
               f"{result['median_cpu_s_per_step']:.3f} CPU-s) over {len(timed)} steps; "
               f"proposals per timed step {min(timer.counts[FLAGS.warmup:] or [0])}-"
-              f"{max(timer.counts[FLAGS.warmup:] or [0])}; peak RSS {peak_gib:.2f} GiB")
+              f"{max(timer.counts[FLAGS.warmup:] or [0])}, ROIs "
+              f"{min(timer.roi_counts[FLAGS.warmup:] or [0])}-"
+              f"{max(timer.roi_counts[FLAGS.warmup:] or [0])}; peak RSS {peak_gib:.2f} GiB")
         if "gflop_per_step" in result:
             print(f"  {result['gflop_per_step']:.1f} GFLOP/step (convolutions and matrix "
                   f"products, forward + backward): {result.get('achieved_gflops', 0):.1f} "

@@ -211,9 +211,11 @@ class FastRCNN:
         self.bn_training = bool(cfg.HEAD_TRAIN_BATCH_NORM) and training
         with tf.variable_scope(scope, reuse=tf.AUTO_REUSE):
             if gt_boxes is not None and mode != tf.estimator.ModeKeys.PREDICT:
-                self.rois, self.roi_labels, self.roi_deltas = self._sample_targets(
+                self.rois, roi_labels, self.roi_deltas = self._sample_targets(
                     rpn_proposals, gt_boxes, gt_labels, sampling_seeds, sample=training,
                     proposal_scores=proposal_scores)
+                # Named for benchmarks: labels >= 0 are the ROIs the head trains on.
+                self.roi_labels = tf.identity(roi_labels, name="roi_labels")
             else:
                 self.rois, self.roi_labels, self.roi_deltas = rpn_proposals, None, None
             # Outside training the ROIs are the proposals in their order (with or
