@@ -3,6 +3,7 @@
 The speed is injected (a measured-rate override) and the budget's clock frozen, so the
 fitted schedule is the same on every machine and every run.
 """
+import glob
 import json
 import os
 
@@ -175,12 +176,24 @@ def _budgeted_run(sample_data, model_dir, steps_per_second=RATE, hooks_=None, **
     return cfg, training.train(run, budget=budget, hooks=hooks_)
 
 
+def _training_meta_graph(model_dir):
+    """The MetaGraphDef of the graph that trained model_dir last (the saver hook writes
+    each training session's to the TensorBoard events file)."""
+    found = None
+    for path in sorted(glob.glob(os.path.join(model_dir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            if event.meta_graph_def:
+                found = event.meta_graph_def
+    assert found is not None, f"no meta graph in the events of {model_dir}"
+    return tf.compat.v1.MetaGraphDef.FromString(found)
+
+
 def _lr_at_last_checkpoint(model_dir):
     """(global step, LR) of the latest checkpoint, the LR computed by the graph that
     trained it (its meta graph: the boundaries baked into it), not by our config."""
     latest = tf.train.latest_checkpoint(model_dir)
     with seeded_graph().as_default() as graph:
-        saver = tf.train.import_meta_graph(latest + ".meta")
+        saver = tf.train.import_meta_graph(_training_meta_graph(model_dir))
         # the learning_rate summary reads the schedule's output
         lr = graph.get_operation_by_name("learning_rate").inputs[1]
         with tf.Session() as session:

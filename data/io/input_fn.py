@@ -216,9 +216,12 @@ def make_input_fn(cfg, mode, data_dir=None, split=None, batch_size=None,
             dataset = dataset.shuffle(1024, seed=cfg.SEED, reshuffle_each_iteration=True)
             dataset = dataset.repeat(num_epochs)
         dataset = dataset.enumerate()
+        # Graph code throughout (tf.cond, not Python branches on tensors): autograph's
+        # conversion would only cost start-up time.
         dataset = dataset.map(
-            lambda index, serialized: preprocess_record(
-                cfg, tfrecord_format.parse_example(serialized), mode, index, anchors),
+            tf.autograph.experimental.do_not_convert(
+                lambda index, serialized: preprocess_record(
+                    cfg, tfrecord_format.parse_example(serialized), mode, index, anchors)),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         # A static batch dimension lets the model slice per image; batches of one lose
         # nothing to drop_remainder.
