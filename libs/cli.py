@@ -70,8 +70,17 @@ def define_annotation_flags(split_help):
     flags.DEFINE_enum("format", None, list(convert.FORMATS), "Annotation format.")
     flags.DEFINE_string("image_dir", None, "Folder of the images.")
     flags.DEFINE_string("annotations", None,
-                        "VOC: the folder of XML files. COCO: the JSON file.")
+                        "VOC: the folder of XML files. COCO: the JSON file. YOLO: the "
+                        "folder of .txt label files (DATA/labels/train).")
     flags.DEFINE_string("split_file", None, split_help)
+
+
+def define_yolo_names_flag():
+    """--class_names: the names of YOLO's class ids (tools that read YOLO labels)."""
+    from absl import flags
+    flags.DEFINE_string("class_names", None,
+                        "YOLO only: comma-separated names of class ids 0, 1, ... "
+                        "(default: data.yaml or classes.txt in the dataset root).")
 
 
 def load_config_from_flags(cfg_path, set_items=()):

@@ -468,3 +468,167 @@ def test_report_lists_a_rule_at_most_so_often_and_counts_every_record(caplog):
     assert "more [box_degenerate] records are counted" in lines[3]
     assert lines[4].startswith("x.xml") and len(lines) == 5
     assert report.counts["box_degenerate"] == 10 and report.counts["image_missing"] == 1
+
+
+# ---------------------------------------------------------------------------------------
+# YOLO labels
+# ---------------------------------------------------------------------------------------
+
+def write_yolo_copy(root, out, split=None, names=("cell", "crystal")):
+    """A YOLO copy of the VOC sample at `root`: one "class cx cy w h" line per object
+    (normalised, full float precision), class ids in `names` order, data.yaml in `out`.
+    split None: every image in out/images and out/labels (the VOC split files apply);
+    a split name: its images in out/images/<split> and out/labels/<split> (the usual
+    layout). Returns (image folder, labels folder)."""
+    images, _ = convert.read_annotations("voc", os.path.join(root, "JPEGImages"),
+                                         os.path.join(root, "Annotations"))
+    chosen = None
+    if split:
+        chosen = set(convert.read_split_file(os.path.join(root, "ImageSets/Main",
+                                                          split + ".txt")))
+    image_dir = os.path.join(out, "images", *([split] if split else []))
+    labels_dir = os.path.join(out, "labels", *([split] if split else []))
+    os.makedirs(image_dir)
+    os.makedirs(labels_dir)
+    for image in images:
+        stem = os.path.splitext(image.filename)[0]
+        if chosen is not None and stem not in chosen:
+            continue
+        with open(image.image_path, "rb") as source, \
+                open(os.path.join(image_dir, image.filename), "wb") as target:
+            target.write(source.read())
+        height, width = cv2.imread(image.image_path).shape[:2]
+        lines = []
+        for obj in image.objects:
+            y1, x1, y2, x2 = obj.box
+            lines.append(f"{names.index(obj.name)} {(x1 + x2) / 2 / width!r} "
+                         f"{(y1 + y2) / 2 / height!r} {(x2 - x1) / width!r} "
+                         f"{(y2 - y1) / height!r}")
+        with open(os.path.join(labels_dir, stem + ".txt"), "w") as handle:
+            handle.write("\n".join(lines) + ("\n" if lines else ""))
+    with open(os.path.join(out, "data.yaml"), "w") as handle:
+        handle.write("path: .\ntrain: images/train\nval: images/val\n"
+                     f"names: {list(names)!r}\n")
+    return image_dir, labels_dir
+
+
+def _same_files(first, second):
+    assert sorted(os.listdir(first)) == sorted(os.listdir(second))
+    for name in os.listdir(first):
+        with open(os.path.join(first, name), "rb") as a, \
+                open(os.path.join(second, name), "rb") as b:
+            assert a.read() == b.read(), name
+
+
+def test_yolo_copy_converts_to_the_same_records_as_its_voc_original(sample, tmp_path):
+    """Every image in one folder, the VOC split file: byte-identical records (ids are
+    positions in the image folder, as VOC's in the XML folder; the normalised boxes
+    come back to the same float32 pixels). Class ids named in another order than
+    the label map's (crystal = 0) and read from data.yaml."""
+    root, _ = sample
+    voc_dir, yolo_dir = str(tmp_path / "voc"), str(tmp_path / "yolo")
+    _convert_sample(root, voc_dir)
+    image_dir, labels_dir = write_yolo_copy(root, str(tmp_path / "tree"),
+                                            names=("crystal", "cell"))
+    summary = convert.convert_dataset(
+        "yolo", image_dir, labels_dir, yolo_dir,
+        split_file=os.path.join(root, "ImageSets/Main/train.txt"),
+        progress_every_seconds=1e9)
+    assert summary["images_written"] == 8 and counts_of(summary) == {}
+    _same_files(voc_dir, yolo_dir)
+
+
+def test_yolo_layout_through_the_command_lines(sample, tmp_path):
+    """DATA/images/train + DATA/labels/train + DATA/data.yaml: the converter finds the
+    names, the records hold the VOC boxes and labels (ids: positions in the split's own
+    image folder), and make_references crops the same objects as from VOC."""
+    root, _ = sample
+    data = tmp_path / "DATA"
+    image_dir, labels_dir = write_yolo_copy(root, str(data), split="train")
+    done = _run_converter("--format", "yolo", "--image_dir", image_dir, "--annotations",
+                          labels_dir, "--split", "train", "--output_dir",
+                          str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    _convert_sample(root, str(tmp_path / "voc"))
+    voc = {r["filename"]: r for r in read_records(str(tmp_path / "voc"), "train")}
+    yolo = read_records(str(tmp_path / "out"), "train")
+    assert sorted(r["image_id"] for r in yolo) == list(range(1, 9))
+    assert sorted(r["filename"] for r in yolo) == sorted(voc)
+    for record in yolo:
+        expected = voc[record["filename"]]
+        np.testing.assert_array_equal(record["boxes"], expected["boxes"])
+        assert record["labels"].tolist() == expected["labels"].tolist()
+        assert record["image"] == expected["image"]
+
+    references = {}
+    for fmt, images, annotations, split_file in (
+            ("voc", os.path.join(root, "JPEGImages"), os.path.join(root, "Annotations"),
+             os.path.join(root, "ImageSets/Main/train.txt")),
+            ("yolo", image_dir, labels_dir, None)):
+        out = str(tmp_path / f"refs_{fmt}")
+        args = ["--format", fmt, "--image_dir", images, "--annotations", annotations,
+                "--output_dir", out, "--per_class", "2"]
+        done = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools",
+                                                            "make_references.py"), *args]
+                              + (["--split_file", split_file] if split_file else []),
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        with open(os.path.join(out, "references.json")) as handle:
+            references[fmt] = json.load(handle)
+    crops = {fmt: sorted((name, crop["image"], tuple(crop["box"]))
+                         for name, chosen in found["classes"].items() for crop in chosen)
+             for fmt, found in references.items()}
+    assert len(crops["voc"]) == 4
+    for (name_a, image_a, box_a), (name_b, image_b, box_b) in zip(crops["voc"],
+                                                                  crops["yolo"]):
+        assert (name_a, image_a) == (name_b, image_b)
+        np.testing.assert_allclose(box_a, box_b, atol=1e-6)
+
+
+def test_yolo_rules(tmp_path):
+    """Malformed lines, unknown class ids, boxes outside [0, 1], an empty label file,
+    an image without a label file and a label file without an image: each reported
+    under its rule and counted; classes.txt names the ids."""
+    image_dir, labels_dir = tmp_path / "images", tmp_path / "labels"
+    image_dir.mkdir()
+    labels_dir.mkdir()
+    for stem in ("a", "empty", "unlabelled"):
+        cv2.imwrite(str(image_dir / f"{stem}.png"), np.zeros((40, 50, 3), np.uint8))
+    (labels_dir / "a.txt").write_text(
+        "0 0.5 0.5 0.2 0.5\n"            # kept: x 20..30, y 10..30
+        "1 0.1 0.5 0.4 0.5\n"            # x -5..15: clipped to 0..15
+        "0 1.5 0.5 0.2 0.2\n"            # entirely right of the image
+        "7 0.5 0.5 0.1 0.1\n"            # class id 7: no name
+        "0 0.5 0.5 -0.1 0.1\n"           # negative width
+        "0 0.5 0.5 0.1\n"                # four values
+        "one 0.5 0.5 0.1 0.1\n"          # not a number
+        "\n")
+    (labels_dir / "empty.txt").write_text("")
+    (labels_dir / "orphan.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    (tmp_path / "classes.txt").write_text("b\na\n")
+    output_dir = str(tmp_path / "out")
+    summary = convert.convert_dataset("yolo", str(image_dir), str(labels_dir), output_dir,
+                                      split="train", progress_every_seconds=1e9)
+    assert counts_of(summary) == {"annotation_invalid": 4, "box_clipped": 1,
+                                  "box_outside": 1, "box_unknown_class": 1,
+                                  "box_degenerate": 1, "image_no_objects": 1}
+    (record,) = read_records(output_dir, "train")
+    assert record["filename"] == "a.png" and record["image_id"] == 1
+    assert label_map.read_label_map(output_dir).class_names == ["a", "b"]
+    np.testing.assert_allclose(record["boxes"], [[10, 20, 30, 30], [10, 0, 30, 15]])
+    assert record["labels"].tolist() == [2, 1]          # "b" (YOLO id 0), "a" (id 1)
+
+    (tmp_path / "classes.txt").unlink()
+    with pytest.raises(convert.ConversionError, match="give --classes .* or put "
+                       "data.yaml or classes.txt in"):
+        convert.convert_dataset("yolo", str(image_dir), str(labels_dir), output_dir)
+    broken = tmp_path / "data.yaml"
+    broken.write_text("names: {0: b\n")
+    with pytest.raises(convert.ConversionError, match="data.yaml: not valid YAML"):
+        convert.convert_dataset("yolo", str(image_dir), str(labels_dir), output_dir)
+    broken.write_text("nc: 2\n")
+    with pytest.raises(convert.ConversionError, match="data.yaml: no class names"):
+        convert.convert_dataset("yolo", str(image_dir), str(labels_dir), output_dir)
+    broken.write_text("names:\n  0: b\n  1: a\n")
+    assert convert.yolo_class_names(str(labels_dir)) == ["b", "a"]
+    assert convert.yolo_class_names(str(labels_dir), ["x", "y"]) == ["x", "y"]

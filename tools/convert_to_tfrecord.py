@@ -1,8 +1,10 @@
-"""Converts Pascal-VOC or COCO annotations into sharded TFRecords + label_map.json.
+"""Converts Pascal-VOC, COCO or YOLO annotations into sharded TFRecords + label_map.json.
 
     python tools/convert_to_tfrecord.py --format voc --image_dir VOC/JPEGImages \
         --annotations VOC/Annotations --split_file VOC/ImageSets/Main/train.txt \
         --output_dir output/data
+    python tools/convert_to_tfrecord.py --format yolo --image_dir DATA/images/train \
+        --annotations DATA/labels/train --split train --output_dir output/data
     python tools/convert_to_tfrecord.py --format coco --image_dir coco/val2017 \
         --annotations coco/annotations/instances_val2017.json --split val \
         --output_dir output/data
@@ -28,14 +30,17 @@ FLAGS = flags.FLAGS
 def _define_flags():
     cli.define_annotation_flags(
         "Optional list of image ids (VOC: file stems; COCO: file names "
-        "or ids), one per line, e.g. ImageSets/Main/train.txt.")
+        "or ids; YOLO: image paths or stems), one per line, e.g. "
+        "ImageSets/Main/train.txt.")
+    cli.define_yolo_names_flag()
     flags.DEFINE_string("split", None, "Split name, the prefix of the shard files "
                         "(default: the split file's base name, else 'train').")
     flags.DEFINE_string("output_dir", None, "Where the .tfrecord shards and "
                         "label_map.json go.")
     flags.DEFINE_string("classes", None,
-                        "Comma-separated class names in id order (1, 2, ...). Default: "
-                        "the existing label map's ids, else the sorted names found.")
+                        "Comma-separated class names in id order (1, 2, ...); for YOLO "
+                        "also the names of its class ids 0, 1, ... Default: the "
+                        "existing label map's ids, else the sorted names found.")
     flags.DEFINE_integer("num_shards", 1, "Number of .tfrecord files for this split.")
 
 
@@ -53,7 +58,8 @@ def main(argv):
         summary = convert.convert_dataset(
             FLAGS.format, FLAGS.image_dir, FLAGS.annotations, FLAGS.output_dir,
             split_file=FLAGS.split_file, split=FLAGS.split,
-            classes=convert.parse_classes(FLAGS.classes), num_shards=FLAGS.num_shards)
+            classes=convert.parse_classes(FLAGS.classes), num_shards=FLAGS.num_shards,
+            class_names=convert.parse_classes(FLAGS.class_names))
     except (convert.ConversionError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""Crops reference images (few-shot supports) per class from VOC or COCO annotations.
+"""Crops reference images (few-shot supports) per class from VOC, COCO or YOLO annotations.
 
     python tools/make_references.py --format voc --image_dir VOC/JPEGImages \
         --annotations VOC/Annotations --split_file VOC/ImageSets/Main/train.txt \
@@ -24,6 +24,7 @@ FLAGS = flags.FLAGS
 
 def _define_flags():
     cli.define_annotation_flags("Optional list of image ids to crop from.")
+    cli.define_yolo_names_flag()
     flags.DEFINE_string("output_dir", None, "The reference dir: one folder per class.")
     flags.DEFINE_integer("per_class", None, "References to crop per class.")
     flags.DEFINE_float("margin", 0.1, "Context added on each side of a box, as a "
@@ -43,8 +44,9 @@ def main(argv):
             print(f"error: --{name} is required", file=sys.stderr)
             return 2
     try:
-        images, names = convert.read_annotations(FLAGS.format, FLAGS.image_dir,
-                                                 FLAGS.annotations, FLAGS.split_file)
+        images, names = convert.read_annotations(
+            FLAGS.format, FLAGS.image_dir, FLAGS.annotations, FLAGS.split_file,
+            class_names=convert.parse_classes(FLAGS.class_names))
         summary = reference_set.crop_references(
             images, FLAGS.output_dir, FLAGS.per_class, margin=FLAGS.margin,
             min_size=FLAGS.min_size, classes=convert.parse_classes(FLAGS.classes) or names)

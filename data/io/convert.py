@@ -1,4 +1,4 @@
-"""Pascal-VOC / COCO annotations -> validated, sharded TFRecords + label_map.json.
+"""Pascal-VOC / COCO / YOLO annotations -> validated, sharded TFRecords + label_map.json.
 
     convert_dataset(fmt, image_dir, annotations, output_dir, split_file=None, split=None,
                     classes=None, num_shards=1) -> summary dict
@@ -13,10 +13,14 @@ map. Both apply the same rules and the same atomic publishing.
 Conventions
 - Boxes are [y1, x1, y2, x2] in pixels of the stored image. VOC corners are taken as
   written (the TF Object Detection API convention, no 1-based shift); COCO [x, y, w, h]
-  becomes [y, x, y + h, x + w].
+  becomes [y, x, y + h, x + w]; YOLO's normalised "class cx cy w h" becomes
+  [(cy - h/2) H, (cx - w/2) W, (cy + h/2) H, (cx + w/2) W] for an H x W image (its size
+  read from the image itself), class k being the k-th name (0-based) of --classes,
+  else of data.yaml / classes.txt (yolo_class_names).
 - Image ids: COCO keeps its ids; VOC uses the 1-based position of the XML file in the
-  sorted listing of the annotation folder, so train and val converted from one folder
-  never share an id and re-running gives the same ids.
+  sorted listing of the annotation folder, YOLO that of the image in the image folder,
+  so train and val converted from one folder never share an id and re-running gives
+  the same ids.
 - Records are written in image-id order (write_records: in the order given), record k
   into shard k % num_shards. Output
   bytes depend only on the input (no timestamps, no randomness).
@@ -45,7 +49,7 @@ from absl import logging
 from data.io import label_map as label_map_lib
 from libs.io_utils import PendingFile, Progress
 
-FORMATS = ("voc", "coco")
+FORMATS = ("voc", "coco", "yolo")
 
 # Rule -> the action taken, as printed in the summary. Order = order of the checks.
 RULES = collections.OrderedDict([
@@ -142,13 +146,16 @@ def check_inputs(fmt, image_dir, annotations, split_file=None):
         raise ConversionError(f"--image_dir {image_dir}: no such directory")
     if not annotations:
         raise ConversionError("--annotations is required (VOC: the XML folder, "
-                              "COCO: the JSON file)")
+                              "COCO: the JSON file, YOLO: the labels folder)")
     if fmt == "voc" and not os.path.isdir(annotations):
         raise ConversionError(f"--annotations {annotations}: no such directory "
                               f"(VOC annotations are a folder of XML files)")
     if fmt == "coco" and not os.path.isfile(annotations):
         raise ConversionError(f"--annotations {annotations}: no such file "
                               f"(COCO annotations are one JSON file)")
+    if fmt == "yolo" and not os.path.isdir(annotations):
+        raise ConversionError(f"--annotations {annotations}: no such directory "
+                              f"(YOLO labels are a folder of .txt files, one per image)")
     if split_file and not os.path.isfile(split_file):
         raise ConversionError(f"--split_file {split_file}: no such file")
 
@@ -347,14 +354,152 @@ def read_coco(image_dir, json_path, split_file=None, report=None):
     return [images[i] for i in selected], [categories[k] for k in sorted(categories)]
 
 
-def read_annotations(fmt, image_dir, annotations, split_file=None, report=None):
-    """Either reader -> ([ImageAnnotation], class names the annotations declare or use)."""
+YOLO_CLASS_FILES = ("data.yaml", "data.yml", "classes.txt")
+
+
+def yolo_class_names(labels_dir, class_names=None):
+    """The names of YOLO's class ids 0, 1, ...: `class_names` when given, else the
+    `names` of data.yaml (a list, or a mapping id -> name) or the lines of classes.txt,
+    looked for in the labels folder, its parent and the dataset root above it
+    (DATA/labels/train -> DATA)."""
+    if class_names:
+        return list(class_names)
+    folder = os.path.abspath(labels_dir)
+    folders = [folder, os.path.dirname(folder), os.path.dirname(os.path.dirname(folder))]
+    for directory in folders:
+        for name in YOLO_CLASS_FILES:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                return _read_class_file(path)
+    raise ConversionError(f"YOLO labels name classes by number: give --classes (names "
+                          f"in id order 0, 1, ...) or put data.yaml or classes.txt in "
+                          f"{folders[-1]}")
+
+
+def _read_class_file(path):
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            if path.endswith(".txt"):
+                names = [line.strip() for line in handle if line.strip()]
+            else:
+                import yaml
+                names = (yaml.safe_load(handle) or {}).get("names")
+                if isinstance(names, dict):
+                    names = [names[k] for k in sorted(names, key=int)]
+    except (OSError, ValueError, AttributeError, ImportError) as exc:
+        raise ConversionError(f"{path}: unreadable class list ({exc})") from None
+    except Exception as exc:  # yaml.YAMLError, without importing yaml up front
+        raise ConversionError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(names, list) or not names or \
+            not all(isinstance(n, (str, int)) and str(n).strip() for n in names):
+        raise ConversionError(f"{path}: no class names (data.yaml needs `names:` as a "
+                              f"list or a mapping id -> name; classes.txt one per line)")
+    return [str(n).strip() for n in names]
+
+
+def _image_size(path):
+    """(height, width) of an image as load_image decodes it, or None if unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            rgb, _ = decode_image_bytes(handle.read())
+    except (OSError, ImageError):
+        return None
+    return rgb.shape[:2]
+
+
+def _parse_yolo_line(line, names, size):
+    """One "class cx cy w h" line -> (name, box in pixels, problem or None)."""
+    fields = line.split()
+    if len(fields) != 5:
+        raise ValueError(f"{len(fields)} values, expected 5 (class cx cy w h)")
+    try:
+        number = float(fields[0])
+        values = [float(v) for v in fields[1:]]
+    except ValueError:
+        raise ValueError("not numbers") from None
+    if not number.is_integer():
+        raise ValueError(f"class id {fields[0]} is not an integer")
+    class_id = int(number)
+    name = names[class_id] if 0 <= class_id < len(names) else f"<class id {class_id}>"
+    if size is None:
+        return name, (math.nan,) * 4, "image size unknown (unreadable image)"
+    height, width = size
+    cx, cy, w, h = values
+    return name, ((cy - h / 2) * height, (cx - w / 2) * width,
+                  (cy + h / 2) * height, (cx + w / 2) * width), None
+
+
+def read_yolo(image_dir, labels_dir, split_file=None, report=None, class_names=None):
+    """Reads a YOLO labels folder (one "<image stem>.txt" per image of image_dir) ->
+    ([ImageAnnotation] in image-id order, class names in id order).
+
+    A malformed line is skipped (annotation_invalid), an image without a label file
+    too; an empty label file is an image without objects. Unknown class ids and boxes
+    reaching outside [0, 1] go to the box rules (box_unknown_class, box_outside,
+    box_clipped) like VOC's and COCO's.
+    """
+    report = report or Report()
+    names = yolo_class_names(labels_dir, class_names)
+    images_by_stem = _image_index(image_dir)
+    stems = sorted(images_by_stem)
+    ids = {stem: position + 1 for position, stem in enumerate(stems)}
+    labels = {_stem(n) for n in os.listdir(labels_dir) if n.lower().endswith(".txt")}
+    if split_file:
+        wanted = _dedupe([_stem(entry) for entry in read_split_file(split_file)],
+                         split_file, report)
+        for entry in wanted:
+            if entry not in ids:
+                report.add("annotation_invalid", split_file,
+                           f"{entry!r} matches no image of {image_dir}")
+        stems = sorted((s for s in wanted if s in ids), key=ids.get)
+    else:
+        for stem in sorted(labels - set(stems) - {"classes"}):
+            report.add("annotation_invalid", os.path.join(labels_dir, stem + ".txt"),
+                       f"no image named {stem}.* in {image_dir}")
+    images = []
+    for stem in stems:
+        filename = images_by_stem[stem][0]
+        label_path = os.path.join(labels_dir, stem + ".txt")
+        if stem not in labels:
+            report.add("annotation_invalid", label_path,
+                       f"no label file for image {filename}")
+            continue
+        image_path = os.path.join(image_dir, filename)
+        size = _image_size(image_path)
+        image = ImageAnnotation(image_id=ids[stem], filename=filename,
+                                image_path=image_path, source=label_path)
+        with open(label_path, "r", encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                name, box, problem = _parse_yolo_line(line, names, size)
+            except ValueError as exc:
+                report.add("annotation_invalid", f"{label_path} line {number}",
+                           f"{line.strip()!r}: {exc}")
+                continue
+            image.objects.append(ObjectAnnotation(name=name, box=box,
+                                                  index=len(image.objects),
+                                                  problem=problem))
+        images.append(image)
+    return images, names
+
+
+def read_annotations(fmt, image_dir, annotations, split_file=None, report=None,
+                     class_names=None):
+    """Any reader -> ([ImageAnnotation], class names the annotations declare or use).
+
+    class_names: YOLO's names of class ids 0, 1, ... (see yolo_class_names)."""
     check_inputs(fmt, image_dir, annotations, split_file)
     report = report or Report()
     if fmt == "voc":
         images = read_voc(image_dir, annotations, split_file, report)
         names = sorted({obj.name for image in images for obj in image.objects
                         if obj.name.strip()})
+        return images, names
+    if fmt == "yolo":
+        images, names = read_yolo(image_dir, annotations, split_file, report, class_names)
         return images, names
     images, names = read_coco(image_dir, annotations, split_file, report)
     return images, sorted(set(names))
@@ -652,19 +797,22 @@ def _check_output_names(split, num_shards):
 
 
 def convert_dataset(fmt, image_dir, annotations, output_dir, split_file=None, split=None,
-                    classes=None, num_shards=1, progress_every_seconds=None):
+                    classes=None, num_shards=1, progress_every_seconds=None,
+                    class_names=None):
     """Converts one split; see the module docstring. Returns the summary dict:
 
     split, output_dir, files, classes (id order), images_read (annotations read),
     images_written, objects_written, objects_per_class, and one count per rule of RULES.
-    Raises ConversionError for fatal problems (nothing is written then).
+    Raises ConversionError for fatal problems (nothing is written then). YOLO's class
+    ids are named by class_names, else by `classes`, else by data.yaml / classes.txt.
     """
     check_inputs(fmt, image_dir, annotations, split_file)
     split = split or default_split(split_file)
     _check_output_names(split, num_shards)
 
     report = Report()
-    images, found_names = read_annotations(fmt, image_dir, annotations, split_file, report)
+    images, found_names = read_annotations(fmt, image_dir, annotations, split_file, report,
+                                           class_names=class_names or classes)
     os.makedirs(output_dir, exist_ok=True)
     map_path = label_map_lib.label_map_path(output_dir)
     existing = None
