@@ -203,7 +203,7 @@ class DetectionEvaluator:
 
     # ------------------------------------------------------------------ VOC
 
-    def _voc_class_outcomes(self, class_id):
+    def class_outcomes(self, class_id):
         """(scores, is_tp) of the class's non-ignored detections, #non-difficult GT."""
         all_scores, all_tp = [], []
         num_gt = 0
@@ -234,20 +234,42 @@ class DetectionEvaluator:
             scores, is_tp = np.zeros(0), np.zeros(0, bool)
         return scores, is_tp, num_gt
 
+    def pr_curve(self, class_id):
+        """The class's VOC precision-recall curve at IoU 0.5: (scores, precision,
+        recall, #GT), one point per detection in descending score order; recall is
+        None when the class has no (non-difficult) ground truth."""
+        scores, is_tp, num_gt = self.class_outcomes(class_id)
+        order = np.argsort(-scores, kind="stable")
+        tp_cumulative = np.cumsum(is_tp[order])
+        fp_cumulative = np.cumsum(~is_tp[order])
+        precision = tp_cumulative / np.maximum(tp_cumulative + fp_cumulative, 1)
+        recall = tp_cumulative / num_gt if num_gt else None
+        return scores[order], precision, recall, num_gt
+
+    def ground_truth_of(self, image_id):
+        """(boxes [N, 4], labels [N], difficult [N]) of an image (empty if none)."""
+        empty = (np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0, bool))
+        return self._ground_truth.get(_normalise_image_id(image_id), empty)
+
+    def detections_of(self, image_id):
+        """(boxes [D, 4], scores [D], labels [D]) of an image (empty if none)."""
+        empty = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
+        return self._detections.get(_normalise_image_id(image_id), empty)
+
+    @property
+    def image_ids(self):
+        """Every image seen, in the order first seen."""
+        return list(self._image_order)
+
     def _voc_results(self):
         results = {}
         for class_id, name in enumerate(self.class_names, start=1):
-            scores, is_tp, num_gt = self._voc_class_outcomes(class_id)
+            scores, precision, recall, num_gt = self.pr_curve(class_id)
             results[f"voc/num_gt/{name}"] = float(num_gt)
             results[f"voc/num_detections/{name}"] = float(len(scores))
-            if num_gt == 0:
+            if recall is None:
                 ap = float("nan")   # recall undefined: no object of this class to find
             else:
-                order = np.argsort(-scores, kind="stable")
-                tp_cumulative = np.cumsum(is_tp[order])
-                fp_cumulative = np.cumsum(~is_tp[order])
-                recall = tp_cumulative / num_gt
-                precision = tp_cumulative / np.maximum(tp_cumulative + fp_cumulative, 1)
                 ap = average_precision(recall, precision, self.use_07_metric)
             results[f"voc/AP@0.5/{name}"] = ap
         results["voc/mAP@0.5"] = mean_ap(results, self.class_names)
@@ -468,6 +490,26 @@ def _count(value):
 
 # ---------------------------------------------------------------------- Estimator
 
+class EvaluationSink:
+    """Keeps the StreamingEvaluation of an Estimator evaluation for the caller.
+
+    Passed in the Estimator's params (params["evaluation_sink"]), which the Estimator
+    deep-copies: a copy is this same object, so what model_fn adds reaches the caller
+    (libs/eval_report.py reads every image's ground truth and detections from it).
+    """
+
+    def __init__(self):
+        self.evaluations = []
+
+    def __deepcopy__(self, memo):
+        return self
+
+    @property
+    def evaluator(self):
+        """The DetectionEvaluator of the last evaluation (None before one)."""
+        return self.evaluations[-1].evaluator if self.evaluations else None
+
+
 class StreamingEvaluation:
     """The Python side of the Estimator metrics: one evaluator fed batch by batch.
 
@@ -526,14 +568,16 @@ def _op_name(text):
 
 
 def eval_metric_ops(detections, gt_boxes, gt_labels, gt_difficult, image_ids,
-                    num_gt=None, class_names=None, use_07_metric=False, names=None):
+                    num_gt=None, class_names=None, use_07_metric=False, names=None,
+                    sink=None):
     """Detection metrics for ``tf.estimator.EstimatorSpec(eval_metric_ops=...)``.
 
     Tensors of one batch: ``detections`` float32 [B, MAX, 6] rows
     [y1, x1, y2, x2, score, class] in original-image pixels, zero-padded (score 0);
     ``gt_boxes`` [B, G, 4], ``gt_labels`` [B, G] (0 = padding), ``gt_difficult`` [B, G]
     or None, ``image_ids`` [B] (int or string), ``num_gt`` [B] or None (then label > 0
-    tells real boxes). ``names`` picks a subset of ``metric_names(class_names)``.
+    tells real boxes). ``names`` picks a subset of ``metric_names(class_names)``;
+    ``sink`` (EvaluationSink) keeps the evaluation's state for the caller.
 
     Returns {name: (value_op, update_op)}. All names share one update op (a py_func
     feeding a Python ``DetectionEvaluator``) and one py_func computing every value,
@@ -545,6 +589,8 @@ def eval_metric_ops(detections, gt_boxes, gt_labels, gt_difficult, image_ids,
     if class_names is None:
         raise ValueError("class_names is required")
     state = StreamingEvaluation(class_names, use_07_metric)
+    if sink is not None:
+        sink.evaluations.append(state)
     selected = state.names if names is None else list(names)
     unknown = set(selected) - set(state.names)
     if unknown:

@@ -277,7 +277,8 @@ def detection_metric_ops(detections, features, labels, params):
     return metrics.eval_metric_ops(original, labels["eval_gt_boxes"],
                                    labels["eval_gt_labels"], labels["eval_gt_difficult"],
                                    features["image_id"], num_gt=labels["eval_num_gt"],
-                                   class_names=list(params["class_names"]))
+                                   class_names=list(params["class_names"]),
+                                   sink=params.get("evaluation_sink"))
 
 
 def model_fn(features, labels, mode, params):

@@ -500,12 +500,13 @@ def eval_name(cfg, split):
     return split + ("_flips" if cfg.TEST_FLIPS else "")
 
 
-def evaluate(run, checkpoint=None, split=None):
+def evaluate(run, checkpoint=None, split=None, sink=None):
     """Evaluates a checkpoint on a TFRecord split; returns (results dict, checkpoint).
 
     results holds the losses and every metric of libs.metrics (VOC AP@0.5 per class and
     mAP, COCO mAP / AP50 / AP75 / AR@100) plus global_step. TensorBoard shows them under
-    eval_<eval_name>.
+    eval_<eval_name>. sink (metrics.EvaluationSink): keeps the evaluation's ground truth
+    and detections per image (libs/eval_report.py).
     """
     from data.io.input_fn import EVAL as EVAL_MODE
     from data.io.input_fn import make_input_fn
@@ -515,7 +516,8 @@ def evaluate(run, checkpoint=None, split=None):
     split = split or cfg.EVAL_SPLIT
     checkpoint = resolve_checkpoint(run.model_dir, checkpoint)
     total = check_run_split(run, split)
-    estimator = make_estimator(cfg, run.model_dir, run.params, distribute=False)
+    params = run.params if sink is None else dict(run.params, evaluation_sink=sink)
+    estimator = make_estimator(cfg, run.model_dir, params, distribute=False)
     input_fn = make_input_fn(cfg, EVAL_MODE, data_dir=run.data_dir, split=split)
     with Progress(total, f"evaluating {split}", unit="images") as progress:
         results = estimator.evaluate(input_fn, checkpoint_path=checkpoint,

@@ -293,6 +293,17 @@ def test_train_and_eval_cli_run_and_write_their_outputs(tmp_path, sample_data):
                             report["results"]["voc/AP@0.5/cell"])
     np.testing.assert_equal(report["results"]["voc/nAP@0.5"],
                             report["results"]["voc/AP@0.5/crystal"])
+    # the HTML report beside the JSON, and per-class PR curves beside the mAP scalars
+    page = os.path.join(model_dir, "model.ckpt-3.eval_val_html", "index.html")
+    assert f"html report: {page}" in result.stdout and os.path.isfile(page)
+    tags = {}
+    for path in glob.glob(os.path.join(model_dir, "eval_val", "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update({v.tag: v.metadata.plugin_data.plugin_name
+                         for v in event.summary.value})
+    assert tags["pr_curves/cell/pr_curves"] == tags["pr_curves/crystal/pr_curves"] == \
+        "pr_curves"
+    assert "voc/mAP@0.5" in tags
 
     # test-time flips: their own report (the plain one stays), saying which flips
     result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", "eval.py"),

@@ -14,6 +14,13 @@ base classes) and nAP50 (over the listed classes) to the table and to the report
 (results "voc/bAP@0.5" and "voc/nAP@0.5"; libs/metrics.base_novel_ap).
 --test_flips merges the head's outputs over mirrored views of each image
 (libs/test_time_flips.py, TEST_FLIPS); its report is `<checkpoint>.eval_<split>_flips.json`.
+
+Beside the JSON it writes an HTML report to look at (--nohtml skips it), the folder
+`<report without .json>_html/` (index.html: the run, the per-class table,
+precision-recall curves, the confusion matrix with "missed" and "background", AP by
+object size and the images with the most errors drawn; libs/eval_report.py), and the
+per-class precision-recall curves go to TensorBoard's PR curve plugin under
+eval_<split>/.
 """
 import json
 import os
@@ -41,6 +48,8 @@ def _define_flags():
                       "vertical or both, comma-separated (sets TEST_FLIPS).")
     flags.DEFINE_string("report", None, "Where the JSON report goes (default: "
                         "<checkpoint>.eval_<split>.json beside the checkpoint).")
+    flags.DEFINE_bool("html", True, "Also write the HTML report folder beside the JSON "
+                      "(<report>_html/index.html).")
 
 
 def main(argv):
@@ -53,7 +62,7 @@ def main(argv):
 
 def _evaluate():
     from data.io import convert, label_map
-    from libs import cli, metrics, training
+    from libs import cli, eval_report, metrics, training
     from libs.io_utils import atomic_write
     overrides = list(FLAGS.set)
     if FLAGS.test_flips:
@@ -68,7 +77,11 @@ def _evaluate():
         base, novel = label_map.split_base_novel(run.class_names, novel)
         base_novel = {"base_classes": base, "novel_classes": novel}
     split = FLAGS.split or cfg.EVAL_SPLIT
-    results, checkpoint = training.evaluate(run, FLAGS.checkpoint, split)
+    sink = metrics.EvaluationSink()
+    results, checkpoint = training.evaluate(run, FLAGS.checkpoint, split, sink=sink)
+    step = results.get("global_step")
+    eval_dir = os.path.join(run.model_dir, f"eval_{training.eval_name(cfg, split)}")
+    eval_report.write_pr_curves(eval_dir, sink.evaluator, run.class_names, step)
     if novel:
         results.update(metrics.base_novel_ap(results, run.class_names, novel))
     flips = f", test-time flips {'+'.join(cfg.TEST_FLIPS)}" if cfg.TEST_FLIPS else ""
@@ -82,6 +95,11 @@ def _evaluate():
                   handle, indent=2, sort_keys=True, default=float)
         handle.write("\n")
     print(f"report: {report}")
+    if FLAGS.html:
+        page = eval_report.write_html_report(os.path.splitext(report)[0] + "_html",
+                                             sink.evaluator, results, run, split,
+                                             checkpoint, step)
+        print(f"html report: {page}")
 
 
 def run():
