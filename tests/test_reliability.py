@@ -119,7 +119,9 @@ def test_sigkill_at_random_moments_then_resume_to_completion(sample_data, tmp_pa
     mid-save - and after each kill the run directory holds a complete checkpoint whose
     step never goes back. The same command, rerun, resumes and finishes max_steps."""
     model_dir = str(tmp_path / "run")
-    max_steps = 300
+    # Each kill lands at most 1.5 s after a new checkpoint: about 30 steps of the tiny
+    # model on a fast CPU, fewer on a slow one, so three kills stay well inside 150.
+    max_steps = 150
     command = _train_command(sample_data, model_dir, "--max_steps", str(max_steps),
                              "--set", "SAVE_CHECKPOINTS_STEPS=3")
     rng = random.Random(1234)
