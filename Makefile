@@ -27,8 +27,11 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -qq --disable-pip-version-check -e '.[test]'
 	touch $@
 
+# Two pytest-xdist workers (TEST_WORKERS=0: no workers, one process); a file whose tests share
+# a module-scoped fixture stays in one worker (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS) tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) tests
 
 # The main job end to end on generated sample data: generate -> convert -> crop
 # references -> train the tiny CPU config (a full 40-epoch schedule, about 2 minutes)

@@ -44,7 +44,8 @@ setup(
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
         # scikit-image: its sample photos (a cat, a cup of coffee, a motorcycle...) let
         # the tests check the imported ImageNet weights classify real images.
-        "test": ["pytest>=7,<10", "scikit-image>=0.22,<0.25"],
+        # pytest-xdist: `make test` runs the suite in two workers.
+        "test": ["pytest>=7,<10", "pytest-xdist>=3,<4", "scikit-image>=0.22,<0.25"],
     },
     entry_points={
         "console_scripts": [
