@@ -18,7 +18,7 @@ from tests.conftest import REPO_ROOT
 
 # Its module-scoped fixture is built once: with pytest-xdist (make test) every test
 # of this file runs in the same worker (conftest.py).
-pytestmark = pytest.mark.xdist_group("test_eval_report")
+pytestmark = pytest.mark.xdist_group(name="test_eval_report")
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
 

@@ -21,7 +21,7 @@ from tests.conftest import REPO_ROOT, convert_sample_classes
 
 # Its module-scoped fixture is built once: with pytest-xdist (make test) every test
 # of this file runs in the same worker (conftest.py).
-pytestmark = pytest.mark.xdist_group("test_export")
+pytestmark = pytest.mark.xdist_group(name="test_export")
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
 # A short schedule that spans the run (8 images/epoch), and a low display threshold so

@@ -30,7 +30,7 @@ from bench.new_class_sample import average_precision, build
 
 # Its module-scoped fixture is built once: with pytest-xdist (make test) every test
 # of this file runs in the same worker (conftest.py).
-pytestmark = pytest.mark.xdist_group("test_fewshot_e2e")
+pytestmark = pytest.mark.xdist_group(name="test_fewshot_e2e")
 
 TRAINED = ["cell", "crystal"]
 NEW = "spore"

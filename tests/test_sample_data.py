@@ -14,7 +14,7 @@ from data.sample.generate import CLASSES, generate_voc_dataset
 
 # Its module-scoped fixture is built once: with pytest-xdist (make test) every test
 # of this file runs in the same worker (conftest.py).
-pytestmark = pytest.mark.xdist_group("test_sample_data")
+pytestmark = pytest.mark.xdist_group(name="test_sample_data")
 
 
 @pytest.fixture(scope="module")
