@@ -27,11 +27,11 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -qq --disable-pip-version-check -e '.[test]'
 	touch $@
 
-# Two pytest-xdist workers (TEST_WORKERS=0: no workers, one process); a file whose tests share
-# a module-scoped fixture stays in one worker (tests/conftest.py).
+# Two pytest-xdist workers (TEST_WORKERS=0: one process), a test file at a time: a
+# file's module-scoped fixtures (a trained model, a converted dataset) are built once.
 TEST_WORKERS ?= 2
 test: venv
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 # The main job end to end on generated sample data: generate -> convert -> crop
 # references -> train the tiny CPU config (a full 40-epoch schedule, about 2 minutes)

@@ -10,15 +10,6 @@ if REPO_ROOT not in sys.path:
 import pytest  # noqa: E402
 
 
-def pytest_configure(config):
-    # `make test` runs the suite in two pytest-xdist workers with --dist loadgroup:
-    # tests spread one by one, except a file whose module-scoped fixture (a trained
-    # model, a converted dataset) would otherwise be built in both workers; such a
-    # file marks itself xdist_group("<its name>") and runs in one.
-    config.addinivalue_line("markers", "xdist_group(name): run these tests in one "
-                            "pytest-xdist worker (they share a module-scoped fixture)")
-
-
 def snapshot_tree(directory):
     """{relative path: bytes} of every file under `directory` ({} if it does not exist):
     compare two snapshots to prove that nothing was written, half-written or removed."""

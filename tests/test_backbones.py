@@ -6,10 +6,6 @@ from libs.networks import BACKBONES, FEATURE_LEVELS, backbone_channels, backbone
 from libs.tf_compat import seeded_graph, slim, tf
 from tf_slim.nets import resnet_v1, resnet_v2
 
-# Its module-scoped fixture is built once: with pytest-xdist (make test) every test
-# of this file runs in the same worker (conftest.py).
-pytestmark = pytest.mark.xdist_group(name="test_backbones")
-
 SLIM_RESNETS = ("resnet_v1_50", "resnet_v1_101", "resnet_v2_50", "resnet_v2_101")
 ALL_NETS = SLIM_RESNETS + ("tiny_resnet", "tiny_resnet_gn", "small_resnet_gn",
                            "efficientnet_lite0")

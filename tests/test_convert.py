@@ -18,10 +18,6 @@ from data.sample.generate import generate_voc_dataset
 from libs import io_utils
 from libs.tf_compat import seeded_graph, tf
 
-# Its module-scoped fixture is built once: with pytest-xdist (make test) every test
-# of this file runs in the same worker (conftest.py).
-pytestmark = pytest.mark.xdist_group(name="test_convert")
-
 CONVERTER = os.path.join(REPO_ROOT, "tools", "convert_to_tfrecord.py")
 
 

@@ -16,10 +16,6 @@ from libs import error_analysis, eval_report, metrics
 from libs.configs import load_config
 from tests.conftest import REPO_ROOT
 
-# Its module-scoped fixture is built once: with pytest-xdist (make test) every test
-# of this file runs in the same worker (conftest.py).
-pytestmark = pytest.mark.xdist_group(name="test_eval_report")
-
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
 
 

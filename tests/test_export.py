@@ -19,10 +19,6 @@ from libs.configs import load_config
 from libs.tf_compat import seeded_graph, tf
 from tests.conftest import REPO_ROOT, convert_sample_classes
 
-# Its module-scoped fixture is built once: with pytest-xdist (make test) every test
-# of this file runs in the same worker (conftest.py).
-pytestmark = pytest.mark.xdist_group(name="test_export")
-
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
 # A short schedule that spans the run (8 images/epoch), and a low display threshold so
 # that a briefly trained model returns enough detections to compare.

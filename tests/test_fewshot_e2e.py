@@ -28,10 +28,6 @@ import pytest
 
 from bench.new_class_sample import average_precision, build
 
-# Its module-scoped fixture is built once: with pytest-xdist (make test) every test
-# of this file runs in the same worker (conftest.py).
-pytestmark = pytest.mark.xdist_group(name="test_fewshot_e2e")
-
 TRAINED = ["cell", "crystal"]
 NEW = "spore"
 RENAMED = {"angular": "crystal", "round": "cell", "triangle": "spore"}  # export name: crops

@@ -23,10 +23,6 @@ from libs.configs import ConfigError, load_config
 from tests.conftest import REPO_ROOT, snapshot_tree
 from tests.test_convert import read_records, write_voc_xml
 
-# Its module-scoped fixture is built once: with pytest-xdist (make test) every test
-# of this file runs in the same worker (conftest.py).
-pytestmark = pytest.mark.xdist_group(name="test_hostile_inputs")
-
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
 CLASSES = ["RBC", "WBC"]
 

@@ -20,10 +20,6 @@ from libs.box_utils.anchors import config_anchors
 from libs.configs import load_config
 from libs.tf_compat import seeded_graph, tf
 
-# Its module-scoped fixture is built once: with pytest-xdist (make test) every test
-# of this file runs in the same worker (conftest.py).
-pytestmark = pytest.mark.xdist_group(name="test_input_fn")
-
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
 RES101 = os.path.join(REPO_ROOT, "cfgs", "res101_fewshot.py")
 FEATURE_KEYS = {"image", "image_window", "image_scale", "original_size", "image_id",

@@ -14,10 +14,6 @@ from data.io import convert, reference_set
 from data.io.reference_set import ReferenceSetError, load_reference_images
 from data.sample.generate import generate_voc_dataset
 
-# Its module-scoped fixture is built once: with pytest-xdist (make test) every test
-# of this file runs in the same worker (conftest.py).
-pytestmark = pytest.mark.xdist_group(name="test_reference_set")
-
 MAKE_REFERENCES = os.path.join(REPO_ROOT, "tools", "make_references.py")
 
 

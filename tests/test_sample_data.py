@@ -12,10 +12,6 @@ import pytest
 from conftest import REPO_ROOT
 from data.sample.generate import CLASSES, generate_voc_dataset
 
-# Its module-scoped fixture is built once: with pytest-xdist (make test) every test
-# of this file runs in the same worker (conftest.py).
-pytestmark = pytest.mark.xdist_group(name="test_sample_data")
-
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
