@@ -74,6 +74,15 @@ def read_records(output_dir, split):
     return records
 
 
+def same_files(first, second):
+    """The two folders hold the same file names with the same bytes."""
+    assert sorted(os.listdir(first)) == sorted(os.listdir(second))
+    for name in os.listdir(first):
+        with open(os.path.join(first, name), "rb") as a, \
+                open(os.path.join(second, name), "rb") as b:
+            assert a.read() == b.read(), name
+
+
 def counts_of(summary):
     return {rule: summary[rule] for rule in convert.RULES if summary[rule]}
 
@@ -141,11 +150,7 @@ def test_output_is_deterministic(sample, tmp_path):
     first, second = str(tmp_path / "a"), str(tmp_path / "b")
     _convert_sample(root, first, num_shards=3)
     _convert_sample(root, second, num_shards=3)
-    assert sorted(os.listdir(first)) == sorted(os.listdir(second))
-    for name in os.listdir(first):
-        with open(os.path.join(first, name), "rb") as a, \
-                open(os.path.join(second, name), "rb") as b:
-            assert a.read() == b.read(), name
+    same_files(first, second)
 
 
 def test_coco_conversion_equals_voc(sample, tmp_path):
@@ -173,11 +178,7 @@ def test_coco_conversion_equals_voc(sample, tmp_path):
     convert.convert_dataset("coco", os.path.join(root, "JPEGImages"), json_path, coco_dir,
                             split_file=os.path.join(root, "ImageSets/Main/train.txt"),
                             progress_every_seconds=1e9)
-    assert sorted(os.listdir(voc_dir)) == sorted(os.listdir(coco_dir))
-    for name in os.listdir(voc_dir):
-        with open(os.path.join(voc_dir, name), "rb") as a, \
-                open(os.path.join(coco_dir, name), "rb") as b:
-            assert a.read() == b.read(), name
+    same_files(voc_dir, coco_dir)
 
 
 # ---------------------------------------------------------------------------------------
@@ -512,14 +513,6 @@ def write_yolo_copy(root, out, split=None, names=("cell", "crystal")):
     return image_dir, labels_dir
 
 
-def _same_files(first, second):
-    assert sorted(os.listdir(first)) == sorted(os.listdir(second))
-    for name in os.listdir(first):
-        with open(os.path.join(first, name), "rb") as a, \
-                open(os.path.join(second, name), "rb") as b:
-            assert a.read() == b.read(), name
-
-
 def test_yolo_copy_converts_to_the_same_records_as_its_voc_original(sample, tmp_path):
     """Every image in one folder, the VOC split file: byte-identical records (ids are
     positions in the image folder, as VOC's in the XML folder; the normalised boxes
@@ -535,7 +528,7 @@ def test_yolo_copy_converts_to_the_same_records_as_its_voc_original(sample, tmp_
         split_file=os.path.join(root, "ImageSets/Main/train.txt"),
         progress_every_seconds=1e9)
     assert summary["images_written"] == 8 and counts_of(summary) == {}
-    _same_files(voc_dir, yolo_dir)
+    same_files(voc_dir, yolo_dir)
 
 
 def test_yolo_layout_through_the_command_lines(sample, tmp_path):
