@@ -6,20 +6,23 @@
 Runs the checkpoint's serving graph (libs/export.Detector: the exported model's path)
 on every image of a converted split and matches its detections (score >= --min_score,
 default 0.5, the display threshold) to the ground truth at IoU >= 0.5, class by class,
-greedily by score as VOC does (libs/error_analysis.py, which tools/eval.py's HTML
-report shares). Then it sorts what is left:
+greedily by score exactly as VOC AP does (libs/error_analysis.py, which tools/eval.py's
+HTML report shares): "found" is VOC's true positives at that threshold; difficult
+objects are not counted ("objects" and "missed" leave them out, column "difficult"
+counts them) and a detection on a difficult object of its class is ignored (column
+"ignored"), neither found nor a false positive. Then it sorts what is left:
   missed objects        by size (shorter side in original pixels: small < 32 <= medium
                         < 96 <= large) and whether they touch another object (IoU > 0
                         with another ground-truth box: touching / overlapping cells);
                         and whether the model saw them as another class (a detection of
                         another class at IoU >= 0.5: a confusion) or not at all;
-  false positives       confusion (IoU >= 0.5 with an object of another class),
-                        duplicate (IoU >= 0.5 with an object already found), poor
-                        localisation (0.1 <= IoU < 0.5 with an object of its class),
-                        or background;
-and draws --draw images with the most errors: ground truth in green, misses in red,
-false positives in orange (each labelled with its kind), correct detections in blue
-(small PNGs for docs/).
+  false positives       confusion (IoU >= 0.5 with a non-difficult object of another
+                        class), duplicate (its best-matching object, IoU >= 0.5,
+                        already found), poor localisation (0.1 <= IoU < 0.5 with an
+                        object of its class), or background;
+and draws --draw images with the most errors: ground truth in green (difficult objects
+dashed), misses in red, false positives in orange (each labelled with its kind),
+correct detections in blue, ignored ones dashed grey (small PNGs for docs/).
 Prints a table per class and writes everything to --out.
 """
 import argparse
@@ -71,13 +74,16 @@ def main():
                 keep = found["scores"] >= args.min_score
                 result = analyse_image(record["boxes"], record["labels"],
                                        found["boxes"][keep], found["class_ids"][keep],
-                                       found["scores"][keep])
-                for label in record["labels"]:
-                    per_class[names[label - 1]]["objects"] += 1
+                                       found["scores"][keep], record["difficult"])
+                for label, difficult in zip(record["labels"], result["difficult"]):
+                    per_class[names[label - 1]]["difficult" if difficult
+                                                else "objects"] += 1
                 for d in result["hits"]:
                     per_class[names[result["labels"][d] - 1]]["found"] += 1
                 for d, kind in result["false_positives"]:
                     per_class[names[result["labels"][d] - 1]][f"fp_{kind}"] += 1
+                for d in result["ignored"]:
+                    per_class[names[result["labels"][d] - 1]]["ignored"] += 1
                 for miss in result["misses"]:
                     name = names[record["labels"][miss["index"]] - 1]
                     counter = per_class[name]
@@ -94,7 +100,7 @@ def main():
     print(f"{checkpoint}, {args.split}, detections with score >= {args.min_score}")
     columns = ("objects", "found", "missed", "missed_small", "missed_medium",
                "missed_large", "missed_touching", "missed_as_other_class", "fp_background",
-               "fp_localisation", "fp_duplicate", "fp_confusion")
+               "fp_localisation", "fp_duplicate", "fp_confusion", "difficult", "ignored")
     print("class".ljust(12) + " ".join(c.replace("missed_", "m_").rjust(10) for c in columns))
     for name, counter in per_class.items():
         print(name.ljust(12) + " ".join(str(counter.get(c, 0)).rjust(10) for c in columns))

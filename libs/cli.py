@@ -76,11 +76,16 @@ def define_annotation_flags(split_help):
 
 
 def define_yolo_names_flag():
-    """--class_names: the names of YOLO's class ids (tools that read YOLO labels)."""
+    """--class_names: the names of YOLO's class ids, the same flag in every tool that
+    reads YOLO labels (--classes, where a tool has it, chooses classes; it never names
+    YOLO ids)."""
     from absl import flags
     flags.DEFINE_string("class_names", None,
-                        "YOLO only: comma-separated names of class ids 0, 1, ... "
-                        "(default: data.yaml or classes.txt in the dataset root).")
+                        "YOLO only: comma-separated names of class ids 0, 1, ... . "
+                        "Default: `names` of data.yaml or the lines of classes.txt, "
+                        "looked for in the labels folder, its parent and the dataset "
+                        "root (DATA/labels/train -> DATA); this flag overrides such a "
+                        "file (a warning names it).")
 
 
 def load_config_from_flags(cfg_path, set_items=()):

@@ -13,6 +13,10 @@ per-class table (AP@0.5, COCO AP, #GT, #detections), one precision-recall curve 
 class, the confusion matrix with "missed" and "background", AP by object size (COCO's
 small / medium / large) and a gallery of the images with the most errors at the
 display threshold (DETECTION_MIN_CONFIDENCE), drawn by libs/error_analysis.py.
+Difficult objects are left out of every count as VOC AP leaves them out: never missed,
+and a detection on one of its class is ignored (neither correct nor a false positive),
+so the confusion matrix's diagonal is the true positives VOC AP counts at the display
+threshold.
 Plots are matplotlib PNGs (Agg backend, no display needed).
 """
 import html
@@ -70,14 +74,16 @@ def write_pr_curves(eval_dir, evaluator, class_names, step):
 # ----------------------------------------------------------------------------- errors
 
 def image_errors(evaluator, min_score):
-    """{image id: error_analysis result} of every image, detections >= min_score."""
+    """{image id: error_analysis result} of every image, detections >= min_score,
+    difficult ground truth ignored as the evaluator's VOC AP ignores it."""
     found = {}
     for image_id in evaluator.image_ids:
-        gt_boxes, gt_labels, _ = evaluator.ground_truth_of(image_id)
+        gt_boxes, gt_labels, gt_difficult = evaluator.ground_truth_of(image_id)
         boxes, scores, labels = evaluator.detections_of(image_id)
         keep = scores >= min_score
         found[image_id] = error_analysis.analyse_image(gt_boxes, gt_labels, boxes[keep],
-                                                       labels[keep], scores[keep])
+                                                       labels[keep], scores[keep],
+                                                       gt_difficult)
     return found
 
 
@@ -211,6 +217,8 @@ def _gallery(folder, evaluator, errors, run, split, class_names):
         caption = (f"{record['filename'].decode()}: {len(result['misses'])} missed, "
                    + ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
                    + (" false positive(s)" if kinds else "0 false positives"))
+        if result["ignored"]:
+            caption += f"; {len(result['ignored'])} ignored on difficult objects"
         drawn.append((name, caption))
     return drawn
 
@@ -241,6 +249,7 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px;
 text-align:right}td:first-child,th:first-child{text-align:left}tr.total{font-weight:bold}
 .gallery{display:flex;flex-wrap:wrap;gap:12px}.gallery figure{margin:0;width:400px}
 figcaption{font-size:0.85em}.key span{padding:1px 6px;color:white;margin-right:6px}
+.key span.dashed{background:white;border:2px dashed}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px}dt{font-weight:bold}"""
 
 
@@ -261,15 +270,24 @@ def write_html_report(folder, evaluator, results, run, split, checkpoint, step=N
         gallery = _gallery(temp, evaluator, errors, run, split, names)
         kinds = {kind: 0 for kind in error_analysis.FALSE_POSITIVE_KINDS}
         missed = sum(len(r["misses"]) for r in errors.values())
+        ignored = sum(len(r["ignored"]) for r in errors.values())
+        num_difficult = sum(int(np.sum(r["difficult"])) for r in errors.values())
         for result in errors.values():
             for _, kind in result["false_positives"]:
                 kinds[kind] += 1
-        key = "".join(f"<span style='background:rgb{tuple(reversed(colour))}'>{label}"
-                      f"</span>" for label, colour in (
-                          ("ground truth", error_analysis.COLOURS["gt"]),
-                          ("correct", error_analysis.COLOURS["hit"]),
-                          ("missed", error_analysis.COLOURS["miss"]),
-                          ("false positive", error_analysis.COLOURS["fp"])))
+        key = "".join(
+            f"<span style='background:rgb{tuple(reversed(colour))}'>{label}</span>"
+            for label, colour in (("ground truth", error_analysis.COLOURS["gt"]),
+                                  ("correct", error_analysis.COLOURS["hit"]),
+                                  ("missed", error_analysis.COLOURS["miss"]),
+                                  ("false positive", error_analysis.COLOURS["fp"])))
+        key += "".join(
+            f"<span class='dashed' style='border-color:rgb{tuple(reversed(colour))};"
+            f"color:rgb{tuple(reversed(colour))}'>{label}</span>"
+            for label, colour in (
+                ("difficult object (dashed: not counted)", error_analysis.COLOURS["gt"]),
+                ("ignored: on a difficult object (dashed)",
+                 error_analysis.COLOURS["ignored"])))
         figures = "".join(f"<figure><img src='{name}' alt='{html.escape(caption)}'>"
                           f"<figcaption>{html.escape(caption)}</figcaption></figure>"
                           for name, caption in gallery)
@@ -290,7 +308,10 @@ AP figures rank every detection >= {cfg.EVAL_SCORE_THRESHOLD:g})</dd></dl>
 <p>Rows: what the object is ("background": a detection on no object of its class);
 columns: what the model said ("missed": nothing at the threshold). Errors at score
 &gt;= {min_score:g}: {missed} missed objects; false positives {", ".join(
-            f"{count} {kind}" for kind, count in kinds.items())}.</p>
+            f"{count} {kind}" for kind, count in kinds.items())}. As in VOC AP,
+the {num_difficult} difficult objects are not counted (never missed) and the {ignored}
+detections on a difficult object of their class are ignored (neither correct nor false
+positives).</p>
 <img src="confusion.png" alt="confusion matrix">
 <h2>AP by object size</h2><img src="ap_by_size.png" alt="AP by object size">
 <h2>The images with the most errors</h2>

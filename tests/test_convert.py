@@ -612,7 +612,7 @@ def test_yolo_rules(tmp_path):
     assert record["labels"].tolist() == [2, 1]          # "b" (YOLO id 0), "a" (id 1)
 
     (tmp_path / "classes.txt").unlink()
-    with pytest.raises(convert.ConversionError, match="give --classes .* or put "
+    with pytest.raises(convert.ConversionError, match="give --class_names .* or put "
                        "data.yaml or classes.txt in"):
         convert.convert_dataset("yolo", str(image_dir), str(labels_dir), output_dir)
     broken = tmp_path / "data.yaml"
@@ -623,5 +623,5 @@ def test_yolo_rules(tmp_path):
     with pytest.raises(convert.ConversionError, match="data.yaml: no class names"):
         convert.convert_dataset("yolo", str(image_dir), str(labels_dir), output_dir)
     broken.write_text("names:\n  0: b\n  1: a\n")
-    assert convert.yolo_class_names(str(labels_dir)) == ["b", "a"]
-    assert convert.yolo_class_names(str(labels_dir), ["x", "y"]) == ["x", "y"]
+    assert convert.yolo_class_names(str(labels_dir)) == {0: "b", 1: "a"}
+    assert convert.yolo_class_names(str(labels_dir), ["x", "y"]) == {0: "x", 1: "y"}

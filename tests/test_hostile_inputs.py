@@ -276,3 +276,30 @@ def test_predict_unreadable(pipeline, tmp_path):
     assert len(summary["images"]) == len(os.listdir(folder)) - 4
     with open(tmp_path / "out" / prediction.DETECTIONS_FILE) as handle:
         assert json.load(handle)["skipped"] == summary["skipped"]
+
+
+def test_every_hostile_kind_has_its_test():
+    """docs/reliability.md's table of hostile-input kinds: at least 30 rows, each an
+    error line, a skip or a repair, each naming tests that exist."""
+    import re
+    with open(os.path.join(REPO_ROOT, "docs", "reliability.md")) as handle:
+        doc = handle.read()
+    section = doc.split("## Every hostile-input kind tested", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| input")]
+    assert len(rows) >= 30
+    groups = set()
+    for row in rows:
+        group, kind, outcome, tests = [cell.strip() for cell in row.strip("|").split("|")]
+        groups.add(group)
+        assert "traceback" not in outcome.lower(), row
+        named = re.findall(r"`((?:tests/[\w./]+)?::\w+)`", tests)
+        assert named, row
+        current = None
+        for reference in named:
+            path, _, name = reference.partition("::")
+            current = path or current
+            with open(os.path.join(REPO_ROOT, current)) as handle:
+                assert re.search(rf"^def {name}\(", handle.read(), re.M), reference
+    assert {"weights", "VOC", "COCO", "YOLO", "references", "configs",
+            "checkpoints"} <= groups

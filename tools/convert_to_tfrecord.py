@@ -11,8 +11,10 @@
 
 Converting train and then val into the same --output_dir keeps one label map: its ids
 are reused and classes it does not know are dropped (and reported) unless listed in
---classes. Every skipped image, dropped or clipped box is reported on one warning line;
-the summary at the end counts each rule (see data/io/convert.py).
+--classes. YOLO's numeric class ids are named by data.yaml / classes.txt in the
+dataset root, or by --class_names (which overrides them). Every skipped image, dropped
+or clipped box is reported on one warning line; the summary at the end counts each
+rule (see data/io/convert.py).
 """
 import os
 import sys
@@ -38,9 +40,12 @@ def _define_flags():
     flags.DEFINE_string("output_dir", None, "Where the .tfrecord shards and "
                         "label_map.json go.")
     flags.DEFINE_string("classes", None,
-                        "Comma-separated class names in id order (1, 2, ...); for YOLO "
-                        "also the names of its class ids 0, 1, ... Default: the "
-                        "existing label map's ids, else the sorted names found.")
+                        "Comma-separated class names of the label map in id order "
+                        "(1, 2, ...); boxes of other classes are dropped (with an "
+                        "existing label map: its ids are kept and listed classes it lacks "
+                        "appended). Default: the existing label map's ids, else the "
+                        "sorted names found. YOLO's class ids 0, 1, ... are named by "
+                        "--class_names or data.yaml / classes.txt, not by this flag.")
     flags.DEFINE_integer("num_shards", 1, "Number of .tfrecord files for this split.")
 
 

@@ -45,6 +45,7 @@ FLAGS = flags.FLAGS
 def _define_flags():
     cli.define_annotation_flags("Optional list of image ids to draw from (the train "
                                 "split), e.g. ImageSets/Main/train.txt.")
+    cli.define_yolo_names_flag()
     flags.DEFINE_string("output_dir", None, "Where data/, references/ and kshot.json "
                         "(or base.json) go.")
     flags.DEFINE_string("novel_classes", None, "Comma-separated novel classes. Required "
@@ -85,7 +86,8 @@ def main(argv):
         print(f"error: {problem}", file=sys.stderr)
         return 2
     common = dict(split_file=FLAGS.split_file, classes=convert.parse_classes(FLAGS.classes),
-                  label_map=FLAGS.label_map, val_split_file=FLAGS.val_split_file)
+                  label_map=FLAGS.label_map, val_split_file=FLAGS.val_split_file,
+                  yolo_names=convert.parse_classes(FLAGS.class_names))
     novel = convert.parse_classes(FLAGS.novel_classes)
     try:
         if FLAGS.base_only:

@@ -32,7 +32,8 @@ def _define_flags():
     flags.DEFINE_integer("min_size", 8, "Objects smaller than this (pixels, height or "
                          "width) are not used.")
     flags.DEFINE_string("classes", None, "Comma-separated classes to crop (default: all "
-                        "classes in the annotations).")
+                        "classes in the annotations). YOLO's class ids are named by "
+                        "--class_names or data.yaml / classes.txt, not by this flag.")
 
 
 def main(argv):

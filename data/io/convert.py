@@ -15,12 +15,24 @@ Conventions
   written (the TF Object Detection API convention, no 1-based shift); COCO [x, y, w, h]
   becomes [y, x, y + h, x + w]; YOLO's normalised "class cx cy w h" becomes
   [(cy - h/2) H, (cx - w/2) W, (cy + h/2) H, (cx + w/2) W] for an H x W image (its size
-  read from the image itself), class k being the k-th name (0-based) of --classes,
-  else of data.yaml / classes.txt (yolo_class_names).
+  read from the image itself), and a YOLO segmentation line "class x1 y1 ... xn yn"
+  (a normalised polygon, n >= 3) the bounding box of its points (polygon_to_box).
+  Class k is the name of id k (0-based) given by --class_names, else by data.yaml /
+  classes.txt (yolo_class_names); a mapping with gaps keeps its ids, so an id without
+  a name is an unknown class.
+- EXIF orientation: YOLO boxes are normalised to the image as viewers show it, so a
+  YOLO image's EXIF orientation (JPEG APP1 / PNG eXIf) is applied before its size is
+  read and the record stores the upright pixels as PNG (image_oriented). VOC and COCO
+  boxes are taken on the stored pixels, which are kept; a non-default orientation is
+  reported (image_orientation_ignored).
+- YOLO folders: images in subfolders of the image folder are found too (hidden
+  folders skipped); image_dir/a/b/x.jpg pairs with labels_dir/a/b/x.txt (extension in
+  any case) and is stored with the file name "a/b/x.jpg".
 - Image ids: COCO keeps its ids; VOC uses the 1-based position of the XML file in the
-  sorted listing of the annotation folder, YOLO that of the image in the image folder,
-  so train and val converted from one folder never share an id and re-running gives
-  the same ids.
+  sorted listing of the annotation folder, YOLO that of the image's relative path
+  without extension ("a/b/x") in the sorted list of the image folder's images, so
+  train and val converted from one folder never share an id and re-running gives the
+  same ids.
 - Records are written in image-id order (write_records: in the order given), record k
   into shard k % num_shards. Output
   bytes depend only on the input (no timestamps, no randomness).
@@ -40,6 +52,8 @@ import dataclasses
 import json
 import math
 import os
+import posixpath
+import struct
 import xml.etree.ElementTree as ElementTree
 
 import cv2
@@ -55,11 +69,15 @@ FORMATS = ("voc", "coco", "yolo")
 RULES = collections.OrderedDict([
     ("annotation_invalid", "annotation file missing/unparseable or entry malformed -> "
                            "entry skipped"),
+    ("polygon_to_box", "YOLO polygon (segmentation label) -> its bounding box"),
     ("duplicate_image", "image listed more than once -> converted once"),
     ("image_missing", "image file not found -> image skipped"),
     ("image_unreadable", "zero-byte, truncated or undecodable image -> image skipped"),
     ("image_converted", "not 8-bit RGB JPEG/PNG (grey, RGBA, palette, 16-bit, CMYK, "
                         "other format) -> stored as 8-bit RGB PNG"),
+    ("image_oriented", "EXIF orientation applied (YOLO) -> stored upright as PNG"),
+    ("image_orientation_ignored", "EXIF orientation not 1 (VOC/COCO boxes refer to the "
+                                  "stored pixels) -> kept as stored"),
     ("size_mismatch", "annotated size differs from the image -> real size used"),
     ("box_not_finite", "NaN/inf/missing coordinates -> box dropped"),
     ("box_degenerate", "x2 <= x1 or y2 <= y1 -> box dropped"),
@@ -73,7 +91,7 @@ RULES = collections.OrderedDict([
     ("image_no_objects", "no valid object left -> image skipped"),
 ])
 # Counted, but not worth a warning line each: nothing is wrong with them.
-_QUIET_RULES = ("object_difficult",)
+_QUIET_RULES = ("object_difficult", "polygon_to_box")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 
@@ -103,6 +121,8 @@ class ImageAnnotation:
     source: str           # the annotation file, for messages
     annotated_size: tuple = None  # (height, width) from the annotation, if given
     objects: list = dataclasses.field(default_factory=list)
+    # The boxes refer to the image after its EXIF orientation (YOLO): load it upright.
+    apply_orientation: bool = False
 
 
 class Report:
@@ -165,7 +185,7 @@ def read_split_file(split_file):
 
     VOC ImageSets/Main/<class>_train.txt style lines ("id  1") keep their first column.
     """
-    with open(split_file, "r", encoding="utf-8") as handle:
+    with open(split_file, "r", encoding="utf-8-sig") as handle:
         entries = []
         for line in handle:
             line = line.split("#", 1)[0].strip()
@@ -189,12 +209,28 @@ def _dedupe(entries, where, report):
     return unique
 
 
-def _image_index(image_dir):
-    """Stem -> sorted file names of the images directly inside image_dir."""
+def _list_files(folder, recursive=False):
+    """Sorted names in folder; recursive: the relative paths, written with "/"
+    ("a/b/x.jpg"), of the files in folder and its subfolders, hidden folders skipped."""
+    if not recursive:
+        return sorted(os.listdir(folder))
+    found = []
+    for directory, subfolders, files in os.walk(folder):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        relative = os.path.relpath(directory, folder)
+        prefix = "" if relative == os.curdir else relative.replace(os.sep, "/") + "/"
+        found.extend(prefix + name for name in files)
+    return sorted(found)
+
+
+def _image_index(image_dir, recursive=False):
+    """Stem -> sorted file names of the images directly inside image_dir; recursive:
+    relative stem ("a/b/x") -> relative paths ("a/b/x.jpg"), subfolders included."""
     index = collections.defaultdict(list)
-    for name in sorted(os.listdir(image_dir)):
-        if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-            index[os.path.splitext(name)[0]].append(name)
+    for name in _list_files(image_dir, recursive):
+        root, extension = os.path.splitext(name)
+        if extension.lower() in IMAGE_EXTENSIONS:
+            index[root].append(name)
     return index
 
 
@@ -357,61 +393,181 @@ def read_coco(image_dir, json_path, split_file=None, report=None):
 YOLO_CLASS_FILES = ("data.yaml", "data.yml", "classes.txt")
 
 
-def yolo_class_names(labels_dir, class_names=None):
-    """The names of YOLO's class ids 0, 1, ...: `class_names` when given, else the
-    `names` of data.yaml (a list, or a mapping id -> name) or the lines of classes.txt,
-    looked for in the labels folder, its parent and the dataset root above it
-    (DATA/labels/train -> DATA)."""
-    if class_names:
-        return list(class_names)
+def _find_class_file(labels_dir):
+    """(the first data.yaml / data.yml / classes.txt found or None, folders searched):
+    the labels folder, its parent and the dataset root above it (DATA/labels/train ->
+    DATA)."""
     folder = os.path.abspath(labels_dir)
     folders = [folder, os.path.dirname(folder), os.path.dirname(os.path.dirname(folder))]
     for directory in folders:
         for name in YOLO_CLASS_FILES:
             path = os.path.join(directory, name)
             if os.path.isfile(path):
-                return _read_class_file(path)
-    raise ConversionError(f"YOLO labels name classes by number: give --classes (names "
-                          f"in id order 0, 1, ...) or put data.yaml or classes.txt in "
-                          f"{folders[-1]}")
+                return path, folders
+    return None, folders
+
+
+def yolo_class_names(labels_dir, class_names=None):
+    """The names of YOLO's class ids: {id: name} in id order.
+
+    `class_names` (--class_names: the names of ids 0, 1, ...) when given, else the
+    `names` of data.yaml (a list, or a mapping id -> name whose ids are kept as
+    written) or the lines of classes.txt, looked for as _find_class_file says. An id
+    without a name is an unknown class (box_unknown_class), never the next name: gaps
+    in a mapping and names given to several ids are logged as warnings, and so is a
+    class file that --class_names overrides.
+    """
+    path, folders = _find_class_file(labels_dir)
+    if class_names:
+        if path:
+            logging.warning("--class_names overrides the class names of %s", path)
+        names, where = dict(enumerate(class_names)), "--class_names"
+    elif path:
+        names, where = _read_class_file(path), path
+    else:
+        raise ConversionError(f"YOLO labels name classes by number: give --class_names "
+                              f"(names in id order 0, 1, ...) or put data.yaml or "
+                              f"classes.txt in {folders[-1]}")
+    _warn_about_class_names(names, where)
+    return names
+
+
+def _warn_about_class_names(names, where):
+    """One warning line per gap in the ids and per name that several ids share."""
+    previous = -1
+    for class_id in names:
+        if class_id > previous + 1:
+            missing = (f"id {previous + 1}" if class_id == previous + 2
+                       else f"ids {previous + 1}-{class_id - 1}")
+            logging.warning("%s: no name for class %s: its boxes are dropped "
+                            "[box_unknown_class]", where, missing)
+        previous = class_id
+    ids_by_name = collections.defaultdict(list)
+    for class_id, name in names.items():
+        ids_by_name[name].append(class_id)
+    for name, ids in ids_by_name.items():
+        if len(ids) > 1:
+            logging.warning("%s: class ids %s are all named %r: their boxes are one class",
+                            where, ", ".join(str(i) for i in ids), name)
+
+
+def _class_id_key(key):
+    """A `names` key of data.yaml -> the class id, or None if it is not one."""
+    if isinstance(key, bool):
+        return None
+    if isinstance(key, int):
+        return key if key >= 0 else None
+    if isinstance(key, str) and key.strip().isascii() and key.strip().isdigit():
+        return int(key)
+    return None
 
 
 def _read_class_file(path):
+    """data.yaml's `names` or classes.txt's lines -> {id: name} in id order."""
+    is_text = path.endswith(".txt")
     try:
-        with open(path, "r", encoding="utf-8") as handle:
-            if path.endswith(".txt"):
-                names = [line.strip() for line in handle if line.strip()]
+        # utf-8-sig: a byte-order mark (Windows editors) is not part of the first name.
+        with open(path, "r", encoding="utf-8-sig") as handle:
+            if is_text:
+                names = [line.strip() for line in handle.read().splitlines()]
+                while names and not names[-1]:
+                    names.pop()
             else:
                 import yaml
-                names = (yaml.safe_load(handle) or {}).get("names")
-                if isinstance(names, dict):
-                    names = [names[k] for k in sorted(names, key=int)]
-    except (OSError, ValueError, AttributeError, ImportError) as exc:
+                data = yaml.safe_load(handle)
+                names = data.get("names") if isinstance(data, dict) else None
+    except (OSError, ValueError, ImportError) as exc:
         raise ConversionError(f"{path}: unreadable class list ({exc})") from None
     except Exception as exc:  # yaml.YAMLError, without importing yaml up front
         raise ConversionError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(names, list) or not names or \
-            not all(isinstance(n, (str, int)) and str(n).strip() for n in names):
+    if isinstance(names, list):
+        items = list(enumerate(names))
+    elif isinstance(names, dict):
+        items = list(names.items())
+    else:
+        items = []
+    if not items:
         raise ConversionError(f"{path}: no class names (data.yaml needs `names:` as a "
                               f"list or a mapping id -> name; classes.txt one per line)")
-    return [str(n).strip() for n in names]
+    by_id = {}
+    for key, name in items:
+        class_id = _class_id_key(key)
+        if class_id is None:
+            raise ConversionError(f"{path}: class id {key!r} of `names` is not a "
+                                  f"non-negative integer")
+        if class_id in by_id:
+            raise ConversionError(f"{path}: class id {class_id} is named twice "
+                                  f"({by_id[class_id]!r}, {name!r})")
+        if isinstance(name, bool) or not isinstance(name, (str, int)) or \
+                not str(name).strip():
+            where = f"line {class_id + 1} (class id {class_id})" if is_text else \
+                f"class id {class_id}"
+            raise ConversionError(f"{path}: {where} has no name ({name!r}); an id "
+                                  f"without a class cannot be skipped by leaving it empty")
+        by_id[class_id] = str(name).strip()
+    return dict(sorted(by_id.items()))
 
 
-def _image_size(path):
-    """(height, width) of an image as load_image decodes it, or None if unreadable."""
+def _image_size(path, apply_orientation=False):
+    """(height, width) of an image as load_image decodes it (upright when
+    apply_orientation), or None if unreadable."""
     try:
         with open(path, "rb") as handle:
-            rgb, _ = decode_image_bytes(handle.read())
+            data = handle.read()
+        rgb, _ = decode_image_bytes(data)
     except (OSError, ImageError):
         return None
-    return rgb.shape[:2]
+    height, width = rgb.shape[:2]
+    if apply_orientation and exif_orientation(data) >= 5:   # 5-8 swap the axes
+        return width, height
+    return height, width
 
 
-def _parse_yolo_line(line, names, size):
-    """One "class cx cy w h" line -> (name, box in pixels, problem or None)."""
+def yolo_keypoint_values(labels_dir):
+    """Values of keypoints per label line: K * D of data.yaml's `kpt_shape: [K, D]`
+    (a pose dataset: "class cx cy w h" then K keypoints), else 0."""
+    path, _ = _find_class_file(labels_dir)
+    if not path or path.endswith(".txt"):
+        return 0
+    try:
+        import yaml
+        with open(path, "r", encoding="utf-8-sig") as handle:
+            data = yaml.safe_load(handle)
+    except Exception:  # noqa: BLE001 - _read_class_file reports an unreadable file
+        return 0
+    shape = data.get("kpt_shape") if isinstance(data, dict) else None
+    if shape is None:
+        return 0
+    if not (isinstance(shape, list) and len(shape) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+        raise ConversionError(f"{path}: kpt_shape {shape!r} is not [keypoints, values "
+                              f"per keypoint]")
+    logging.info("%s: kpt_shape %s: pose labels; their boxes are read, their keypoints "
+                 "are not used", path, shape)
+    return shape[0] * shape[1]
+
+
+def _parse_yolo_line(line, names, size, keypoint_values=0):
+    """One label line -> (name, box in pixels, problem or None, polygon?).
+
+    "class cx cy w h" is a box; "class x1 y1 x2 y2 ... xn yn" (n >= 3 points, an odd
+    number >= 7 of values) is a polygon, a segmentation label, replaced by the
+    bounding box of its points as Ultralytics does. names: {class id: name}.
+    keypoint_values > 0 (a pose dataset): every line is a box followed by that many
+    keypoint values, which are not used (a line of 2-D keypoints would otherwise pass
+    for a polygon).
+    """
     fields = line.split()
-    if len(fields) != 5:
-        raise ValueError(f"{len(fields)} values, expected 5 (class cx cy w h)")
+    if keypoint_values:
+        if len(fields) != 5 + keypoint_values:
+            raise ValueError(f"{len(fields)} values, expected {5 + keypoint_values} "
+                             f"(class cx cy w h and {keypoint_values} keypoint values, "
+                             f"kpt_shape of data.yaml)")
+        fields = fields[:5]
+    polygon = len(fields) >= 7 and len(fields) % 2 == 1
+    if len(fields) != 5 and not polygon:
+        raise ValueError(f"{len(fields)} values, expected 5 (class cx cy w h) or an odd "
+                         f"number >= 7 (class x1 y1 ... xn yn, a polygon)")
     try:
         number = float(fields[0])
         values = [float(v) for v in fields[1:]]
@@ -420,70 +576,152 @@ def _parse_yolo_line(line, names, size):
     if not number.is_integer():
         raise ValueError(f"class id {fields[0]} is not an integer")
     class_id = int(number)
-    name = names[class_id] if 0 <= class_id < len(names) else f"<class id {class_id}>"
+    name = names.get(class_id, f"<class id {class_id}>")
     if size is None:
-        return name, (math.nan,) * 4, "image size unknown (unreadable image)"
+        return name, (math.nan,) * 4, "image size unknown (unreadable image)", polygon
     height, width = size
+    if polygon:
+        if not all(math.isfinite(v) for v in values):
+            return name, (math.nan,) * 4, None, polygon   # box_not_finite says it
+        xs, ys = values[0::2], values[1::2]
+        return name, (min(ys) * height, min(xs) * width,
+                      max(ys) * height, max(xs) * width), None, polygon
     cx, cy, w, h = values
     return name, ((cy - h / 2) * height, (cx - w / 2) * width,
-                  (cy + h / 2) * height, (cx + w / 2) * width), None
+                  (cy + h / 2) * height, (cx + w / 2) * width), None, polygon
+
+
+def _label_index(labels_dir, report):
+    """Relative stem ("a/b/x") -> relative path of its label file, found in labels_dir
+    and its subfolders with the extension .txt in any case (x.TXT)."""
+    index = {}
+    for name in _list_files(labels_dir, recursive=True):
+        root, extension = os.path.splitext(name)
+        if extension.lower() != ".txt":
+            continue
+        if root in index:
+            report.add("annotation_invalid", _join(labels_dir, name),
+                       f"a second label file for {root} ({index[root]} is read)")
+            continue
+        index[root] = name
+    return index
+
+
+def _match_split_entry(entry, stems, image_dir, split_dir):
+    """The relative stem an entry of a YOLO split file names, or None.
+
+    Entries are relative stems or paths ("a/x", "a/x.jpg", Ultralytics' lists of
+    "./images/train/a/x.jpg" relative to the list's folder, or absolute paths): the
+    entry itself, then the path it names if that lies inside image_dir, then its
+    trailing path components (paths written on another machine). A path to an
+    existing file outside image_dir matches nothing.
+    """
+    text = entry.replace("\\", "/")
+    root, extension = os.path.splitext(text)
+    forms = [text]
+    if extension.lower() in IMAGE_EXTENSIONS + (".txt",):
+        forms.insert(0, root)
+    for form in forms:
+        form = posixpath.normpath(form)
+        if form in stems:
+            return form
+    form = posixpath.normpath(forms[0])
+    located = form if os.path.isabs(form) else os.path.join(split_dir, form)
+    relative = os.path.relpath(os.path.abspath(located), os.path.abspath(image_dir))
+    if relative != os.pardir and not relative.startswith(os.pardir + os.sep):
+        relative = relative.replace(os.sep, "/")
+        return relative if relative in stems else None
+    if os.path.isfile(os.path.join(split_dir, text)):
+        return None
+    parts = form.split("/")
+    for start in range(1, len(parts)):
+        suffix = "/".join(parts[start:])
+        if suffix in stems:
+            return suffix
+    return None
+
+
+def _join(folder, relative):
+    """folder + a relative path written with "/"."""
+    return os.path.join(folder, *relative.split("/"))
 
 
 def read_yolo(image_dir, labels_dir, split_file=None, report=None, class_names=None):
-    """Reads a YOLO labels folder (one "<image stem>.txt" per image of image_dir) ->
-    ([ImageAnnotation] in image-id order, class names in id order).
+    """Reads a YOLO labels folder -> ([ImageAnnotation] in image-id order, class names
+    in id order).
 
-    A malformed line is skipped (annotation_invalid), an image without a label file
-    too; an empty label file is an image without objects. Unknown class ids and boxes
-    reaching outside [0, 1] go to the box rules (box_unknown_class, box_outside,
-    box_clipped) like VOC's and COCO's.
+    Images are found in image_dir and its subfolders (hidden ones skipped); the label
+    of image_dir/a/b/x.jpg is labels_dir/a/b/x.txt (.TXT too), its record's file name
+    "a/b/x.jpg". A malformed line is skipped (annotation_invalid), an image without a
+    label file too; an empty label file is an image without objects. Polygons become
+    their bounding box (polygon_to_box). Unknown class ids and boxes reaching outside
+    [0, 1] go to the box rules (box_unknown_class, box_outside, box_clipped) like VOC's
+    and COCO's. Boxes refer to the upright image (apply_orientation is set).
     """
     report = report or Report()
     names = yolo_class_names(labels_dir, class_names)
-    images_by_stem = _image_index(image_dir)
+    keypoint_values = yolo_keypoint_values(labels_dir)
+    images_by_stem = _image_index(image_dir, recursive=True)
     stems = sorted(images_by_stem)
     ids = {stem: position + 1 for position, stem in enumerate(stems)}
-    labels = {_stem(n) for n in os.listdir(labels_dir) if n.lower().endswith(".txt")}
+    labels = _label_index(labels_dir, report)
     if split_file:
-        wanted = _dedupe([_stem(entry) for entry in read_split_file(split_file)],
-                         split_file, report)
-        for entry in wanted:
-            if entry not in ids:
+        wanted = []
+        for entry in _dedupe(read_split_file(split_file), split_file, report):
+            stem = _match_split_entry(entry, ids, image_dir, os.path.dirname(split_file))
+            if stem is None:
                 report.add("annotation_invalid", split_file,
                            f"{entry!r} matches no image of {image_dir}")
-        stems = sorted((s for s in wanted if s in ids), key=ids.get)
+            else:
+                wanted.append(stem)
+        stems = sorted(_dedupe(wanted, split_file, report), key=ids.get)
     else:
-        for stem in sorted(labels - set(stems) - {"classes"}):
-            report.add("annotation_invalid", os.path.join(labels_dir, stem + ".txt"),
+        for stem in sorted(set(labels) - set(stems) - {"classes"}):
+            report.add("annotation_invalid", _join(labels_dir, labels[stem]),
                        f"no image named {stem}.* in {image_dir}")
     images = []
     for stem in stems:
         filename = images_by_stem[stem][0]
-        label_path = os.path.join(labels_dir, stem + ".txt")
+        for other in images_by_stem[stem][1:]:
+            report.add("duplicate_image", _join(image_dir, other),
+                       f"same name as {filename} apart from the extension; the label "
+                       f"file is used for {filename} only")
+        label_path = _join(labels_dir, labels.get(stem, stem + ".txt"))
         if stem not in labels:
             report.add("annotation_invalid", label_path,
                        f"no label file for image {filename}")
             continue
-        image_path = os.path.join(image_dir, filename)
-        size = _image_size(image_path)
+        try:
+            # utf-8-sig: a byte-order mark would make line 1 "not numbers".
+            with open(label_path, "r", encoding="utf-8-sig", errors="replace") as handle:
+                lines = handle.read().splitlines()
+        except OSError as exc:
+            report.add("annotation_invalid", label_path,
+                       f"unreadable ({exc.strerror or exc})")
+            continue
+        image_path = _join(image_dir, filename)
+        size = _image_size(image_path, apply_orientation=True)
         image = ImageAnnotation(image_id=ids[stem], filename=filename,
-                                image_path=image_path, source=label_path)
-        with open(label_path, "r", encoding="utf-8", errors="replace") as handle:
-            lines = handle.read().splitlines()
+                                image_path=image_path, source=label_path,
+                                apply_orientation=True)
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                name, box, problem = _parse_yolo_line(line, names, size)
+                name, box, problem, polygon = _parse_yolo_line(line, names, size,
+                                                               keypoint_values)
             except ValueError as exc:
                 report.add("annotation_invalid", f"{label_path} line {number}",
                            f"{line.strip()!r}: {exc}")
                 continue
+            if polygon:
+                report.add("polygon_to_box", f"{label_path} line {number}",
+                           f"polygon of {(len(line.split()) - 1) // 2} points")
             image.objects.append(ObjectAnnotation(name=name, box=box,
                                                   index=len(image.objects),
                                                   problem=problem))
         images.append(image)
-    return images, names
+    return images, list(dict.fromkeys(names.values()))
 
 
 def read_annotations(fmt, image_dir, annotations, split_file=None, report=None,
@@ -517,6 +755,7 @@ class LoadedImage:
     width: int
     converted_from: str   # None when the original bytes are stored unchanged
     rgb: np.ndarray       # uint8 [H, W, 3]
+    orientation: int = 1  # the file's EXIF orientation (applied if load_image was asked)
 
 
 _JPEG_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
@@ -589,6 +828,97 @@ def _png_info(data):
     return depth, color, False
 
 
+# EXIF orientation -> how viewers show the stored pixels (apply_exif_orientation).
+EXIF_ORIENTATIONS = {1: "as stored", 2: "mirrored horizontally", 3: "rotated 180 degrees",
+                     4: "mirrored vertically", 5: "transposed",
+                     6: "rotated 90 degrees clockwise", 7: "transversed",
+                     8: "rotated 90 degrees counter-clockwise"}
+_EXIF_ORIENTATION_TAG = 0x0112
+_MAX_IFD_ENTRIES = 1024
+
+
+def _tiff_orientation(tiff):
+    """The Orientation tag of IFD0 of a TIFF structure (EXIF payload), 1 if absent or
+    unusable. Every read is bounds-checked: garbage gives 1, never an exception."""
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return 1
+    order = "<" if tiff[:2] == b"II" else ">"
+    if struct.unpack(order + "H", tiff[2:4])[0] != 42:
+        return 1
+    offset = struct.unpack(order + "I", tiff[4:8])[0]
+    if offset + 2 > len(tiff):
+        return 1
+    count = struct.unpack(order + "H", tiff[offset:offset + 2])[0]
+    for entry in range(min(count, _MAX_IFD_ENTRIES)):
+        start = offset + 2 + 12 * entry
+        if start + 12 > len(tiff):
+            return 1
+        tag, kind = struct.unpack(order + "HH", tiff[start:start + 4])
+        if tag != _EXIF_ORIENTATION_TAG:
+            continue
+        if kind == 3:      # SHORT: the value is in the first two bytes of the field
+            value = struct.unpack(order + "H", tiff[start + 8:start + 10])[0]
+        elif kind == 4:    # LONG, written by a few tools
+            value = struct.unpack(order + "I", tiff[start + 8:start + 12])[0]
+        else:
+            return 1
+        return value if value in EXIF_ORIENTATIONS else 1
+    return 1
+
+
+def exif_orientation(data):
+    """EXIF orientation (1-8) of encoded JPEG (APP1 "Exif") or PNG (eXIf chunk) bytes;
+    1 when there is none or it cannot be read. Walks the segments / chunks up to the
+    image data only, never raises."""
+    try:
+        kind = _sniff_format(data)
+        if kind == "jpeg":
+            pos = 2
+            while pos + 4 <= len(data) and data[pos] == 0xFF:
+                marker = data[pos + 1]
+                if marker == 0xFF:                                # fill byte
+                    pos += 1
+                    continue
+                if marker == 0x01 or 0xD0 <= marker <= 0xD8:      # no length
+                    pos += 2
+                    continue
+                if marker in (0xD9, 0xDA):                        # image data: no EXIF
+                    return 1
+                length = int.from_bytes(data[pos + 2:pos + 4], "big")
+                if marker == 0xE1 and data[pos + 4:pos + 10] == b"Exif\0\0":
+                    return _tiff_orientation(data[pos + 10:pos + 2 + length])
+                pos += 2 + length
+        elif kind == "png":
+            pos = 8
+            while pos + 8 <= len(data):
+                length = int.from_bytes(data[pos:pos + 4], "big")
+                chunk_type = data[pos + 4:pos + 8]
+                if chunk_type == b"eXIf":
+                    return _tiff_orientation(data[pos + 8:pos + 8 + length])
+                if chunk_type == b"IEND":
+                    return 1
+                pos += 12 + length
+    except (struct.error, IndexError, ValueError):
+        pass
+    return 1
+
+
+def apply_exif_orientation(rgb, orientation):
+    """Stored pixels [H, W, ...] -> the image as viewers show it for an EXIF orientation
+    (1-8; anything else is 1). 5-8 swap height and width."""
+    transforms = {
+        1: lambda a: a,
+        2: lambda a: a[:, ::-1],                      # mirror horizontal
+        3: lambda a: a[::-1, ::-1],                   # rotate 180
+        4: lambda a: a[::-1],                         # mirror vertical
+        5: lambda a: a.swapaxes(0, 1),                # transpose
+        6: lambda a: np.rot90(a, k=-1),               # rotate 90 clockwise
+        7: lambda a: a[::-1, ::-1].swapaxes(0, 1),    # transverse
+        8: lambda a: np.rot90(a, k=1),                # rotate 90 counter-clockwise
+    }
+    return np.ascontiguousarray(transforms.get(orientation, transforms[1])(rgb))
+
+
 def to_rgb8(image):
     """An OpenCV-decoded image (BGR/BGRA/grey, 8 or 16 bit) -> uint8 RGB [H, W, 3].
 
@@ -647,11 +977,14 @@ def decode_image_bytes(data):
     return to_rgb8(image), conversion
 
 
-def load_image(path):
+def load_image(path, apply_orientation=False):
     """Reads an image file for a record: the bytes to store, their format, size, RGB.
 
     8-bit RGB JPEG/PNG files are stored byte for byte; anything else is converted to 8-bit
     RGB and re-encoded as PNG (lossless; TensorFlow decodes it like the originals).
+    The pixels are the stored ones (EXIF orientation ignored, but returned); with
+    apply_orientation, a non-default EXIF orientation is applied and the upright image
+    re-encoded as PNG.
     """
     try:
         with open(path, "rb") as handle:
@@ -659,13 +992,17 @@ def load_image(path):
     except OSError as exc:
         raise ImageError(f"cannot be read ({exc.strerror or exc})") from None
     rgb, conversion = decode_image_bytes(data)
+    orientation = exif_orientation(data)
+    reoriented = apply_orientation and orientation != 1
+    if reoriented:
+        rgb = apply_exif_orientation(rgb, orientation)
     height, width = rgb.shape[:2]
-    if conversion is None:
-        return LoadedImage(data, _sniff_format(data), height, width, None, rgb)
+    if conversion is None and not reoriented:
+        return LoadedImage(data, _sniff_format(data), height, width, None, rgb, orientation)
     ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ImageError("cannot be re-encoded as PNG")
-    return LoadedImage(png.tobytes(), "png", height, width, conversion, rgb)
+    return LoadedImage(png.tobytes(), "png", height, width, conversion, rgb, orientation)
 
 
 # ---------------------------------------------------------------------------------------
@@ -716,9 +1053,10 @@ def clean_objects(image, height, width, known_classes, report):
             continue
         y1, x1, y2, x2 = box
         if known_classes is not None and obj.name not in known_classes:
+            hint = "its YOLO id has no name in data.yaml / classes.txt / --class_names" \
+                if obj.name.startswith("<class id ") else "list it in --classes to add it"
             report.add("box_unknown_class", where,
-                       f"class {obj.name!r} is not one of {list(known_classes)} "
-                       f"(list it in --classes to add it)")
+                       f"class {obj.name!r} is not one of {list(known_classes)} ({hint})")
             continue
         clipped = (max(y1, 0.0), max(x1, 0.0), min(y2, float(height)), min(x2, float(width)))
         if clipped[3] <= clipped[1] or clipped[2] <= clipped[0]:
@@ -738,18 +1076,28 @@ def clean_objects(image, height, width, known_classes, report):
 def load_and_clean(image, known_classes, report):
     """One annotated image -> (LoadedImage, [CleanObject]) or None when it is skipped.
 
-    Applies the image rules (missing, unreadable, converted, size) and the box rules.
+    Applies the image rules (missing, unreadable, converted, orientation, size) and the
+    box rules. The image is loaded upright when image.apply_orientation (YOLO).
     """
     if image.image_path is None:
         report.add("image_missing", image.source, f"image {image.filename!r} not found")
         return None
     try:
-        loaded = load_image(image.image_path)
+        loaded = load_image(image.image_path, apply_orientation=image.apply_orientation)
     except ImageError as exc:
         report.add("image_unreadable", image.image_path, str(exc))
         return None
     if loaded.converted_from:
         report.add("image_converted", image.image_path, loaded.converted_from)
+    if loaded.orientation != 1:
+        what = (f"EXIF orientation {loaded.orientation} (viewers show the stored pixels "
+                f"{EXIF_ORIENTATIONS[loaded.orientation]})")
+        if image.apply_orientation:
+            report.add("image_oriented", image.image_path, what)
+        else:
+            report.add("image_orientation_ignored", image.image_path,
+                       f"{what}; the boxes are taken on the stored pixels (misplaced if "
+                       f"they were drawn on the image as viewers show it)")
     if image.annotated_size and image.annotated_size != (loaded.height, loaded.width):
         report.add("size_mismatch", image.source,
                    f"annotated size {image.annotated_size[1]}x{image.annotated_size[0]} but "
@@ -781,8 +1129,9 @@ def format_summary(summary):
     # Each rule applied gets a line with its count and action; the others share one
     # line, so that a clean conversion is two lines and still names every rule checked.
     applied = [rule for rule in RULES if summary[rule]]
+    width = max(len(rule) for rule in RULES)
     for rule in applied:
-        lines.append(f"  {rule:<20} {summary[rule]:>6}   {RULES[rule]}")
+        lines.append(f"  {rule:<{width}} {summary[rule]:>6}   {RULES[rule]}")
     unapplied = [rule for rule in RULES if rule not in applied]
     if unapplied:
         lines.append(f"  0 each: {', '.join(unapplied)}")
@@ -804,7 +1153,8 @@ def convert_dataset(fmt, image_dir, annotations, output_dir, split_file=None, sp
     split, output_dir, files, classes (id order), images_read (annotations read),
     images_written, objects_written, objects_per_class, and one count per rule of RULES.
     Raises ConversionError for fatal problems (nothing is written then). YOLO's class
-    ids are named by class_names, else by `classes`, else by data.yaml / classes.txt.
+    ids are named by class_names (--class_names), else by data.yaml / classes.txt;
+    `classes` (--classes) only gives the label map's ids and which classes are kept.
     """
     check_inputs(fmt, image_dir, annotations, split_file)
     split = split or default_split(split_file)
@@ -812,7 +1162,7 @@ def convert_dataset(fmt, image_dir, annotations, output_dir, split_file=None, sp
 
     report = Report()
     images, found_names = read_annotations(fmt, image_dir, annotations, split_file, report,
-                                           class_names=class_names or classes)
+                                           class_names=class_names)
     os.makedirs(output_dir, exist_ok=True)
     map_path = label_map_lib.label_map_path(output_dir)
     existing = None

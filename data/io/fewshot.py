@@ -303,18 +303,20 @@ def _check_val_split_file(val_split_file):
         raise FewShotError(f"--val_split_file {val_split_file}: no such file")
 
 
-def _read(fmt, image_dir, annotations, split_file):
-    """read_annotations (which checks the input paths first, one line each)."""
+def _read(fmt, image_dir, annotations, split_file, yolo_names=None):
+    """read_annotations (which checks the input paths first, one line each).
+
+    yolo_names: --class_names, the names of YOLO's class ids 0, 1, ..."""
     report = convert.Report()
     images, found = convert.read_annotations(fmt, image_dir, annotations, split_file,
-                                             report)
+                                             report, class_names=yolo_names)
     return images, found, report
 
 
 def _write_val(fmt, image_dir, annotations, val_split_file, data_dir, class_names,
-               remove, progress_every_seconds):
+               remove, progress_every_seconds, yolo_names=None):
     """Converts a validation split into the same data dir, with the same label map."""
-    images, _, report = _read(fmt, image_dir, annotations, val_split_file)
+    images, _, report = _read(fmt, image_dir, annotations, val_split_file, yolo_names)
     stats = None
     if remove:
         images, stats = remove_classes(images, remove)
@@ -332,7 +334,8 @@ def _source(fmt, image_dir, annotations, split_file):
 
 def make_kshot_split(fmt, image_dir, annotations, output_dir, shots, seed,
                      split_file=None, classes=None, label_map=None, novel_classes=None,
-                     val_split_file=None, margin=0.1, progress_every_seconds=5.0):
+                     val_split_file=None, margin=0.1, progress_every_seconds=5.0,
+                     yolo_names=None):
     """Samples a K-shot set and writes it; returns the manifest (what kshot.json holds).
 
     Writes <output_dir>/data (the set as split "train" + label_map.json listing every
@@ -341,7 +344,7 @@ def make_kshot_split(fmt, image_dir, annotations, output_dir, shots, seed,
     """
     _check_shots_and_seed(shots, seed)
     _check_val_split_file(val_split_file)
-    images, found, report = _read(fmt, image_dir, annotations, split_file)
+    images, found, report = _read(fmt, image_dir, annotations, split_file, yolo_names)
     names = class_order(found, classes, label_map)
     base, novel = label_map_lib.split_base_novel(names, novel_classes)
     data_dir = os.path.join(output_dir, DATA_SUBDIR)
@@ -372,7 +375,7 @@ def make_kshot_split(fmt, image_dir, annotations, output_dir, shots, seed,
     val = None
     if val_split_file:
         val = _write_val(fmt, image_dir, annotations, val_split_file, data_dir, names,
-                         None, progress_every_seconds)
+                         None, progress_every_seconds, yolo_names)
 
     entries = collections.defaultdict(list)
     drawn = _drawn(kshot_set)
@@ -401,7 +404,7 @@ def make_kshot_split(fmt, image_dir, annotations, output_dir, shots, seed,
 
 def make_base_split(fmt, image_dir, annotations, output_dir, novel_classes,
                     split_file=None, classes=None, label_map=None, val_split_file=None,
-                    progress_every_seconds=5.0):
+                    progress_every_seconds=5.0, yolo_names=None):
     """Writes base-training data; returns the manifest (what base.json holds).
 
     <output_dir>/data: split "train" with the novel classes' boxes removed and a label
@@ -411,7 +414,7 @@ def make_base_split(fmt, image_dir, annotations, output_dir, novel_classes,
     if not novel_classes:
         raise FewShotError("--novel_classes is required for base-training data")
     _check_val_split_file(val_split_file)
-    images, found, report = _read(fmt, image_dir, annotations, split_file)
+    images, found, report = _read(fmt, image_dir, annotations, split_file, yolo_names)
     names = class_order(found, classes, label_map)
     base, novel = label_map_lib.split_base_novel(names, novel_classes)
     if not base:
@@ -425,7 +428,7 @@ def make_base_split(fmt, image_dir, annotations, output_dir, novel_classes,
     val = None
     if val_split_file:
         val = _write_val(fmt, image_dir, annotations, val_split_file, data_dir, base,
-                         novel, progress_every_seconds)
+                         novel, progress_every_seconds, yolo_names)
     manifest = {"classes": base, "novel_classes": novel,
                 "source": _source(fmt, image_dir, annotations, split_file),
                 "images": summary["images_written"],

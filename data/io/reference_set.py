@@ -102,6 +102,15 @@ def _crop(rgb, box, margin):
     return rgb[top:bottom, left:right]
 
 
+def _crop_stem(filename):
+    """An image's file name -> the stem of its crops: "x.jpg" -> "x"; the folders of a
+    relative name are kept ("a/b/x.jpg" -> "a_b_x"), so that images of the same name in
+    different folders (YOLO subfolders) do not overwrite each other's crops."""
+    parts = [part for part in filename.replace("\\", "/").split("/")
+             if part not in ("", ".", "..")]
+    return "_".join(parts[:-1] + [os.path.splitext(parts[-1] if parts else "")[0]])
+
+
 def _read_manifest(output_dir):
     try:
         with open(os.path.join(output_dir, MANIFEST), "r", encoding="utf-8") as handle:
@@ -115,10 +124,12 @@ def crop_references(images, output_dir, per_class, margin=0.1, min_size=8, class
     """Crops up to `per_class` objects per class into output_dir/<class>/<image>_<k>.png.
 
     images: [convert.ImageAnnotation] from convert.read_annotations. classes: the class
-    names to crop (default: every name in the annotations). k is the object's position
-    in its image's annotation. margin: context added on each side, as a fraction of the
-    box height/width. Writes output_dir/references.json (what was cropped from where)
-    and removes crops listed by an earlier run's manifest that this run did not write.
+    names to crop (default: every name in the annotations). <image> is the image's file
+    name without extension, its folders joined by '_' (a/b/x.jpg -> a_b_x); k is the
+    object's position in its image's annotation. margin: context added on each side, as
+    a fraction of the box height/width. Writes output_dir/references.json (what was
+    cropped from where) and removes crops listed by an earlier run's manifest that this
+    run did not write.
     Returns {"classes": {name: count}, "per_class": K, "files": [...], "skipped": {...}}.
     """
     if not isinstance(per_class, int) or per_class < 1:
@@ -183,7 +194,9 @@ def _write_crops(candidates, output_dir, limits, margin, skipped, manifest_field
             failed.add(key)
             return None
         try:
-            rgb = convert.load_image(image.image_path).rgb
+            # Upright for YOLO images, whose boxes refer to the image as viewers show it.
+            rgb = convert.load_image(image.image_path,
+                                     apply_orientation=image.apply_orientation).rgb
         except convert.ImageError as exc:
             report.add("image_unreadable", image.image_path, str(exc))
             failed.add(key)
@@ -213,8 +226,8 @@ def _write_crops(candidates, output_dir, limits, margin, skipped, manifest_field
             ok, png = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
             if not ok:
                 raise ReferenceSetError(f"cannot encode a crop of {image.filename}")
-            stem = os.path.splitext(os.path.basename(image.filename))[0]
-            relative = f"{class_dir_name(obj.name)}/{stem}_{obj.index}.png"
+            relative = f"{class_dir_name(obj.name)}/{_crop_stem(image.filename)}_" \
+                       f"{obj.index}.png"
             with atomic_write(os.path.join(output_dir, relative)) as handle:
                 handle.write(png.tobytes())
             counts[obj.name] += 1

