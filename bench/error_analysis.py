@@ -27,7 +27,6 @@ Prints a table per class and writes everything to --out.
 """
 import argparse
 import collections
-import json
 import os
 import sys
 
@@ -54,7 +53,8 @@ def main():
 
     import cv2
 
-    from data.io import convert, input_fn, tfrecord_format
+    from data.io import input_fn, tfrecord_format
+    from data.io import images as images_lib
     from libs import cli, export, training
     from libs.tf_compat import tf
 
@@ -113,7 +113,7 @@ def main():
                                                  len(item[1]["false_positives"])))
         summary["drawn"] = []
         for record, result in worst[:args.draw]:
-            rgb, _ = convert.decode_image_bytes(record["image"])
+            rgb, _ = images_lib.decode_image_bytes(record["image"])
             canvas = draw_errors(rgb, record["boxes"], record["labels"], result, names,
                                  side=args.draw_side)
             stem = os.path.splitext(record["filename"].decode())[0]

@@ -5,8 +5,8 @@
         "--set=ROI_POOLING='by_size'"
     python bench/new_class_sample.py --out output/new_class_sample --name cell_only \
         --base cell --new spore
-    python bench/new_class_sample.py --out output/new_class_sample --name open_set \
-        --leave_out crystal --open_set_radius 1.5,2,3
+    python bench/new_class_sample.py --out output/new_class_sample --name left_out \
+        --leave_out crystal
 
 One row of docs/fewshot.md ("The generated sample: a new class from references"): the
 config (default cfgs/tiny_fewshot.py, with --set overrides) is trained on generated
@@ -16,6 +16,8 @@ other images (sample seed + 1), the new class among them, and evaluated on their
 val images: AP@0.5 per class, through the exported SavedModel as a user serves it. The
 same recipe is tests/test_fewshot_e2e.py's fixture (`build`, `average_precision`).
 Each row takes about 3 minutes (2 cores); its result is <out>/<name>/result.json.
+--leave_out also exports the model without one class's references: how many of that
+class's objects the head names as one of the given classes (a closed set).
 """
 import argparse
 import os
@@ -165,30 +167,20 @@ def named_objects(export_dir, voc, sample_class, min_score=0.5):
     return named, total
 
 
-def open_set_rows(row, base, new, leave_out, radii, set_args, cfg=CFG):
-    """Exports of the trained row without `leave_out`'s references, closed (radius None)
-    and with each OPEN_SET_RADIUS: AP of the given classes (the left-out objects count
-    as false positives when named) and how many left-out objects are named."""
+def left_out_row(row, base, new, leave_out, set_args, cfg=CFG):
+    """The trained row exported without `leave_out`'s references: AP of the given
+    classes (the left-out objects count as false positives when named) and how many
+    left-out objects are named."""
     voc = os.path.join(row, "voc")
-    given = [name for name in base + [new] if name != leave_out]
-    rows = []
-    for radius in [None] + list(radii):
-        name = f"without_{leave_out}" + ("" if radius is None else f"_r{radius:g}")
-        sets = set_args + ([] if radius is None else [f"--set=OPEN_SET_RADIUS={radius}"])
-        found = export(row, name, {n: n for n in given}, sets, cfg)
-        named, total = named_objects(found, voc, leave_out)
-        rows.append({"open_set_radius": radius,
-                     "ap50": average_precision(found, voc, {n: n for n in given}),
-                     f"{leave_out}_named": named, f"{leave_out}_objects": total})
-        if radius is not None:   # what the radius costs with every class given
-            every = export(row, f"all_r{radius:g}", {n: n for n in base + [new]}, sets,
-                           cfg)
-            rows[-1]["ap50_every_class_given"] = average_precision(
-                every, voc, {n: n for n in base + [new]})
-        print(f"without {leave_out}, radius {radius}: " + " ".join(
-            f"{k} {v:.2f}" for k, v in rows[-1]["ap50"].items())
-            + f"; {leave_out} named {named} of {total}", flush=True)
-    return rows
+    given = {name: name for name in base + [new] if name != leave_out}
+    found = export(row, f"without_{leave_out}", given, set_args, cfg)
+    named, total = named_objects(found, voc, leave_out)
+    result = {"ap50": average_precision(found, voc, given),
+              f"{leave_out}_named": named, f"{leave_out}_objects": total}
+    print(f"without {leave_out}: " + " ".join(
+        f"{k} {v:.2f}" for k, v in result["ap50"].items())
+        + f"; {leave_out} named {named} of {total}", flush=True)
+    return result
 
 
 def main():
@@ -202,10 +194,8 @@ def main():
     parser.add_argument("--set", action="append", default=[],
                         help="config override FIELD=VALUE (repeatable)")
     parser.add_argument("--leave_out", default=None,
-                        help="also export without this class's references (open set)")
-    parser.add_argument("--open_set_radius", default="",
-                        help="with --leave_out: OPEN_SET_RADIUS values to export with, "
-                             "comma-separated")
+                        help="also export without this class's references and count "
+                             "its objects named as a given class")
     args = parser.parse_args()
     from libs.networks import pretrained
 
@@ -220,10 +210,8 @@ def main():
               "ap50": average_precision(found["all"], found["voc"],
                                         {n: n for n in base + [args.new]})}
     if args.leave_out:
-        radii = [float(r) for r in args.open_set_radius.split(",") if r]
-        result["open_set"] = open_set_rows(
-            row, base, args.new, args.leave_out, radii,
-            training_sets(base, backbone, args.set), args.cfg)
+        result["left_out"] = left_out_row(row, base, args.new, args.leave_out,
+                                          training_sets(base, backbone, args.set), args.cfg)
     write_json(os.path.join(row, "result.json"), result)
     print(" ".join(f"{name} {value:.2f}" for name, value in result["ap50"].items()))
 

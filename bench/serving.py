@@ -61,11 +61,11 @@ def _random_checkpoint(run, directory):
 
 def _test_images(count):
     import cv2
-    from data.io import convert
+    from data.io import images as images_lib
     if FLAGS.image_dir:
         names = sorted(n for n in os.listdir(FLAGS.image_dir)
-                       if os.path.splitext(n)[1].lower() in convert.IMAGE_EXTENSIONS)
-        return [convert.load_image(os.path.join(FLAGS.image_dir, n)).encoded
+                       if os.path.splitext(n)[1].lower() in images_lib.IMAGE_EXTENSIONS)
+        return [images_lib.load_image(os.path.join(FLAGS.image_dir, n)).encoded
                 for n in names[:count]]
     rng = np.random.default_rng(0)
     return [cv2.imencode(".jpg", rng.integers(0, 255, (480, 640, 3), np.uint8))[1].tobytes()

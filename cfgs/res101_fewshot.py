@@ -115,10 +115,6 @@ class Config:
     # The notebook trains the second stage on RPN proposals only. True also adds the
     # GT boxes to them (Detectron-style), which helps a from-scratch run start.
     ADD_GT_TO_PROPOSALS = False
-    # None (the notebook): every unmatched proposal may be sampled as background. A
-    # value: one the RPN scores above it that touches no GT box is left out instead,
-    # since base images hold unlabelled objects of the classes added later.
-    BACKGROUND_MAX_OBJECTNESS = None
     HEAD_CHANNELS = 1024
     # "per_class" (the notebook): NUM_CLASS x 4 deltas, the predicted class's are used.
     # "class_agnostic": 4 deltas per ROI, for any class (see BACKGROUND_PROTOTYPE).
@@ -136,19 +132,6 @@ class Config:
     DETECTION_MAX_INSTANCES = 200
     DETECTION_MIN_CONFIDENCE = 0.5            # display / export threshold
     EVAL_SCORE_THRESHOLD = 0.05               # evaluation keeps low-score detections
-    # Where a detection's "is an object" probability comes from (the class split is
-    # always the second stage's): "head" (the notebook: 1 - P(background)), "rpn" (the
-    # RPN's class-agnostic objectness) or "geometric_mean" of the two. A second stage
-    # trained on base images learns unlabelled new-class objects as background; the
-    # RPN's objectness is one place the literature looks instead (docs/fewshot.md).
-    DETECTION_OBJECTNESS = "head"
-    # None (the notebook): a closed set, every object is one of the given classes or
-    # background. A number m (COMPARISON_SCORE "distance" only): an ROI farther from a
-    # class's prototype than m x that class's spread (its references' mean
-    # leave-one-out distance) cannot be that class; one beyond every class's radius is
-    # background - objects of classes absent from the reference set are rejected
-    # instead of named as the nearest class (docs/fewshot.md, "Open-set rejection").
-    OPEN_SET_RADIUS = None
     # Test-time flip merging (libs/test_time_flips.py): () off, or any of "horizontal",
     # "vertical"; each adds a backbone and head pass at evaluation and export.
     TEST_FLIPS = ()

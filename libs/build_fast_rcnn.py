@@ -18,8 +18,6 @@ suits its size, then:
 """
 import math
 
-import numpy as np
-
 from libs import losses
 from libs.box_utils import box_ops
 from libs.tf_compat import slim, tf
@@ -108,65 +106,13 @@ def comparison_classifier(roi_features, box_features, prototypes, cfg, bn_traini
 
 
 def distance_weights(depth):
-    """The "distance" score's per-feature weights w_d = softplus(v_d) >= 0, [depth, 1].
-
-    Shared, in the head's scope, by comparison_classifier and the open-set test, which
-    measures in the same metric."""
+    """The "distance" score's per-feature weights w_d = softplus(v_d) >= 0, [depth, 1],
+    in the head's scope (comparison_classifier)."""
     with tf.variable_scope("comparison_classifier/distance", reuse=tf.AUTO_REUSE):
         # softplus(0.5413) = 1: every feature starts with weight 1
         raw = slim.model_variable("feature_weights", shape=[depth, 1],
                                   initializer=tf.constant_initializer(0.5413))
     return tf.nn.softplus(raw)
-
-
-def open_set_radii(supports, mask, weights, multiplier):
-    """Each class's acceptance radius [C] in the distance score's metric (mean over
-    features of w_d (f_d - p_d)^2).
-
-    supports [C, K, V, S, S, F]: each reference's feature in V views, view 0 its
-    object's box, views 1.. as proposals would box it (reference.proposal_like_boxes);
-    mask [C, K] (1 = a real reference); weights [S*S*F, 1]. A class's spread is how far
-    those proposal-like views lie from a prototype that has not seen their reference:
-    the mean of the class's other references (leave one out), or, for a class with one
-    reference, that reference's own box. Without proposal-like views (V = 1) it is the
-    leave-one-out distance of the references themselves, and a class with one
-    reference takes the mean radius of those that have more (infinite when none has).
-    radius = multiplier x spread.
-    """
-    num_classes, num_supports, num_views = (int(d) for d in supports.shape[:3])
-    depth = int(weights.shape[0])
-    flat = tf.reshape(supports, [num_classes, num_supports, num_views, depth])
-    objects = flat[:, :, 0]                                                  # [C, K, D]
-    count = tf.reduce_sum(mask, axis=1)                                        # [C]
-    total = tf.reduce_sum(objects * mask[:, :, tf.newaxis], axis=1, keepdims=True)
-    left_out = (total - objects) / tf.maximum(count - 1.0, 1.0)[:, tf.newaxis, tf.newaxis]
-    centre = tf.where(tf.broadcast_to((count >= 2.0)[:, tf.newaxis, tf.newaxis],
-                                      tf.shape(objects)), left_out, objects)
-    views = flat[:, :, 1:] if num_views > 1 else flat
-    squared = tf.square(views - centre[:, :, tf.newaxis])                 # [C, K, V', D]
-    per_view = tf.reshape(tf.matmul(tf.reshape(squared, [-1, depth]), weights),
-                          [num_classes, num_supports, -1]) / depth
-    per_reference = tf.reduce_mean(per_view, axis=2)                          # [C, K]
-    own = tf.math.divide_no_nan(tf.reduce_sum(per_reference * mask, axis=1), count)
-    if num_views > 1:
-        return tf.multiply(own, float(multiplier), name="open_set_radii")
-    has_spread = count >= 2.0
-    shared = tf.math.divide_no_nan(
-        tf.reduce_sum(tf.where(has_spread, own, tf.zeros_like(own))),
-        tf.reduce_sum(tf.cast(has_spread, tf.float32)))
-    shared = tf.where(tf.reduce_any(has_spread), shared, tf.constant(math.inf))
-    return tf.multiply(tf.where(has_spread, own, tf.fill([num_classes], shared)),
-                       float(multiplier), name="open_set_radii")
-
-
-def open_set_probs(class_probs, distances, radii):
-    """class_probs [M, C + 1] (column 0 background) with every class an ROI lies beyond
-    the radius of ([M, C + 1] distances, [C] radii) given no probability: its share
-    goes to the background. An ROI beyond every radius is background."""
-    beyond = distances[:, 1:] > radii[tf.newaxis, :]
-    objects = tf.where(beyond, tf.zeros_like(class_probs[:, 1:]), class_probs[:, 1:])
-    return tf.concat([1.0 - tf.reduce_sum(objects, axis=1, keepdims=True), objects],
-                     axis=1, name="open_set_probs")
 
 
 def fc_classifier(roi_features, box_features, prototypes, cfg, bn_training):
@@ -193,14 +139,11 @@ def head_batch_norm_params(cfg, is_training):
 class FastRCNN:
     def __init__(self, feature_pyramid, rpn_proposals, prototypes, image_window, cfg,
                  mode, gt_boxes=None, gt_labels=None, sampling_seeds=None,
-                 proposal_scores=None, reference_supports=None, scope="fast_rcnn"):
-        """reference_supports: (each reference's features [C, K, V, S, S, F], mask
-        [C, K]; see open_set_radii), needed at inference with OPEN_SET_RADIUS."""
+                 scope="fast_rcnn"):
         self.cfg = cfg
         self.mode = mode
         self.image_window = image_window
         self.prototypes = prototypes
-        self.reference_supports = reference_supports
         # None only in PREDICT for the exported model (any number of images per call).
         self.batch_size = tf.compat.dimension_value(rpn_proposals.shape[0])
         if self.batch_size is None and mode != tf.estimator.ModeKeys.PREDICT:
@@ -212,15 +155,11 @@ class FastRCNN:
         with tf.variable_scope(scope, reuse=tf.AUTO_REUSE):
             if gt_boxes is not None and mode != tf.estimator.ModeKeys.PREDICT:
                 self.rois, roi_labels, self.roi_deltas = self._sample_targets(
-                    rpn_proposals, gt_boxes, gt_labels, sampling_seeds, sample=training,
-                    proposal_scores=proposal_scores)
+                    rpn_proposals, gt_boxes, gt_labels, sampling_seeds, sample=training)
                 # Named for benchmarks: labels >= 0 are the ROIs the head trains on.
                 self.roi_labels = tf.identity(roi_labels, name="roi_labels")
             else:
                 self.rois, self.roi_labels, self.roi_deltas = rpn_proposals, None, None
-            # Outside training the ROIs are the proposals in their order (with or
-            # without targets), so the RPN's scores are the ROIs' objectness.
-            self.roi_objectness = None if training else proposal_scores
             flat_rois = tf.reshape(self.rois, [-1, 4])
             self.level_of_rois = assign_levels(flat_rois, cfg.ROI_CANONICAL_SIZE)
             if cfg.ROI_POOLING == "all_levels":
@@ -245,43 +184,21 @@ class FastRCNN:
             self.class_logits = classify(self.roi_features, box_features, prototypes,
                                          cfg, self.bn_training)
             self.class_probs = tf.nn.softmax(self.class_logits, name="class_probs")
-            if cfg.OPEN_SET_RADIUS is not None and not training:
-                self.class_probs = self._open_set(self.class_probs, reference_supports)
-
-    def _open_set(self, class_probs, reference_supports):
-        if reference_supports is None:
-            raise ValueError("OPEN_SET_RADIUS needs the references' features "
-                             "(reference_supports)")
-        supports, mask = reference_supports
-        depth = int(np.prod(self.roi_features.shape.as_list()[1:]))
-        weights = distance_weights(depth)
-        distances = tf.divide(weighted_squared_distances(self.roi_features,
-                                                         self.prototypes, weights),
-                              float(depth), name="prototype_distances")
-        self.open_set_radii = open_set_radii(supports, mask, weights,
-                                             self.cfg.OPEN_SET_RADIUS)
-        self.prototype_distances = distances
-        return open_set_probs(class_probs, distances, self.open_set_radii)
 
     # -- targets --------------------------------------------------------------------
 
-    def _sample_targets(self, proposals, gt_boxes, gt_labels, seeds, sample,
-                        proposal_scores=None):
+    def _sample_targets(self, proposals, gt_boxes, gt_labels, seeds, sample):
         cfg = self.cfg
         num_rois = cfg.FAST_RCNN_MINIBATCH_SIZE if sample else int(proposals.shape[1])
         if seeds is None:
             seeds = tf.zeros([self.batch_size, 2], tf.int64)
-        if proposal_scores is None:
-            proposal_scores = tf.zeros(tf.shape(proposals)[:2])
 
-        def one_image(props, boxes, labels, seed, scores):
-            return fast_rcnn_targets(props, boxes, labels, cfg, num_rois, sample, seed,
-                                     scores)
+        def one_image(props, boxes, labels, seed):
+            return fast_rcnn_targets(props, boxes, labels, cfg, num_rois, sample, seed)
 
         with tf.name_scope("fast_rcnn_targets"):
             rois, labels, deltas = box_ops.batch_slice(
-                [proposals, gt_boxes, gt_labels, seeds, proposal_scores], one_image,
-                self.batch_size)
+                [proposals, gt_boxes, gt_labels, seeds], one_image, self.batch_size)
         return (tf.stop_gradient(rois), tf.stop_gradient(labels),
                 tf.stop_gradient(deltas))
 
@@ -334,51 +251,20 @@ class FastRCNN:
     def fast_rcnn_detection(self, min_confidence=None):
         """[B, DETECTION_MAX_INSTANCES, 6] rows [y1, x1, y2, x2, score, class], 0-padded."""
         return detect(self.rois, self.class_probs, self.box_deltas, self.image_window,
-                      self.cfg, self.batch_size, min_confidence, self.roi_objectness)
-
-
-def objectness_gated_probs(class_probs, objectness, source):
-    """The class probabilities [N, C] (column 0 background) with the probability that an
-    ROI is an object taken from `source` (DETECTION_OBJECTNESS):
-      "head": the second stage's own, 1 - P(background) (unchanged);
-      "rpn": the RPN's objectness [N] (class-agnostic, trained on every base object);
-      "geometric_mean": sqrt((1 - P(background)) * objectness).
-    The split of that probability among the object classes is always the head's.
-    """
-    if source == "head":
-        return class_probs
-    objects = class_probs[:, 1:]
-    share = tf.math.divide_no_nan(objects, tf.reduce_sum(objects, axis=1, keepdims=True))
-    if source == "rpn":
-        is_object = objectness
-    elif source == "geometric_mean":
-        is_object = tf.sqrt(tf.maximum(1.0 - class_probs[:, 0], 0.0) * objectness)
-    else:
-        raise ValueError(f"DETECTION_OBJECTNESS {source!r}: 'head', 'rpn' or "
-                         "'geometric_mean'")
-    is_object = is_object[:, tf.newaxis]
-    return tf.concat([1.0 - is_object, is_object * share], axis=1)
+                      self.cfg, self.batch_size, min_confidence)
 
 
 def detect(rois, class_probs, box_deltas, image_window, cfg, batch_size,
-           min_confidence=None, objectness=None):
+           min_confidence=None):
     """Detections [B, DETECTION_MAX_INSTANCES, 6] from the head's outputs.
 
     rois [B, N, 4]; class_probs [B*N, NUM_CLASS]; box_deltas [B*N, 1 or NUM_CLASS, 4];
-    image_window [B, 4]; objectness [B, N], the RPN's scores of the ROIs (needed unless
-    DETECTION_OBJECTNESS is "head"). Shared by FastRCNN.fast_rcnn_detection and
-    test-time flip merging (libs/test_time_flips.py), which averages several heads'
-    outputs first.
+    image_window [B, 4]. Shared by FastRCNN.fast_rcnn_detection and test-time flip
+    merging (libs/test_time_flips.py), which averages several heads' outputs first.
     """
     if min_confidence is None:
         min_confidence = cfg.DETECTION_MIN_CONFIDENCE
     num_rois = int(rois.shape[1])
-    if cfg.DETECTION_OBJECTNESS != "head":
-        if objectness is None:
-            raise ValueError("DETECTION_OBJECTNESS from the RPN needs the proposals' "
-                             "scores (inference only)")
-        class_probs = objectness_gated_probs(class_probs, tf.reshape(objectness, [-1]),
-                                             cfg.DETECTION_OBJECTNESS)
     probs = tf.reshape(class_probs, [-1, num_rois, cfg.NUM_CLASS])
     deltas = tf.reshape(box_deltas, [-1, num_rois, int(box_deltas.shape[1]), 4])
 
@@ -423,7 +309,7 @@ def _shuffle(indices, seed):
 
 
 def fast_rcnn_targets(proposals, gt_boxes, gt_labels, cfg, num_rois, sample=True,
-                      seed=None, proposal_scores=None):
+                      seed=None):
     """Minibatch of ROIs with class and delta targets for one image.
 
     Positives: IoU >= FAST_RCNN_POSITIVE_IOU with a GT; negatives: below it. With
@@ -436,13 +322,10 @@ def fast_rcnn_targets(proposals, gt_boxes, gt_labels, cfg, num_rois, sample=True
     deltas [num_rois, 4] (BBOX_STD_DEV-normalised, 0 for negatives).
     `seed` (int [2]) drives the sampling; model_fn passes (image id, global step), so
     the same image at the same step samples the same ROIs in any tower layout.
-    `proposal_scores` [N], the RPN's objectness: with BACKGROUND_MAX_OBJECTNESS set, a
-    sampled negative that touches no GT box and scores above it is not taught as
-    background (left out of the minibatch).
     """
     if seed is None:
         seed = tf.zeros([2], tf.int64)
-    proposals, valid = box_ops.trim_zeros(proposals, name="trim_proposals")
+    proposals, _ = box_ops.trim_zeros(proposals, name="trim_proposals")
     gt_boxes, gt_valid = box_ops.trim_zeros(gt_boxes, name="trim_gt")
     gt_labels = tf.boolean_mask(gt_labels, gt_valid)
     if sample and cfg.ADD_GT_TO_PROPOSALS:
@@ -457,9 +340,6 @@ def fast_rcnn_targets(proposals, gt_boxes, gt_labels, cfg, num_rois, sample=True
     positive = tf.where(best_iou >= cfg.FAST_RCNN_POSITIVE_IOU)[:, 0]
     negative = tf.where(best_iou < cfg.FAST_RCNN_POSITIVE_IOU)[:, 0]
     if sample:
-        if cfg.BACKGROUND_MAX_OBJECTNESS is not None and proposal_scores is not None:
-            negative = _drop_object_like(negative, best_iou, tf.boolean_mask(
-                proposal_scores, valid), cfg.BACKGROUND_MAX_OBJECTNESS)
         max_positive = int(num_rois * cfg.FAST_RCNN_POSITIVE_RATIO)
         positive = _shuffle(positive, seed)[:max_positive]
         negatives_per_positive = int(1.0 / cfg.FAST_RCNN_POSITIVE_RATIO) - 1
@@ -492,25 +372,10 @@ def _padded(rois, labels, deltas, num_rois):
     return rois, labels, deltas
 
 
-# A negative overlapping a GT box this much or more is a badly placed box of a labelled
-# object (a useful negative), not a possible object of another class.
-UNLABELLED_MAX_IOU = 0.1
-
-
-def _drop_object_like(negative, best_iou, scores, max_objectness):
-    """The negatives (indices) minus those that look like an unlabelled object: the RPN
-    scores them above max_objectness and they touch no GT box. Base images hold objects
-    of the classes to come, unlabelled; taught as background, the head rejects them
-    when their references arrive (docs/fewshot.md)."""
-    object_like = tf.logical_and(tf.gather(scores, negative) > max_objectness,
-                                 tf.gather(best_iou, negative) < UNLABELLED_MAX_IOU)
-    return tf.boolean_mask(negative, tf.logical_not(object_like))
-
-
 def _every_proposal_in_order(proposals, safe_gt, safe_labels, best_iou, best_gt, cfg,
                              num_rois):
-    """fast_rcnn_targets without sampling: row i is proposal i (so the RPN's scores of
-    the proposals still line up with the ROIs: DETECTION_OBJECTNESS)."""
+    """fast_rcnn_targets without sampling: row i is proposal i (EVAL scores the same
+    ROIs, in the same order, as PREDICT)."""
     positive = best_iou >= cfg.FAST_RCNN_POSITIVE_IOU
     labels = tf.where(positive, tf.gather(safe_labels, best_gt), tf.zeros_like(best_gt))
     deltas = box_ops.encode_boxes(proposals, tf.gather(safe_gt, best_gt), cfg.BBOX_STD_DEV)

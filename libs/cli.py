@@ -66,12 +66,12 @@ def define_annotation_flags(split_help):
     """--format, --image_dir, --annotations, --split_file: where annotations come from."""
     from absl import flags
 
-    from data.io import convert
-    flags.DEFINE_enum("format", None, list(convert.FORMATS), "Annotation format.")
+    # Here, not at the top: the formats import OpenCV (~0.1 s), which most tools skip.
+    from data.io import formats
+    flags.DEFINE_enum("format", None, list(formats.names()), "Annotation format.")
     flags.DEFINE_string("image_dir", None, "Folder of the images.")
-    flags.DEFINE_string("annotations", None,
-                        "VOC: the folder of XML files. COCO: the JSON file. YOLO: the "
-                        "folder of .txt label files (DATA/labels/train).")
+    flags.DEFINE_string("annotations", None, " ".join(
+        f"{f.label}: {f.annotations_help}." for f in formats.registered()))
     flags.DEFINE_string("split_file", None, split_help)
 
 

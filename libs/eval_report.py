@@ -193,7 +193,7 @@ def _gallery(folder, evaluator, errors, run, split, class_names):
     """Draws the GALLERY_SIZE images with the most errors; [(file, caption)]."""
     import cv2
 
-    from data.io import convert
+    from data.io import images as images_lib
     worst = sorted((image_id for image_id in errors
                     if error_analysis.num_errors(errors[image_id])),
                    key=lambda i: (-error_analysis.num_errors(errors[i]), str(i)))
@@ -206,7 +206,7 @@ def _gallery(folder, evaluator, errors, run, split, class_names):
             continue
         result = errors[image_id]
         gt_boxes, gt_labels, _ = evaluator.ground_truth_of(image_id)
-        rgb, _ = convert.decode_image_bytes(record["image"])
+        rgb, _ = images_lib.decode_image_bytes(record["image"])
         canvas = error_analysis.draw_errors(rgb, gt_boxes, gt_labels, result, class_names,
                                             side=GALLERY_SIDE)
         name = f"gallery_{rank:02d}.png"

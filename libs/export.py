@@ -61,21 +61,18 @@ def _restore(session, checkpoint):
                           f"({first[:200]})") from exc
 
 
-def compute_prototypes(cfg, checkpoint, reference_images, counts=None,
-                       with_supports=False):
+def compute_prototypes(cfg, checkpoint, reference_images, counts=None):
     """Runs the reference branch on `checkpoint`: float32 [NUM_CLASS, S, S, F].
 
     Row 0 is the learned background prototype. The branch is the one model_fn builds
-    (batch-norm moving statistics, shared backbone and FPN weights). with_supports:
-    also each reference's features [C, K, V, S, S, F] and the mask of the real ones [C, K]
-    (what OPEN_SET_RADIUS measures a class's spread from).
+    (batch-norm moving statistics, shared backbone and FPN weights).
     """
     graph = seeded_graph(cfg.SEED)   # initializers are built, then overwritten by restore
     with graph.as_default():
         images = tf.constant(np.asarray(reference_images, np.uint8))
         built = reference.build_prototypes(
             images, make_pyramid_fn(cfg, PREDICT, reference_branch=True), cfg,
-            counts=counts, with_supports=with_supports)
+            counts=counts)
         with _session(graph) as session:
             _restore(session, checkpoint)
             return session.run(built)
@@ -87,14 +84,8 @@ def serving_params(run, checkpoint, cache_prototypes=True):
     params = {"net_config": cfg, "class_names": list(run.class_names)}
     if cfg.CLASSIFIER == "comparison":
         if cache_prototypes:
-            open_set = cfg.OPEN_SET_RADIUS is not None
-            built = compute_prototypes(cfg, checkpoint, run.reference_images,
-                                       run.reference_counts, with_supports=open_set)
-            if open_set:
-                (params["prototypes"], params["reference_supports"],
-                 params["support_mask"]) = built
-            else:
-                params["prototypes"] = built
+            params["prototypes"] = compute_prototypes(cfg, checkpoint, run.reference_images,
+                                                      run.reference_counts)
         else:
             params["reference_images"] = run.reference_images
             params["reference_counts"] = run.reference_counts
@@ -145,7 +136,6 @@ def export_saved_model(run, checkpoint, export_dir, overwrite=False,
         "min_score": cfg.DETECTION_MIN_CONFIDENCE,
         "max_detections": cfg.DETECTION_MAX_INSTANCES,
         "test_flips": list(cfg.TEST_FLIPS),
-        "open_set_radius": cfg.OPEN_SET_RADIUS,
         "signature": SIGNATURE,
         "input": INPUT_KEY,
         "outputs": list(OUTPUT_KEYS),

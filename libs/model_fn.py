@@ -52,41 +52,27 @@ def make_pyramid_fn(cfg, mode, reference_branch=False):
 
 
 def build_prototypes_from_params(params, pyramid_fn, cfg, support_seed=None):
-    """(prototypes, reference_supports) from precomputed values (export) or from
-    reference images.
+    """Prototypes from precomputed values (export) or from reference images (None for
+    the fc classifier).
 
     `pyramid_fn` is the reference branch's: make_pyramid_fn(..., reference_branch=True).
-    support_seed (training): see reference.build_prototypes. reference_supports is
-    (each reference's features [C, K, V, S, S, F], mask [C, K]) when OPEN_SET_RADIUS needs
-    it (inference), else None; cached as params "reference_supports" / "support_mask".
+    support_seed (training): see reference.build_prototypes.
     """
     if cfg.CLASSIFIER != "comparison":
-        return None, None
-    open_set = cfg.OPEN_SET_RADIUS is not None and support_seed is None
+        return None
     if params.get("prototypes") is not None:
         prototypes = np.asarray(params["prototypes"], np.float32)
         expected = (cfg.NUM_CLASS, cfg.ROI_SIZE, cfg.ROI_SIZE, cfg.FPN_CHANNELS)
         if prototypes.shape != expected:
             raise ValueError(f"prototypes have shape {prototypes.shape}, expected {expected}")
-        supports = None
-        if open_set:
-            if params.get("reference_supports") is None:
-                raise ValueError("OPEN_SET_RADIUS needs params['reference_supports'] "
-                                 "beside cached prototypes (export them together)")
-            supports = (tf.constant(np.asarray(params["reference_supports"], np.float32),
-                                    name="cached_reference_supports"),
-                        tf.constant(np.asarray(params["support_mask"], np.float32),
-                                    name="cached_support_mask"))
-        return tf.constant(prototypes, name="cached_prototypes"), supports
+        return tf.constant(prototypes, name="cached_prototypes")
     images = params.get("reference_images")
     if images is None:
         raise ValueError("the comparison classifier needs params['reference_images'] "
                          "(load them with data.io.reference_set.load_reference_images)")
-    built = reference.build_prototypes(tf.constant(np.asarray(images, np.uint8)),
-                                       pyramid_fn, cfg, support_seed=support_seed,
-                                       counts=params.get("reference_counts"),
-                                       with_supports=open_set)
-    return (built[0], built[1:]) if open_set else (built, None)
+    return reference.build_prototypes(tf.constant(np.asarray(images, np.uint8)),
+                                      pyramid_fn, cfg, support_seed=support_seed,
+                                      counts=params.get("reference_counts"))
 
 
 def class_count_dependent_parts(cfg):
@@ -136,14 +122,12 @@ def detector_graph(features, labels, mode, params):
     if mode == TRAIN:
         support_seed = tf.stack([tf.constant(cfg.SEED, tf.int64),
                                  tf.cast(tf.train.get_or_create_global_step(), tf.int64)])
-    prototypes, reference_supports = build_prototypes_from_params(
+    prototypes = build_prototypes_from_params(
         params, make_pyramid_fn(cfg, mode, reference_branch=True), cfg, support_seed)
     frcnn = build_fast_rcnn.FastRCNN(pyramid, proposals, prototypes, window, cfg, mode,
                                      gt_boxes=labels.get("gt_boxes"),
                                      gt_labels=labels.get("gt_labels"),
-                                     sampling_seeds=sampling_seeds(features, cfg),
-                                     proposal_scores=proposal_scores,
-                                     reference_supports=reference_supports)
+                                     sampling_seeds=sampling_seeds(features, cfg))
     return {"pyramid": pyramid, "rpn": rpn, "proposals": proposals,
             "proposal_scores": proposal_scores, "prototypes": prototypes,
             "fast_rcnn": frcnn, "images": images, "pyramid_fn": pyramid_fn}

@@ -2,7 +2,7 @@
 
     summary = predict_files(detector, ["a.jpg", "folder/"], "output/predictions")
 
-Each image is read with the converter's rules (data/io/convert.load_image: 8-bit RGB
+Each image is read with the converter's rules (data/io/images.load_image: 8-bit RGB
 JPEG/PNG go to the model byte for byte; grayscale, RGBA, 16-bit, TIFF, WebP... are
 converted to 8-bit RGB first), sent to the model on its own, and written to
 `output_dir` with its boxes, class names and scores drawn. `detections.json` lists
@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from absl import logging
 
-from data.io import convert
+from data.io import images as images_lib
 from libs.io_utils import Progress, atomic_path, atomic_write
 
 DETECTIONS_FILE = "detections.json"
@@ -37,7 +37,7 @@ def find_images(paths):
         if os.path.isdir(path):
             names = sorted(name for name in os.listdir(path)
                            if not name.startswith(".")
-                           and os.path.splitext(name)[1].lower() in convert.IMAGE_EXTENSIONS)
+                           and os.path.splitext(name)[1].lower() in images_lib.IMAGE_EXTENSIONS)
             images.extend(os.path.join(path, name) for name in names)
         elif os.path.exists(path):
             images.append(path)
@@ -45,7 +45,7 @@ def find_images(paths):
             raise PredictionError(f"--images {path}: no such file or folder")
     if not images:
         raise PredictionError(f"no image files in {', '.join(paths)} (extensions: "
-                              f"{' '.join(convert.IMAGE_EXTENSIONS)})")
+                              f"{' '.join(images_lib.IMAGE_EXTENSIONS)})")
     return images
 
 
@@ -117,9 +117,9 @@ def predict_files(detector, paths, output_dir, min_score=0.0, draw=True):
     with Progress(len(files), "predicting", unit="images") as progress:
         for path in files:
             try:
-                loaded = convert.load_image(path)
+                loaded = images_lib.load_image(path)
                 result = detector.detect([loaded.encoded])[0]
-            except (convert.ImageError, ExportError) as exc:
+            except (images_lib.ImageError, ExportError) as exc:
                 logging.warning("%s: %s -> skipped", path, exc)
                 summary["skipped"].append({"file": path, "reason": str(exc)})
                 progress.update()

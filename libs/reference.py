@@ -72,22 +72,6 @@ def box_features(reference_pyramid, num_classes, num_supports, roi_size, boxes,
                                  int(features.shape[-1])], name="box_features")
 
 
-def proposal_like_boxes(box, shift=0.15, scale=1.25):
-    """Boxes a proposal of the object `box` might be: the box itself, then shifted by
-    `shift` of its side up, down, left and right (IoU 0.74) and scaled by 1 / scale and
-    scale about its centre (IoU 0.64) - the overlap of a typical positive ROI."""
-    y1, x1, y2, x2 = box
-    height, width = y2 - y1, x2 - x1
-    cy, cx = (y1 + y2) / 2.0, (x1 + x2) / 2.0
-    boxes = [list(box)]
-    for dy, dx in ((-shift, 0), (shift, 0), (0, -shift), (0, shift)):
-        boxes.append([y1 + dy * height, x1 + dx * width, y2 + dy * height, x2 + dx * width])
-    for factor in (1.0 / scale, scale):
-        boxes.append([cy - factor * height / 2, cx - factor * width / 2,
-                      cy + factor * height / 2, cx + factor * width / 2])
-    return boxes
-
-
 def average_supports(supports, mask=None):
     """Positive prototypes [C, S, S, F]: each class's mean over its supports [C, K, ...].
 
@@ -168,18 +152,13 @@ def sample_supports(images, per_step, seed, mask=None):
             tf.gather(mask, chosen, axis=1, batch_dims=1))
 
 
-def build_prototypes(reference_images, pyramid_fn, cfg, support_seed=None, counts=None,
-                     with_supports=False):
+def build_prototypes(reference_images, pyramid_fn, cfg, support_seed=None, counts=None):
     """reference_images: uint8/float [C, K, R, R, 3] RGB. pyramid_fn: images -> P-dict.
 
     counts (optional, [C] ints): real references per class, the rest of its K slots
     being empty. support_seed (int64 [2]), in training only: build each prototype from
     a random REFERENCE_SUPPORTS_PER_STEP of the supports (all of them when None).
-    Returns prototypes [C + 1, ROI_SIZE, ROI_SIZE, FPN_CHANNELS], background first;
-    with_supports (ROI_POOLING "all_levels"): (prototypes, each reference's features
-    [C, K, V, S, S, F] in the V proposal_like_boxes of its object (view 0 the object's
-    box), mask [C, K] of the real ones), what OPEN_SET_RADIUS measures a class's spread
-    from.
+    Returns prototypes [C + 1, ROI_SIZE, ROI_SIZE, FPN_CHANNELS], background first.
     """
     with tf.name_scope("reference_branch"):
         shape = reference_images.shape.as_list()
@@ -203,17 +182,10 @@ def build_prototypes(reference_images, pyramid_fn, cfg, support_seed=None, count
             pyramid = {level: tf.stop_gradient(value) for level, value in pyramid.items()}
         pooled_box = (object_box(cfg.REFERENCE_SIDE, cfg.REFERENCE_MARGIN)
                       if cfg.ROI_POOLING == "all_levels" else None)
-        if with_supports:
-            # [C, K, V, S, S, F]: view 0 the object's box, the others as proposals
-            # would box it (OPEN_SET_RADIUS measures a class's spread on them).
-            views = box_features(pyramid, num_classes, num_supports, cfg.ROI_SIZE,
-                                 proposal_like_boxes(pooled_box), cfg.REFERENCE_SIDE)
-            supports = views[:, :, 0]
-        else:
-            supports = support_features(pyramid, num_classes, num_supports,
-                                        cfg.ROI_SIZE, pooled_box, cfg.REFERENCE_SIDE)
+        supports = support_features(pyramid, num_classes, num_supports, cfg.ROI_SIZE,
+                                    pooled_box, cfg.REFERENCE_SIDE)
         positives = average_supports(supports, mask)
         background = BACKGROUND_PROTOTYPES[cfg.BACKGROUND_PROTOTYPE](positives,
                                                                     cfg.FPN_CHANNELS)
         prototypes = tf.concat([background, positives], axis=0, name="prototypes")
-        return (prototypes, views, mask) if with_supports else prototypes
+        return prototypes

@@ -47,12 +47,11 @@ def merged_detections(head, images, pyramid_fn, cfg, mode, min_confidence):
                 preprocessing.mirror_boxes(head.rois, side, direction),
                 head.prototypes,
                 preprocessing.mirror_boxes(head.image_window, side, direction),
-                cfg, mode, reference_supports=head.reference_supports)
+                cfg, mode)
             probs.append(mirrored.class_probs)
             deltas.append(mirror_deltas(mirrored.box_deltas, direction))
     with tf.name_scope("test_time_flip_merge"):
         class_probs = tf.add_n(probs) / len(probs)
         box_deltas = tf.add_n(deltas) / len(deltas)
     return build_fast_rcnn.detect(head.rois, class_probs, box_deltas, head.image_window,
-                                  cfg, head.batch_size, min_confidence,
-                                  head.roi_objectness)
+                                  cfg, head.batch_size, min_confidence)

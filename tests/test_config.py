@@ -87,10 +87,6 @@ def _derived_cfg(tmp_path, **fields):
     ({"CLASSIFIER": "svm"}, "CLASSIFIER: must be one of"),
     ({"TARGET_SIDE": 100}, "TARGET_SIDE: must be a multiple of 64"),
     ({"RPN_BBOX_STD_DEV": [0.1, 0.1]}, "RPN_BBOX_STD_DEV: needs four values"),
-    ({"OPEN_SET_RADIUS": 2.0}, "OPEN_SET_RADIUS: needs CLASSIFIER 'comparison' with "
-                               "COMPARISON_SCORE 'distance'"),
-    ({"OPEN_SET_RADIUS": -1, "COMPARISON_SCORE": "distance"},
-     "OPEN_SET_RADIUS: must be None or a positive number"),
 ])
 def test_inconsistent_values_name_the_field(tmp_path, fields, message):
     path = _derived_cfg(tmp_path, **fields)

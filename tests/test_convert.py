@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, snapshot_tree
-from data.io import convert, label_map, tfrecord_format
+from data.io import annotation, convert, formats, label_map, tfrecord_format
+from data.io import images as images_lib
 from data.sample.generate import generate_voc_dataset
 from libs import io_utils
 from libs.tf_compat import seeded_graph, tf
@@ -84,7 +85,7 @@ def same_files(first, second):
 
 
 def counts_of(summary):
-    return {rule: summary[rule] for rule in convert.RULES if summary[rule]}
+    return {rule: summary[rule] for rule in annotation.RULES if summary[rule]}
 
 
 # ---------------------------------------------------------------------------------------
@@ -179,6 +180,85 @@ def test_coco_conversion_equals_voc(sample, tmp_path):
                             split_file=os.path.join(root, "ImageSets/Main/train.txt"),
                             progress_every_seconds=1e9)
     same_files(voc_dir, coco_dir)
+
+
+# ---------------------------------------------------------------------------------------
+# A new annotation format: one reader, registered by name
+# ---------------------------------------------------------------------------------------
+
+def _read_csv_boxes(image_dir, csv_path, split_file, report, class_names=None):
+    """A format made up for the test: "filename,class,x1,y1,x2,y2" lines, one box each;
+    image ids are positions in the sorted image folder (as VOC's for the sample)."""
+    ids = {name: position + 1 for position, name in enumerate(sorted(
+        name for names in annotation.image_index(image_dir).values() for name in names))}
+    wanted = set(annotation.read_split_file(split_file)) if split_file else None
+    by_name = {}
+    with open(csv_path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            fields = line.strip().split(",")
+            if len(fields) != 6:
+                report.add("annotation_invalid", f"{csv_path} line {number}",
+                           f"{line.strip()!r}: not filename,class,x1,y1,x2,y2")
+                continue
+            filename, name = fields[:2]
+            if wanted is not None and annotation.file_stem(filename) not in wanted:
+                continue
+            if filename not in by_name:
+                path = os.path.join(image_dir, filename)
+                by_name[filename] = annotation.ImageAnnotation(
+                    image_id=ids.get(filename, 0), filename=filename,
+                    image_path=path if os.path.isfile(path) else None, source=csv_path)
+            image = by_name[filename]
+            x1, y1, x2, y2 = (annotation.float_or_nan(value) for value in fields[2:])
+            image.objects.append(annotation.ObjectAnnotation(
+                name, (y1, x1, y2, x2), index=len(image.objects)))
+    images = sorted(by_name.values(), key=lambda image: image.image_id)
+    return images, sorted({obj.name for image in images for obj in image.objects})
+
+
+def _check_csv_inputs(image_dir, csv_path):
+    formats.registry.require_file(csv_path, "CSV boxes are one file")
+
+
+@pytest.fixture
+def csv_format(monkeypatch):
+    """The made-up format, registered for one test only (the registry is restored)."""
+    monkeypatch.setattr(formats.registry, "_REGISTERED", dict(formats.registry._REGISTERED))
+    return formats.register(formats.Format(
+        name="csv", label="CSV", annotations_help="one CSV file, a box per line",
+        annotations_short="the CSV file", split_entries="file stems",
+        check_inputs=_check_csv_inputs, read=_read_csv_boxes))
+
+
+def test_a_new_format_is_one_registered_reader(sample, csv_format, tmp_path):
+    """The shared rules and writer apply to a format that only reads."""
+    root, _ = sample
+    image_dir = os.path.join(root, "JPEGImages")
+    voc_dir, csv_dir = str(tmp_path / "voc"), str(tmp_path / "csv")
+    voc_summary = _convert_sample(root, voc_dir)
+    images, _ = convert.read_annotations("voc", image_dir, os.path.join(root, "Annotations"))
+    lines = ["sample_0000.jpg,cell,1,2"]                  # annotation_invalid (the reader)
+    for image in images:
+        for obj in image.objects:
+            y1, x1, y2, x2 = obj.box
+            lines.append(f"{image.filename},{obj.name},{x1!r},{y1!r},{x2!r},{y2!r}")
+        lines.append(f"{image.filename},cell,9,5,9,30")   # box_degenerate (the rules)
+    csv_path = tmp_path / "boxes.csv"
+    csv_path.write_text("\n".join(lines) + "\n")
+
+    assert formats.names() == ("voc", "coco", "yolo", "csv")
+    summary = convert.convert_dataset(
+        "csv", image_dir, str(csv_path), csv_dir, progress_every_seconds=1e9,
+        split_file=os.path.join(root, "ImageSets/Main/train.txt"))
+    same_files(voc_dir, csv_dir)
+    assert counts_of(summary) == {**counts_of(voc_summary), "annotation_invalid": 1,
+                                  "box_degenerate": voc_summary["images_read"]}
+    with pytest.raises(annotation.ConversionError, match=r"no such file \(CSV boxes are"):
+        convert.check_inputs("csv", image_dir, os.path.join(root, "Annotations"))
+    with pytest.raises(annotation.ConversionError, match="one of voc, coco, yolo, csv, got"):
+        formats.get("tsv")
+    with pytest.raises(ValueError, match="'csv' is already registered"):
+        formats.register(csv_format)
 
 
 # ---------------------------------------------------------------------------------------
@@ -285,7 +365,7 @@ def test_cmyk_jpeg_is_converted(tmp_path):
     image_module.fromarray(rgb).convert("CMYK").save(buffer, "JPEG", quality=95)
     path = tmp_path / "cmyk.jpg"
     path.write_bytes(buffer.getvalue())
-    loaded = convert.load_image(str(path))
+    loaded = images_lib.load_image(str(path))
     assert loaded.converted_from == "CMYK JPEG" and loaded.image_format == "png"
     assert loaded.rgb.shape == (20, 30, 3)
     assert np.abs(loaded.rgb.astype(int) - rgb).mean() < 20
@@ -458,7 +538,7 @@ def test_coco_specific_rules(tmp_path):
 
 
 def test_report_lists_a_rule_at_most_so_often_and_counts_every_record(caplog):
-    report = convert.Report(lines_per_rule=3)
+    report = annotation.Report(lines_per_rule=3)
     with caplog.at_level("WARNING"):
         for i in range(10):
             report.add("box_degenerate", f"file_{i}.xml", "zero size")
@@ -485,8 +565,8 @@ def write_yolo_copy(root, out, split=None, names=("cell", "crystal")):
                                          os.path.join(root, "Annotations"))
     chosen = None
     if split:
-        chosen = set(convert.read_split_file(os.path.join(root, "ImageSets/Main",
-                                                          split + ".txt")))
+        chosen = set(annotation.read_split_file(os.path.join(root, "ImageSets/Main",
+                                                             split + ".txt")))
     image_dir = os.path.join(out, "images", *([split] if split else []))
     labels_dir = os.path.join(out, "labels", *([split] if split else []))
     os.makedirs(image_dir)
@@ -612,16 +692,16 @@ def test_yolo_rules(tmp_path):
     assert record["labels"].tolist() == [2, 1]          # "b" (YOLO id 0), "a" (id 1)
 
     (tmp_path / "classes.txt").unlink()
-    with pytest.raises(convert.ConversionError, match="give --class_names .* or put "
+    with pytest.raises(annotation.ConversionError, match="give --class_names .* or put "
                        "data.yaml or classes.txt in"):
         convert.convert_dataset("yolo", str(image_dir), str(labels_dir), output_dir)
     broken = tmp_path / "data.yaml"
     broken.write_text("names: {0: b\n")
-    with pytest.raises(convert.ConversionError, match="data.yaml: not valid YAML"):
+    with pytest.raises(annotation.ConversionError, match="data.yaml: not valid YAML"):
         convert.convert_dataset("yolo", str(image_dir), str(labels_dir), output_dir)
     broken.write_text("nc: 2\n")
-    with pytest.raises(convert.ConversionError, match="data.yaml: no class names"):
+    with pytest.raises(annotation.ConversionError, match="data.yaml: no class names"):
         convert.convert_dataset("yolo", str(image_dir), str(labels_dir), output_dir)
     broken.write_text("names:\n  0: b\n  1: a\n")
-    assert convert.yolo_class_names(str(labels_dir)) == {0: "b", 1: "a"}
-    assert convert.yolo_class_names(str(labels_dir), ["x", "y"]) == {0: "x", 1: "y"}
+    assert formats.yolo.read_class_names(str(labels_dir)) == {0: "b", 1: "a"}
+    assert formats.yolo.read_class_names(str(labels_dir), ["x", "y"]) == {0: "x", 1: "y"}

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from data.io import convert, fewshot, label_map, reference_set, tfrecord_format
+from data.io import annotation, convert, fewshot, label_map, reference_set, tfrecord_format
 from libs import metrics
 from libs.tf_compat import tf
 
@@ -48,11 +48,11 @@ def _annotations(seed, num_images=60, classes=("a", "b", "c", "dense")):
                     box = (y, x, math.nan, x + 5)          # not finite
                 elif roll < 0.06:
                     box = (y, x, y - 1, x + 5)             # degenerate
-                objects.append(convert.ObjectAnnotation(
+                objects.append(annotation.ObjectAnnotation(
                     name=name, box=box, difficult=bool(rng.random() < 0.15),
                     index=len(objects)))
         rng.shuffle(objects)
-        images.append(convert.ImageAnnotation(
+        images.append(annotation.ImageAnnotation(
             image_id=int(image_id), filename=f"img_{image_id:03d}.jpg", image_path=None,
             source=f"img_{image_id:03d}.xml", objects=objects))
     return images
@@ -181,9 +181,9 @@ def test_kshot_is_seeded_and_per_class():
 
 def test_shortfall_and_overshoot_are_explained():
     def image(image_id, names):
-        return convert.ImageAnnotation(
+        return annotation.ImageAnnotation(
             image_id=image_id, filename=f"{image_id}.jpg", image_path=None, source="x",
-            objects=[convert.ObjectAnnotation(name, (0, 0, 5, 5), index=k)
+            objects=[annotation.ObjectAnnotation(name, (0, 0, 5, 5), index=k)
                      for k, name in enumerate(names)])
     images = [image(1, ["dense"] * 3 + ["rare"]), image(2, ["dense"] * 4),
               image(3, ["hard"]), image(4, ["rare"])]
@@ -225,8 +225,8 @@ def test_kshot_records_one_per_class_and_image():
 
 def test_remove_classes_for_base_training():
     images = _annotations(5, num_images=30)
-    images.append(convert.ImageAnnotation(image_id=99, filename="empty.jpg",
-                                          image_path=None, source="empty.xml"))
+    images.append(annotation.ImageAnnotation(image_id=99, filename="empty.jpg",
+                                             image_path=None, source="empty.xml"))
     kept, stats = fewshot.remove_classes(images, ["c"])
     only_c = [image.image_id for image in images
               if image.objects and all(obj.name == "c" for obj in image.objects)]
@@ -313,11 +313,11 @@ def test_mean_ap_is_the_evaluator_map():
 def test_crop_instances_crops_exactly_the_given_objects(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "im.png"), pixels)
-    inside = convert.ObjectAnnotation("a", (5.0, 6.0, 15.0, 26.0), index=0)
-    outside = convert.ObjectAnnotation("b", (30.0, -4.0, 48.0, 10.0), index=3)
-    tiny = convert.ObjectAnnotation("a", (1.0, 1.0, 3.0, 3.0), index=4)
-    image = convert.ImageAnnotation(1, "im.png", str(tmp_path / "im.png"), "im.xml",
-                                    objects=[inside, outside, tiny])
+    inside = annotation.ObjectAnnotation("a", (5.0, 6.0, 15.0, 26.0), index=0)
+    outside = annotation.ObjectAnnotation("b", (30.0, -4.0, 48.0, 10.0), index=3)
+    tiny = annotation.ObjectAnnotation("a", (1.0, 1.0, 3.0, 3.0), index=4)
+    image = annotation.ImageAnnotation(1, "im.png", str(tmp_path / "im.png"), "im.xml",
+                                       objects=[inside, outside, tiny])
     out = str(tmp_path / "refs")
     summary = reference_set.crop_instances({"a": [(image, inside), (image, tiny)],
                                             "b": [(image, outside)]}, out, margin=0.0,

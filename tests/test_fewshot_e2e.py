@@ -21,8 +21,9 @@ alone, then crystals or spores from references, 0.22 / 0.12 (the model only lear
 
 Objects of a class left out of the reference set are not rejected: the head ranks the
 given prototypes and the background (a closed set; docs/fewshot.md). With crystals
-left out, round / triangle scored 0.60 / 0.53 on this fixture, for that reason; the
-OPEN_SET_RADIUS option did not change that (bench/new_class_sample.py --leave_out).
+left out, round / triangle scored 0.60 / 0.53 on this fixture, for that reason
+(bench/new_class_sample.py --leave_out); a per-class distance radius did not change
+that (measured in docs/fewshot.md; its code was removed after commit 42ca905).
 """
 import pytest
 

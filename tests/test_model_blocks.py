@@ -7,7 +7,7 @@ import pytest
 
 from libs import build_fast_rcnn, losses, reference
 from libs.configs import load_config
-from libs.model_fn import detector_graph, inference_detections, make_pyramid_fn
+from libs.model_fn import detector_graph, make_pyramid_fn
 from libs.tf_compat import seeded_graph, tf
 from tests.conftest import REPO_ROOT
 
@@ -432,31 +432,6 @@ def test_class_count_independent_head_restores_with_other_class_counts(tmp_path)
     assert shapes[3] == shapes[5]
 
 
-@pytest.mark.parametrize("mode", [PREDICT, tf.estimator.ModeKeys.EVAL])
-def test_rpn_objectness_scores_the_detections_in_evaluation_and_prediction(mode):
-    """DETECTION_OBJECTNESS "rpn": each ROI's objectness is its proposal's score (EVAL
-    keeps the proposals in their order). With one object class, all of an ROI's object
-    probability is that class's: every detection scores what the RPN scored its ROI."""
-    cfg = tiny_cfg(DETECTION_OBJECTNESS="rpn", NUM_CLASS=2)
-    with seeded_graph().as_default():
-        features, targets = fake_batch(cfg, 2)
-        graph = detector_graph(features, targets if mode != PREDICT else None, mode,
-                               {"net_config": cfg, "reference_images": reference_images(cfg)})
-        frcnn = graph["fast_rcnn"]
-        detections = frcnn.fast_rcnn_detection(0.0)
-        with tf.Session() as sess:
-            sess.run(tf.global_variables_initializer())
-            proposals, scores, rois, objectness, det = sess.run(
-                [graph["proposals"], graph["proposal_scores"], frcnn.rois,
-                 frcnn.roi_objectness, detections])
-    np.testing.assert_array_equal(rois, proposals)
-    np.testing.assert_array_equal(objectness, scores)
-    for image_scores, image_det in zip(scores, det):
-        found = image_det[image_det[:, 4] > 0, 4]
-        assert len(found) > 0
-        assert np.isin(found, image_scores[image_scores > 0.5]).all()
-
-
 def test_notebook_head_is_sized_by_the_number_of_classes():
     shapes = {}
     for num_class in (3, 5):
@@ -533,132 +508,6 @@ def test_distance_logits_equal_numpy():
     # the nearest prototype (weighted) has the highest logit, background aside
     np.testing.assert_array_equal(np.argmax(got[:, 1:], axis=1),
                                   np.argmin(distances[:, 1:], axis=1))
-
-
-def _weighted(a, b, w):
-    return (w * (a - b) ** 2).mean()
-
-
-def test_open_set_radii_without_views_are_the_references_leave_one_out_distance():
-    """V = 1: per class, the mean over its real references of the weighted distance
-    (mean over features) to the mean of its other real references, times the
-    multiplier; a class with one reference takes the mean of the others' radii."""
-    rng = np.random.RandomState(5)
-    c, k, s, f = 3, 4, 2, 3
-    supports = rng.normal(size=[c, k, 1, s, s, f]).astype(np.float32)
-    supports[1] *= 3.0                       # a wider class gets a wider radius
-    mask = np.array([[1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0]], np.float32)
-    weights = rng.uniform(0.2, 2.0, size=[s * s * f, 1]).astype(np.float32)
-    with seeded_graph().as_default(), tf.Session() as sess:
-        got = sess.run(build_fast_rcnn.open_set_radii(
-            tf.constant(supports), tf.constant(mask), tf.constant(weights), 2.5))
-    flat, w = supports.reshape(c, k, -1).astype(np.float64), weights[:, 0]
-    own = []
-    for cls in range(2):
-        real = np.flatnonzero(mask[cls])
-        own.append(np.mean([_weighted(flat[cls, i], flat[cls, [j for j in real if j != i]]
-                                      .mean(axis=0), w) for i in real]))
-    expected = 2.5 * np.array(own + [np.mean(own)])
-    np.testing.assert_allclose(got, expected, rtol=1e-4)
-    assert got[1] > 4 * got[0]
-    with seeded_graph().as_default(), tf.Session() as sess:   # nobody has a spread
-        alone = sess.run(build_fast_rcnn.open_set_radii(
-            tf.constant(supports), tf.constant(np.eye(3, 4, dtype=np.float32)),
-            tf.constant(weights), 2.5))
-    assert np.isinf(alone).all()
-
-
-def test_open_set_radii_measure_proposal_like_views_against_the_other_references():
-    """V > 1: views 1.. of each reference against the mean of the class's other
-    references' view 0, or against its own view 0 when it is the class's only one."""
-    rng = np.random.RandomState(6)
-    c, k, v, s, f = 2, 3, 4, 2, 2
-    supports = rng.normal(size=[c, k, v, s, s, f]).astype(np.float32)
-    mask = np.array([[1, 1, 1], [1, 0, 0]], np.float32)
-    weights = rng.uniform(0.2, 2.0, size=[s * s * f, 1]).astype(np.float32)
-    with seeded_graph().as_default(), tf.Session() as sess:
-        got = sess.run(build_fast_rcnn.open_set_radii(
-            tf.constant(supports), tf.constant(mask), tf.constant(weights), 1.5))
-    flat, w = supports.reshape(c, k, v, -1).astype(np.float64), weights[:, 0]
-    first = np.mean([_weighted(flat[0, i, view], flat[0, [j for j in range(3) if j != i],
-                                                      0].mean(axis=0), w)
-                     for i in range(3) for view in range(1, v)])
-    second = np.mean([_weighted(flat[1, 0, view], flat[1, 0, 0], w)
-                      for view in range(1, v)])
-    np.testing.assert_allclose(got, 1.5 * np.array([first, second]), rtol=1e-4)
-
-
-def test_proposal_like_boxes_overlap_the_object_as_a_positive_roi_does():
-    from libs.metrics import iou_matrix
-    box = [10.0, 20.0, 50.0, 100.0]
-    boxes = np.array(reference.proposal_like_boxes(box))
-    iou = iou_matrix(np.array([box]), boxes)[0]
-    np.testing.assert_allclose(iou, [1.0] + [0.85 / 1.15] * 4 + [0.64, 0.64], rtol=1e-6)
-    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-    np.testing.assert_allclose(centres[5:], [[30.0, 60.0]] * 2)
-
-
-def test_open_set_gives_a_class_nothing_beyond_its_radius():
-    probs = np.array([[0.1, 0.6, 0.3], [0.2, 0.5, 0.3], [0.5, 0.25, 0.25]], np.float32)
-    distances = np.array([[9.0, 1.0, 5.0],       # within class 1's radius, not class 2's
-                          [9.0, 7.0, 5.0],       # beyond both: background
-                          [0.1, 1.0, 1.0]], np.float32)
-    radii = np.array([2.0, 4.0], np.float32)
-    with seeded_graph().as_default(), tf.Session() as sess:
-        got = sess.run(build_fast_rcnn.open_set_probs(
-            tf.constant(probs), tf.constant(distances), tf.constant(radii)))
-    np.testing.assert_allclose(got, [[0.4, 0.6, 0.0], [1.0, 0.0, 0.0],
-                                     [0.5, 0.25, 0.25]], atol=1e-6)
-
-
-def test_open_set_rejects_rois_far_from_every_reference_in_the_graph():
-    """OPEN_SET_RADIUS in PREDICT: the classes' radii come from the references' own
-    features (7 views each: the object's box and 6 proposal-like boxes), and with a
-    radius far below their spread every ROI is background, with a huge one nothing
-    changes (the closed-set probabilities)."""
-    outputs = {}
-    for radius in (None, 1e-6, 1e6):
-        cfg = tiny_cfg(COMPARISON_SCORE="distance", ROI_POOLING="all_levels",
-                       OPEN_SET_RADIUS=radius)
-        with seeded_graph().as_default():
-            features, _ = fake_batch(cfg, 1)
-            graph = detector_graph(features, None, PREDICT,
-                                   {"net_config": cfg,
-                                    "reference_images": reference_images(cfg)})
-            frcnn = graph["fast_rcnn"]
-            fetch = {"probs": frcnn.class_probs}
-            if radius is not None:
-                fetch["radii"] = frcnn.open_set_radii
-            with tf.Session() as sess:
-                sess.run(tf.global_variables_initializer())
-                outputs[radius] = sess.run(fetch)
-    closed = outputs[None]["probs"]
-    assert closed[:, 1:].sum() > 0
-    np.testing.assert_allclose(outputs[1e6]["probs"], closed, atol=1e-6)
-    np.testing.assert_allclose(outputs[1e-6]["probs"][:, 0], 1.0, atol=1e-6)
-    radii = outputs[1e6]["radii"]
-    assert radii.shape == (cfg.NUM_CLASS - 1,) and (radii > 0).all()
-    np.testing.assert_allclose(outputs[1e-6]["radii"] * 1e12, radii, rtol=1e-4)
-
-
-def test_open_set_applies_to_every_view_of_test_time_flips():
-    """With TEST_FLIPS the mirrored heads apply the same radii: a radius below every
-    spread leaves no detection, a huge one leaves the closed set's."""
-    found = {}
-    for radius in (1e-6, 1e6):
-        cfg = tiny_cfg(COMPARISON_SCORE="distance", ROI_POOLING="all_levels",
-                       OPEN_SET_RADIUS=radius, TEST_FLIPS=("horizontal",))
-        with seeded_graph().as_default():
-            features, _ = fake_batch(cfg, 1)
-            graph = detector_graph(features, None, PREDICT,
-                                   {"net_config": cfg,
-                                    "reference_images": reference_images(cfg)})
-            detections = inference_detections(graph, cfg, PREDICT, 0.0)
-            with tf.Session() as sess:
-                sess.run(tf.global_variables_initializer())
-                found[radius] = sess.run(detections)
-    assert (found[1e6][..., 4] > 0).any()
-    assert not found[1e-6].any()
 
 
 def test_assign_levels_matches_formula():
@@ -801,7 +650,7 @@ def test_fast_rcnn_targets_respect_sampling_rules():
             assert ious[best] >= 0.5 and labels[best] == label
             # the delta decodes the ROI back onto its GT
             g = gt[best]
-            h, w = roi[2] - roi[0], roi[3] - roi[1]
+            h = roi[2] - roi[0]
             d = delta * cfg.BBOX_STD_DEV
             cy = roi[0] + h / 2 + d[0] * h
             gh = h * np.exp(d[2])
@@ -811,7 +660,7 @@ def test_fast_rcnn_targets_respect_sampling_rules():
 
 
 def test_fast_rcnn_targets_without_sampling_keep_every_proposal_in_its_place():
-    # EVAL: row i must stay proposal i, so the RPN's scores line up with the ROIs.
+    # EVAL: row i stays proposal i (the ROIs PREDICT scores, in the same order).
     cfg = tiny_cfg()
     proposals = np.array([[0, 0, 10, 10], [48, 52, 82, 80], [10, 10, 40, 40],
                           [100, 100, 120, 120]], np.float32)
@@ -830,56 +679,6 @@ def test_fast_rcnn_targets_without_sampling_keep_every_proposal_in_its_place():
     # proposal 2 is gt 1 but 2 px narrower: dw = log(32 / 30) / std, dh = 0
     np.testing.assert_allclose(deltas[2, 2:], [0, np.log(32 / 30) / cfg.BBOX_STD_DEV[3]],
                                rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.parametrize("threshold", [None, 0.5])
-def test_object_like_negatives_are_left_out_of_the_background(threshold):
-    # Proposals 0-1 match the GT; 2-5 are far from it, 2 and 3 scored as objects by
-    # the RPN; 6 overlaps the GT a little (a badly placed box: a negative whatever
-    # its score).
-    cfg = tiny_cfg(BACKGROUND_MAX_OBJECTNESS=threshold, ADD_GT_TO_PROPOSALS=False)
-    proposals = np.array([[10, 10, 40, 40], [11, 10, 41, 40], [60, 60, 90, 90],
-                          [70, 10, 100, 40], [10, 70, 40, 100], [60, 100, 90, 120],
-                          [25, 25, 55, 55]], np.float32)
-    scores = np.array([0.9, 0.9, 0.95, 0.7, 0.2, 0.4, 0.9], np.float32)
-    gt = np.zeros([cfg.FAST_RCNN_MAX_INSTANCES, 4], np.float32)
-    gt[0] = [10, 10, 40, 40]
-    labels = np.zeros([cfg.FAST_RCNN_MAX_INSTANCES], np.int32)
-    labels[0] = 1
-    with seeded_graph().as_default(), tf.Session() as sess:
-        rois, roi_labels, _ = sess.run(build_fast_rcnn.fast_rcnn_targets(
-            tf.constant(proposals), tf.constant(gt), tf.constant(labels), cfg, 12,
-            proposal_scores=tf.constant(scores)))
-    negatives = [tuple(r) for r in rois[roi_labels == 0]]
-    index = {tuple(p): i for i, p in enumerate(proposals)}
-    sampled = sorted(index[r] for r in negatives)
-    assert (roi_labels > 0).sum() == 2         # so up to 4 negatives (1:2)
-    if threshold:
-        assert sampled == [4, 5, 6]
-    else:   # 4 of the 5: at least one object-like proposal taught as background
-        assert len(sampled) == 4 and set(sampled) <= {2, 3, 4, 5, 6}
-        assert {2, 3} & set(sampled)
-
-
-@pytest.mark.parametrize("source", ["head", "rpn", "geometric_mean"])
-def test_objectness_gate_moves_the_object_mass_keeps_the_class_split(source):
-    probs = np.array([[0.9, 0.06, 0.04], [0.2, 0.2, 0.6], [1.0, 0.0, 0.0]], np.float32)
-    rpn = np.array([0.8, 0.1, 0.5], np.float32)
-    with seeded_graph().as_default(), tf.Session() as sess:
-        got = sess.run(build_fast_rcnn.objectness_gated_probs(
-            tf.constant(probs), tf.constant(rpn), source))
-    is_object = {"head": 1 - probs[:, 0], "rpn": rpn,
-                 "geometric_mean": np.sqrt((1 - probs[:, 0]) * rpn)}[source]
-    share = probs[:, 1:] / np.maximum(probs[:, 1:].sum(1, keepdims=True), 1e-30)
-    expected = np.concatenate([1 - is_object[:, None], is_object[:, None] * share], 1)
-    if source == "head":
-        expected = probs
-    else:       # an ROI the head gives no object class keeps no object mass
-        expected[2] = [1 - is_object[2], 0, 0]
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    # ROI 0: the head calls it background (0.9), the RPN an object (0.8)
-    assert {"head": 0.9, "rpn": 0.2, "geometric_mean": 1 - np.sqrt(0.08)}[source] == \
-        pytest.approx(got[0, 0], abs=1e-6)
 
 
 def test_refine_detections_nms_per_class_and_drops():

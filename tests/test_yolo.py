@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data.io import convert, label_map, reference_set
+from data.io import annotation, convert, formats, label_map, reference_set
+from data.io import images as images_lib
 from tests.conftest import REPO_ROOT
 from tests.test_convert import counts_of, read_records
 
@@ -64,7 +65,7 @@ def test_names_mapping_with_gaps_keeps_its_ids(tmp_path, caplog):
     assert any("'<class id 1>'" in line and "has no name" in line for line in lines)
 
     write_text(str(tmp_path / "data.yaml"), 'names:\n  "0": cat\n  "3": dog\n')
-    assert convert.yolo_class_names(str(labels_dir)) == {0: "cat", 3: "dog"}
+    assert formats.yolo.read_class_names(str(labels_dir)) == {0: "cat", 3: "dog"}
 
 
 def test_repeated_names_and_gaps_are_warned_about(tmp_path, caplog):
@@ -72,7 +73,7 @@ def test_repeated_names_and_gaps_are_warned_about(tmp_path, caplog):
     labels_dir.mkdir()
     write_text(str(tmp_path / "data.yaml"), "names: {0: cat, 1: cat, 5: dog}\n")
     with caplog.at_level("WARNING"):
-        assert convert.yolo_class_names(str(labels_dir)) == {0: "cat", 1: "cat", 5: "dog"}
+        assert formats.yolo.read_class_names(str(labels_dir)) == {0: "cat", 1: "cat", 5: "dog"}
     lines = warnings_of(caplog)
     assert len(lines) == 2, lines
     assert "no name for class ids 2-4" in lines[0]
@@ -80,7 +81,7 @@ def test_repeated_names_and_gaps_are_warned_about(tmp_path, caplog):
     write_text(str(tmp_path / "data.yaml"), "names: [a, b, a]\n")
     caplog.clear()
     with caplog.at_level("WARNING"):
-        convert.yolo_class_names(str(labels_dir))
+        formats.yolo.read_class_names(str(labels_dir))
     assert ["class ids 0, 2 are all named 'a'" in line
             for line in warnings_of(caplog)] == [True]
 
@@ -99,8 +100,8 @@ def test_unusable_names_are_one_line_errors(tmp_path, names, message):
     labels_dir.mkdir()
     path = tmp_path / "data.yaml"
     write_text(str(path), f"names: {names}\n")
-    with pytest.raises(convert.ConversionError) as raised:
-        convert.yolo_class_names(str(labels_dir))
+    with pytest.raises(annotation.ConversionError) as raised:
+        formats.yolo.read_class_names(str(labels_dir))
     text = str(raised.value)
     assert text.startswith(f"{path}: ") and message in text and "\n" not in text
 
@@ -109,11 +110,11 @@ def test_classes_txt_ids_are_line_numbers(tmp_path):
     labels_dir = tmp_path / "labels"
     labels_dir.mkdir()
     write_text(str(labels_dir / "classes.txt"), "a\nb\n\n\n")   # trailing blank lines
-    assert convert.yolo_class_names(str(labels_dir)) == {0: "a", 1: "b"}
+    assert formats.yolo.read_class_names(str(labels_dir)) == {0: "a", 1: "b"}
     write_text(str(labels_dir / "classes.txt"), "a\n\nc\n")     # would shift c to id 1
-    with pytest.raises(convert.ConversionError, match=r"classes.txt: line 2 \(class id 1\) "
-                                                      r"has no name"):
-        convert.yolo_class_names(str(labels_dir))
+    with pytest.raises(annotation.ConversionError,
+                       match=r"classes.txt: line 2 \(class id 1\) has no name"):
+        formats.yolo.read_class_names(str(labels_dir))
 
 
 # ---------------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ def test_label_extension_in_any_case_and_byte_order_marks(tmp_path):
 
     (labels_dir / "classes.txt").unlink()
     write_text(str(tmp_path / "data.yaml"), "names: [cat, dog]\n", encoding="utf-8-sig")
-    assert convert.yolo_class_names(str(labels_dir)) == {0: "cat", 1: "dog"}
+    assert formats.yolo.read_class_names(str(labels_dir)) == {0: "cat", 1: "dog"}
     split = tmp_path / "split.txt"
     write_text(str(split), "upper\nbom.png\n", encoding="utf-8-sig")
     images, _ = convert.read_annotations("yolo", str(image_dir), str(labels_dir),
@@ -164,8 +165,8 @@ def test_polygons_become_their_bounding_box(tmp_path, caplog):
     np.testing.assert_allclose(record["boxes"], [[10, 10, 30, 30], [4, 5, 8, 15],
                                                  [4, 0, 20, 15]], atol=1e-5)
     assert [t.decode() for t in record["class_texts"]] == ["a", "b", "a"]
-    assert list(convert.RULES).index("polygon_to_box") < \
-        list(convert.RULES).index("box_not_finite")
+    assert list(annotation.RULES).index("polygon_to_box") < \
+        list(annotation.RULES).index("box_not_finite")
 
 
 def test_pose_labels_keep_their_box_not_their_keypoints(tmp_path):
@@ -182,7 +183,7 @@ def test_pose_labels_keep_their_box_not_their_keypoints(tmp_path):
     (record,) = read_records(str(tmp_path / "out"), "train")
     np.testing.assert_allclose(record["boxes"], [[10, 15, 30, 35]], atol=1e-5)
     write_text(str(tmp_path / "data.yaml"), "names: [person]\nkpt_shape: 17\n")
-    with pytest.raises(convert.ConversionError, match="kpt_shape 17 is not"):
+    with pytest.raises(annotation.ConversionError, match="kpt_shape 17 is not"):
         convert_yolo(image_dir, labels_dir, tmp_path / "out")
 
 
@@ -302,10 +303,10 @@ def upright_by_the_spec(stored, orientation):
 def test_all_eight_orientations_match_the_exif_definition():
     stored = np.random.default_rng(2).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
     for orientation in range(1, 9):
-        np.testing.assert_array_equal(convert.apply_exif_orientation(stored, orientation),
+        np.testing.assert_array_equal(images_lib.apply_exif_orientation(stored, orientation),
                                       upright_by_the_spec(stored, orientation),
                                       err_msg=str(orientation))
-    np.testing.assert_array_equal(convert.apply_exif_orientation(stored, 0), stored)
+    np.testing.assert_array_equal(images_lib.apply_exif_orientation(stored, 0), stored)
 
 
 def test_orientation_is_read_from_jpeg_and_png_and_agrees_with_opencv():
@@ -313,18 +314,18 @@ def test_orientation_is_read_from_jpeg_and_png_and_agrees_with_opencv():
     for orientation in range(1, 9):
         for byte_order in ("II", "MM"):
             data = jpeg_with_orientation(bgr, orientation, byte_order=byte_order)
-            assert convert.exif_orientation(data) == orientation
-            rgb, conversion = convert.decode_image_bytes(data)   # the stored pixels
+            assert images_lib.exif_orientation(data) == orientation
+            rgb, conversion = images_lib.decode_image_bytes(data)   # the stored pixels
             assert conversion is None and rgb.shape == (16, 24, 3)
             # OpenCV's own EXIF handling (IMREAD_COLOR applies the orientation).
             shown = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
             np.testing.assert_array_equal(
-                convert.apply_exif_orientation(rgb, orientation), shown[:, :, ::-1],
+                images_lib.apply_exif_orientation(rgb, orientation), shown[:, :, ::-1],
                 err_msg=f"{orientation} {byte_order}")
         png = png_with_exif(bgr, exif_tiff(orientation, "MM"))
-        assert convert.exif_orientation(png) == orientation
-        assert convert.decode_image_bytes(png)[1] is None
-    assert convert.exif_orientation(jpeg_with_orientation(bgr, 6, kind=4)) == 6
+        assert images_lib.exif_orientation(png) == orientation
+        assert images_lib.decode_image_bytes(png)[1] is None
+    assert images_lib.exif_orientation(jpeg_with_orientation(bgr, 6, kind=4)) == 6
 
 
 def test_orientation_reader_never_raises_on_garbage():
@@ -341,16 +342,16 @@ def test_orientation_reader_never_raises_on_garbage():
              with_app1(plain, b"http://ns.adobe.com/xap/1.0/\0" + good),  # XMP, not EXIF
              b"\xff\xd8\xff\xe1\xff\xff" + b"Exif\0\0" + good[:6]]    # length past end
     for data in cases:
-        assert convert.exif_orientation(data) == 1, data[:40]
+        assert images_lib.exif_orientation(data) == 1, data[:40]
     full = jpeg_with_orientation(bgr, 6)
     rng = np.random.default_rng(4)
     for _ in range(300):                   # random damage in the header segments
         damaged = bytearray(full)
         for position in rng.integers(2, 80, size=3):
             damaged[position] = int(rng.integers(0, 256))
-        assert convert.exif_orientation(bytes(damaged[:int(rng.integers(2, 120))])) \
+        assert images_lib.exif_orientation(bytes(damaged[:int(rng.integers(2, 120))])) \
             in range(1, 9)
-        assert convert.exif_orientation(bytes(damaged)) in range(1, 9)
+        assert images_lib.exif_orientation(bytes(damaged)) in range(1, 9)
 
 
 def _oriented_photo(tmp_path):
@@ -366,7 +367,7 @@ def _oriented_photo(tmp_path):
     path = tmp_path / "images" / "photo.jpg"
     os.makedirs(os.path.dirname(path), exist_ok=True)
     path.write_bytes(data)
-    decoded = convert.decode_image_bytes(data)[0]
+    decoded = images_lib.decode_image_bytes(data)[0]
     return path, decoded, np.rot90(decoded, k=-1)
 
 
@@ -425,7 +426,7 @@ def test_classes_no_longer_name_yolo_ids(tmp_path, caplog):
     image_dir, labels_dir = tmp_path / "images", tmp_path / "labels"
     write_png(str(image_dir / "x.png"), np.zeros((40, 50, 3), np.uint8))
     write_text(str(labels_dir / "x.txt"), "0 0.5 0.5 0.2 0.5\n1 0.2 0.5 0.2 0.2\n")
-    with pytest.raises(convert.ConversionError, match="give --class_names"):
+    with pytest.raises(annotation.ConversionError, match="give --class_names"):
         convert_yolo(image_dir, labels_dir, tmp_path / "out", classes=["b", "a"])
     write_text(str(tmp_path / "data.yaml"), "names: [a, b]\n")
     # --classes: the label map's order only; data.yaml still names the ids.

@@ -14,7 +14,7 @@ are reused and classes it does not know are dropped (and reported) unless listed
 --classes. YOLO's numeric class ids are named by data.yaml / classes.txt in the
 dataset root, or by --class_names (which overrides them). Every skipped image, dropped
 or clipped box is reported on one warning line; the summary at the end counts each
-rule (see data/io/convert.py).
+rule (see data/io/convert.py; the rules: data/io/annotation.py).
 """
 import os
 import sys
@@ -23,17 +23,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags, logging  # noqa: E402
 
-from data.io import convert  # noqa: E402  (no TensorFlow import until records are written)
+# No TensorFlow import until records are written.
+from data.io import annotation, convert, formats  # noqa: E402
 from libs import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags():
-    cli.define_annotation_flags(
-        "Optional list of image ids (VOC: file stems; COCO: file names "
-        "or ids; YOLO: image paths or stems), one per line, e.g. "
-        "ImageSets/Main/train.txt.")
+    entries = "; ".join(f"{f.label}: {f.split_entries}" for f in formats.registered())
+    cli.define_annotation_flags(f"Optional list of image ids ({entries}), one per line, "
+                                f"e.g. ImageSets/Main/train.txt.")
     cli.define_yolo_names_flag()
     flags.DEFINE_string("split", None, "Split name, the prefix of the shard files "
                         "(default: the split file's base name, else 'train').")
@@ -65,7 +65,7 @@ def main(argv):
             split_file=FLAGS.split_file, split=FLAGS.split,
             classes=convert.parse_classes(FLAGS.classes), num_shards=FLAGS.num_shards,
             class_names=convert.parse_classes(FLAGS.class_names))
-    except (convert.ConversionError, OSError) as exc:
+    except (annotation.ConversionError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     logging.info("done: %d images, %d objects -> %s", summary["images_written"],

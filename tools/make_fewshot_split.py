@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from data.io import convert, fewshot, label_map, reference_set  # noqa: E402
+from data.io import annotation, convert, fewshot, label_map, reference_set  # noqa: E402
 from libs import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -100,7 +100,7 @@ def main(argv):
                                                 FLAGS.shots, FLAGS.seed,
                                                 novel_classes=novel, margin=FLAGS.margin,
                                                 **common)
-    except (fewshot.FewShotError, convert.ConversionError, label_map.LabelMapError,
+    except (fewshot.FewShotError, annotation.ConversionError, label_map.LabelMapError,
             reference_set.ReferenceSetError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from data.io import convert, reference_set  # noqa: E402
+from data.io import annotation, convert, reference_set  # noqa: E402
 from libs import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -51,7 +51,7 @@ def main(argv):
         summary = reference_set.crop_references(
             images, FLAGS.output_dir, FLAGS.per_class, margin=FLAGS.margin,
             min_size=FLAGS.min_size, classes=convert.parse_classes(FLAGS.classes) or names)
-    except (convert.ConversionError, reference_set.ReferenceSetError, OSError) as exc:
+    except (annotation.ConversionError, reference_set.ReferenceSetError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {len(summary['files'])} references to {FLAGS.output_dir}: "

@@ -11,7 +11,7 @@ base split passes the same image and box rules as any converted split.
 
 K-shot rule (per class, independently of the other classes)
 - Shots: the objects of the class that are not difficult and whose box is usable from
-  the annotation (convert.box_problem). Difficult objects are not shots and are left
+  the annotation (cleaning.box_problem). Difficult objects are not shots and are left
   out of the drawn image's record: training reads every box as a positive (the
   difficult flag only matters to evaluation), so keeping them would train on more
   than K instances. They are counted in the manifest ("difficult_dropped").
@@ -64,7 +64,7 @@ import zlib
 import numpy as np
 from absl import logging
 
-from data.io import convert, reference_set
+from data.io import annotation, cleaning, convert, reference_set
 from data.io import label_map as label_map_lib
 from libs.io_utils import atomic_write
 
@@ -141,7 +141,7 @@ class KShotSet:
 def shot_objects(image, class_name):
     """The objects of `class_name` in `image` that count as shots (see the rule)."""
     return [obj for obj in image.objects if obj.name == class_name and not obj.difficult
-            and convert.box_problem(obj) is None]
+            and cleaning.box_problem(obj) is None]
 
 
 def draw_order(images, class_name, seed):
@@ -307,7 +307,7 @@ def _read(fmt, image_dir, annotations, split_file, yolo_names=None):
     """read_annotations (which checks the input paths first, one line each).
 
     yolo_names: --class_names, the names of YOLO's class ids 0, 1, ..."""
-    report = convert.Report()
+    report = annotation.Report()
     images, found = convert.read_annotations(fmt, image_dir, annotations, split_file,
                                              report, class_names=yolo_names)
     return images, found, report

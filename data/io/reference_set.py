@@ -22,8 +22,9 @@ Which files are loaded (load_reference_images):
     generator seeded by (seed, class name), so adding a class does not change the
     others' choice.
 
-Annotations are read and images decoded by data/io/convert.py's readers and loader, so
-references and TFRecords see the same pixels and the same box rules.
+Annotations are read by the converter's readers (data/io/convert.read_annotations) and
+images decoded by its loader (data/io/images.py), so references and TFRecords see the
+same pixels and the same box rules (data/io/cleaning.py).
 """
 import collections
 import json
@@ -35,12 +36,12 @@ import cv2
 import numpy as np
 from absl import logging
 
-from data.io import convert
+from data.io import annotation, cleaning
+from data.io import images as images_lib
 from libs.io_utils import Progress, atomic_write
 
 MANIFEST = "references.json"
 _IMAGE_CACHE_SIZE = 64
-IMAGE_EXTENSIONS = convert.IMAGE_EXTENSIONS
 SELECTION_RULE = ("qualifying objects (not difficult, inside the image, >= min_size), "
                   "images in sorted file-name order, one object per image per pass, "
                   "largest first")
@@ -71,7 +72,7 @@ def _candidates(images, wanted, min_size, skipped):
         for obj in image.objects:
             if obj.name not in wanted:
                 continue
-            if convert.box_problem(obj):
+            if cleaning.box_problem(obj):
                 skipped["invalid_box"] += 1
                 continue
             y1, x1, y2, x2 = obj.box
@@ -123,7 +124,7 @@ def crop_references(images, output_dir, per_class, margin=0.1, min_size=8, class
                     progress_every_seconds=None):
     """Crops up to `per_class` objects per class into output_dir/<class>/<image>_<k>.png.
 
-    images: [convert.ImageAnnotation] from convert.read_annotations. classes: the class
+    images: [annotation.ImageAnnotation] from convert.read_annotations. classes: the class
     names to crop (default: every name in the annotations). <image> is the image's file
     name without extension, its folders joined by '_' (a/b/x.jpg -> a_b_x); k is the
     object's position in its image's annotation. margin: context added on each side, as
@@ -153,7 +154,7 @@ def crop_instances(instances, output_dir, margin=0.1, rule="given instances",
                    progress_every_seconds=5.0):
     """Crops exactly the given objects, as crop_references writes its choice.
 
-    instances: {class name: [(convert.ImageAnnotation, convert.ObjectAnnotation)]}, e.g.
+    instances: {class name: [(annotation.ImageAnnotation, annotation.ObjectAnnotation)]}, e.g.
     the instances of a K-shot set (data/io/fewshot.py), so that the references are the
     very objects the detector is trained on. No selection rule applies: a box reaching
     outside the image is cropped clipped, small objects are kept. `rule` is recorded in
@@ -175,7 +176,7 @@ def _write_crops(candidates, output_dir, limits, margin, skipped, manifest_field
     """
     if margin < 0:
         raise ReferenceSetError(f"--margin must be >= 0, got {margin}")
-    report = convert.Report()
+    report = annotation.Report()
     counts = collections.OrderedDict((name, 0) for name in limits)
     written, entries = [], collections.OrderedDict((name, []) for name in limits)
     loaded_cache, failed = collections.OrderedDict(), set()
@@ -195,9 +196,9 @@ def _write_crops(candidates, output_dir, limits, margin, skipped, manifest_field
             return None
         try:
             # Upright for YOLO images, whose boxes refer to the image as viewers show it.
-            rgb = convert.load_image(image.image_path,
-                                     apply_orientation=image.apply_orientation).rgb
-        except convert.ImageError as exc:
+            rgb = images_lib.load_image(image.image_path,
+                                        apply_orientation=image.apply_orientation).rgb
+        except images_lib.ImageError as exc:
             report.add("image_unreadable", image.image_path, str(exc))
             failed.add(key)
             return None
@@ -282,7 +283,7 @@ def _class_files(reference_dir, class_name):
         # candidates and not worth a warning.
         if name.startswith(".") or not os.path.isfile(path):
             continue
-        if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+        if os.path.splitext(name)[1].lower() in images_lib.IMAGE_EXTENSIONS:
             images.append(path)
         else:
             others.append(path)
@@ -317,7 +318,7 @@ def reference_classes(reference_dir):
 def _read_rgb(path):
     with open(path, "rb") as handle:
         data = handle.read()
-    rgb, _ = convert.decode_image_bytes(data)
+    rgb, _ = images_lib.decode_image_bytes(data)
     return rgb
 
 
@@ -352,7 +353,7 @@ def select_reference_files(reference_dir, class_names, num_supports, seed=None,
                 break
             try:
                 rgb = _read_rgb(path)
-            except (OSError, convert.ImageError) as exc:
+            except (OSError, images_lib.ImageError) as exc:
                 problems.append(f"{path}: unreadable ({exc})")
                 continue
             chosen.append(path)

@@ -39,8 +39,7 @@ _CHOICES = {"CLASSIFIER": _CLASSIFIERS,
             "BACKGROUND_PROTOTYPE": ("stacked", "pooled"),
             "BOX_REGRESSION": ("per_class", "class_agnostic"),
             "COMPARISON_SCORE": ("learned", "distance"),
-            "ROI_POOLING": ("by_size", "all_levels"),
-            "DETECTION_OBJECTNESS": ("head", "rpn", "geometric_mean")}
+            "ROI_POOLING": ("by_size", "all_levels")}
 
 
 def _import_module(path):
@@ -277,15 +276,5 @@ def _validate(cfg, source):
             not isinstance(cfg.SCHEDULE_STEPS, int) or cfg.SCHEDULE_STEPS < 1):
         _fail(source, "SCHEDULE_STEPS", f"must be a positive integer or None, got "
               f"{cfg.SCHEDULE_STEPS!r}")
-    radius = cfg.OPEN_SET_RADIUS
-    if radius is not None:
-        if isinstance(radius, bool) or not isinstance(radius, (int, float)) or radius <= 0:
-            _fail(source, "OPEN_SET_RADIUS", f"must be None or a positive number, got "
-                  f"{radius!r}")
-        if (cfg.CLASSIFIER != "comparison" or cfg.COMPARISON_SCORE != "distance"
-                or cfg.ROI_POOLING != "all_levels"):
-            _fail(source, "OPEN_SET_RADIUS", "needs CLASSIFIER 'comparison' with "
-                  "COMPARISON_SCORE 'distance' (a radius needs a distance) and "
-                  "ROI_POOLING 'all_levels' (references boxed as ROIs are)")
     if cfg.NUM_TRAIN_IMAGES is not None and cfg.NUM_TRAIN_IMAGES < 1:
         _fail(source, "NUM_TRAIN_IMAGES", "must be positive or None")
