@@ -174,9 +174,10 @@ def diagnose(args, preset, data_dir, reference_dir, model_dir, supports):
     and how many distinct objectness values an image's proposals have; and the
     prototypes' pairwise distances (mean squared difference)."""
     from data.io.input_fn import EVAL, make_input_fn
-    from libs import cli, training
-    from libs.model_fn import PREDICT, detector_graph
-    from libs.tf_compat import seeded_graph, tf
+    from libs.base import cli
+    from libs.base.tf_compat import seeded_graph, tf
+    from libs.train import training
+    from libs.train.model_fn import PREDICT, detector_graph
 
     cfg = cli.load_config_from_flags(args.cfg, preset["sets"] + supports)
     run = training.prepare_run(cfg, data_dir, reference_dir, model_dir, inference=True)

@@ -19,7 +19,7 @@ def run_tool(name, *args):
 def write_json(path, value):
     """Writes `value` as JSON atomically: a rerun after an interruption reads it whole."""
     sys.path.insert(0, REPO)
-    from libs.io_utils import atomic_write
+    from libs.base.io_utils import atomic_write
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path, "w") as handle:
         json.dump(value, handle, indent=1, sort_keys=True, default=float)

@@ -6,7 +6,7 @@
 Runs the checkpoint's serving graph (libs/export.Detector: the exported model's path)
 on every image of a converted split and matches its detections (score >= --min_score,
 default 0.5, the display threshold) to the ground truth at IoU >= 0.5, class by class,
-greedily by score exactly as VOC AP does (libs/error_analysis.py, which tools/eval.py's
+greedily by score exactly as VOC AP does (libs/evaluation/error_analysis.py, which tools/eval.py's
 HTML report shares): "found" is VOC's true positives at that threshold; difficult
 objects are not counted ("objects" and "missed" leave them out, column "difficult"
 counts them) and a detection on a difficult object of its class is ignored (column
@@ -30,11 +30,11 @@ import collections
 import os
 import sys
 
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import write_json  # noqa: E402
-from libs.error_analysis import analyse_image, draw_errors  # noqa: E402
+from libs.evaluation.error_analysis import analyse_image, draw_errors  # noqa: E402
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -54,9 +54,11 @@ def main():
     import cv2
 
     from data.io import input_fn, tfrecord_format
-    from data.io import images as images_lib
-    from libs import cli, export, training
-    from libs.tf_compat import tf
+    from libs.base import cli
+    from libs.base import images as images_lib
+    from libs.base.tf_compat import tf
+    from libs.serving import export
+    from libs.train import training
 
     cfg = cli.load_config_from_flags(args.cfg, args.set)
     run = training.prepare_run(cfg, args.data_dir, args.reference_dir, args.model_dir,

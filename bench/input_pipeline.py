@@ -118,7 +118,7 @@ def _rpn_targets_skipped(input_lib, skip):
     if not skip:
         yield
         return
-    from libs.tf_compat import tf
+    from libs.base.tf_compat import tf
 
     def no_targets(anchors, gt_boxes, positive_iou, negative_iou, minibatch_size,
                    *unused_args, **unused_kwargs):
@@ -153,8 +153,8 @@ def count_records(files):
 def measure(cfg, data_dir, split, args):
     """Runs the pipeline; returns the dict of figures."""
     from data.io import input_fn as input_lib
+    from libs.base.tf_compat import seeded_graph, tf
     from libs.box_utils.anchors import config_anchors
-    from libs.tf_compat import seeded_graph, tf
 
     files = input_lib.tfrecord_files(data_dir, split)
     batch_size = cfg.PER_GPU_IMAGE
@@ -263,7 +263,7 @@ def main(argv=None):
     args = parse_args(argv)
     # Imported after argument parsing: a bad flag fails before TensorFlow loads.
     from data.io.input_fn import DataError
-    from libs.cli import parse_overrides
+    from libs.base.cli import parse_overrides
     from libs.configs import ConfigError, load_config
 
     temp_dir = None

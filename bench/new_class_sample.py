@@ -117,8 +117,8 @@ def ground_truth(xml_path):
 def average_precision(export_dir, voc, rename):
     """AP@0.5 per exported class over voc's val split; ground truth of the classes the
     export names (`rename`: its class -> the sample's), other objects dropped."""
-    from libs import export
-    from libs.metrics import DetectionEvaluator
+    from libs.evaluation.metrics import DetectionEvaluator
+    from libs.serving import export
 
     classes = export.read_export_info(export_dir)["class_names"]
     if classes != sorted(rename):
@@ -146,8 +146,8 @@ def average_precision(export_dir, voc, rename):
 def named_objects(export_dir, voc, sample_class, min_score=0.5):
     """(how many of voc's val objects of `sample_class` a detection of any class with
     score >= min_score covers at IoU >= 0.5, how many there are)."""
-    from libs import export
-    from libs.metrics import iou_matrix
+    from libs.evaluation.metrics import iou_matrix
+    from libs.serving import export
 
     with open(os.path.join(voc, "ImageSets", "Main", "val.txt")) as handle:
         val = handle.read().split()
@@ -197,7 +197,7 @@ def main():
                         help="also export without this class's references and count "
                              "its objects named as a given class")
     args = parser.parse_args()
-    from libs.networks import pretrained
+    from libs.weights import pretrained
 
     row = os.path.join(args.out, args.name)
     shutil.rmtree(row, ignore_errors=True)

@@ -97,7 +97,7 @@ def ours_serving(args, cfg_path, cfg, side, isa):
 
 
 def _trained_checkpoint(cfg):
-    from libs.tf_compat import tf
+    from libs.base.tf_compat import tf
     model_dir = os.path.join(REPO, cfg.MODEL_DIR)
     return tf.train.latest_checkpoint(model_dir) if os.path.isdir(model_dir) else None
 

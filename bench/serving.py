@@ -4,10 +4,10 @@
     python bench/serving.py --cfg cfgs/res101_fewshot.py --classes 11 --supports 3 \
         --images 5 [--image_dir ../shared/datasets/bccd/JPEGImages] [--checkpoint P]
 
-Exports the same checkpoint twice with libs.export: once with the prototypes computed
+Exports the same checkpoint twice with libs.serving.export: once with the prototypes computed
 at export and stored (what tools/export_savedmodel.py writes), once with the reference
 images stored and the reference branch rerun at every call (the notebook's way). Both
-are loaded as libs.export.Detector and called on the same images one at a time,
+are loaded as libs.serving.export.Detector and called on the same images one at a time,
 alternating A/B so machine noise hits both alike. Prints the median seconds per image
 of each, their ratio, the one-off export cost and the peak RSS.
 
@@ -46,8 +46,8 @@ flags.DEFINE_bool("json", False, "Print one JSON line.")
 
 def _random_checkpoint(run, directory):
     """A checkpoint of freshly initialised weights (every variable the model has)."""
-    from libs import export
-    from libs.tf_compat import seeded_graph, tf
+    from libs.base.tf_compat import seeded_graph, tf
+    from libs.serving import export
     params = {"net_config": run.cfg, "class_names": run.class_names,
               "reference_images": run.reference_images}
     graph = seeded_graph(run.cfg.SEED)
@@ -61,7 +61,8 @@ def _random_checkpoint(run, directory):
 
 def _test_images(count):
     import cv2
-    from data.io import images as images_lib
+
+    from libs.base import images as images_lib
     if FLAGS.image_dir:
         names = sorted(n for n in os.listdir(FLAGS.image_dir)
                        if os.path.splitext(n)[1].lower() in images_lib.IMAGE_EXTENSIONS)
@@ -74,8 +75,10 @@ def _test_images(count):
 
 def main(argv):
     del argv
-    from libs import cli, export, training
+    from libs.base import cli
     from libs.configs import finalize
+    from libs.serving import export
+    from libs.train import training
 
     overrides = cli.parse_overrides(FLAGS.set)
     if FLAGS.classes:

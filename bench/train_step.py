@@ -161,7 +161,7 @@ def step_flops(graph, step_stats, net_name):
 
 def matmul_gflops(tf, size=2048, repeats=10):
     """GFLOP/s of a float32 size x size matmul in this process (best of `repeats`)."""
-    from libs.tf_compat import seeded_graph
+    from libs.base.tf_compat import seeded_graph
     graph = seeded_graph(0)
     with graph.as_default():
         a = tf.Variable(tf.random.uniform([size, size]))
@@ -187,8 +187,9 @@ def _cpu_seconds():
 
 def main(argv):
     del argv
-    from libs import cli, training
-    from libs.tf_compat import tf
+    from libs.base import cli
+    from libs.base.tf_compat import tf
+    from libs.train import training
 
     class StepTimer(tf.train.SessionRunHook):
         def __init__(self, trace_step=None):

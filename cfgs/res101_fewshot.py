@@ -18,7 +18,7 @@ class Config:
     CHECKPOINT_DIR = None                     # pretrained TF-slim checkpoint, or None
     # Fine-tuning: start from another run of this project (a checkpoint or a run
     # folder): every variable of the same name; class-sized ones matched by class name
-    # (libs/warm_start.py); CHECKPOINT_DIR is then ignored (the run holds its backbone).
+    # (libs/train/warm_start.py); CHECKPOINT_DIR is then ignored (the run holds its backbone).
     # TRAINABLE_VARIABLES: regexes of the variables to train (None: all); the others
     # stay frozen.
     INIT_CHECKPOINT = None
@@ -62,7 +62,7 @@ class Config:
     REFERENCE_RANDOM = False                  # notebook: the first NUM_SUPPORTS per class
     # Training only: each step averages a random n of each class's NUM_SUPPORTS
     # references (None: all of them, the notebook). The reference branch then costs
-    # n / NUM_SUPPORTS as much (libs/reference.py).
+    # n / NUM_SUPPORTS as much (libs/model/reference.py).
     REFERENCE_SUPPORTS_PER_STEP = None
     # True (the notebook): the backbone also learns through the reference branch. False
     # stops those gradients (the prototypes still follow the shared weights): cheaper.
@@ -102,7 +102,7 @@ class Config:
     # "learned" (the notebook): conv3d weights of either sign + batch norm over the
     # squared differences. "distance": minus a weighted squared distance (weights >= 0,
     # learned scale), so the nearest prototype wins - also for classes added from
-    # references after training (libs/build_fast_rcnn.py, docs/fewshot.md).
+    # references after training (libs/model/build_fast_rcnn.py, docs/fewshot.md).
     COMPARISON_SCORE = "learned"
     ROI_SIZE = 7
     # "by_size" (the notebook): an ROI is pooled from the one level its size picks; a
@@ -132,7 +132,7 @@ class Config:
     DETECTION_MAX_INSTANCES = 200
     DETECTION_MIN_CONFIDENCE = 0.5            # display / export threshold
     EVAL_SCORE_THRESHOLD = 0.05               # evaluation keeps low-score detections
-    # Test-time flip merging (libs/test_time_flips.py): () off, or any of "horizontal",
+    # Test-time flip merging (libs/flip_merging.py): () off, or any of "horizontal",
     # "vertical"; each adds a backbone and head pass at evaluation and export.
     TEST_FLIPS = ()
 
@@ -144,7 +144,7 @@ class Config:
     EPOCH_BOUNDARY = [35, 50]                 # LR -> LR/10 -> LR/100 at these epochs
     # None: EPOCH epochs. A number of steps runs the same schedule shortened or
     # stretched: every LR boundary keeps its fraction of the run (tools/train.py
-    # --max_minutes sets it to fit a time budget; libs/time_budget.py).
+    # --max_minutes sets it to fit a time budget; libs/train/time_budget.py).
     SCHEDULE_STEPS = None
     CLIP_GRADIENT_NORM = 5.0                  # per gradient tensor (clip_by_norm)
     GPU_GROUPS = ["/gpu:0", "/gpu:1"]         # one tower each; CPU devices without GPUs

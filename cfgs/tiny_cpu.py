@@ -19,7 +19,7 @@ class Config(Res101FewShot):
 
     # Group norm: trained from scratch at one image per step, batch norm's per-image
     # statistics differ from its moving averages enough to lose a third of the
-    # detections at inference (measured; see libs/networks/backbones.py).
+    # detections at inference (measured; see libs/model/backbones.py).
     NET_NAME = "tiny_resnet_gn"
     TRAIN_BATCH_NORM = True                   # (no effect on group norm)
     # The comparison conv3d's BN must train from scratch: frozen at its initial

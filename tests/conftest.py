@@ -39,7 +39,7 @@ def convert_sample_classes(sample_data, output_dir, classes):
 def imported_lite0(tmp_path_factory):
     """The ImageNet EfficientNet-Lite0 of the installed package, imported once per test
     session as tools/import_backbone.py does: (checkpoint folder, import info)."""
-    from libs.networks import pretrained
+    from libs.weights import pretrained
 
     output_dir = str(tmp_path_factory.mktemp("pretrained") / "efficientnet_lite0")
     info = pretrained.import_backbone("efficientnet_lite0", output_dir)

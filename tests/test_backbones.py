@@ -1,10 +1,16 @@
-"""Backbones (libs/networks/backbones.py): strides, channels, checkpoint names, reuse, BN."""
+"""Backbones (libs/model/backbones.py): strides, channels, checkpoint names, reuse, BN."""
 import numpy as np
 import pytest
-
-from libs.networks import BACKBONES, FEATURE_LEVELS, backbone_channels, backbones, build_backbone
-from libs.tf_compat import seeded_graph, slim, tf
 from tf_slim.nets import resnet_v1, resnet_v2
+
+from libs.base.tf_compat import seeded_graph, slim, tf
+from libs.model import backbones
+from libs.model.backbones import (
+    BACKBONES,
+    FEATURE_LEVELS,
+    backbone_channels,
+    build_backbone,
+)
 
 SLIM_RESNETS = ("resnet_v1_50", "resnet_v1_101", "resnet_v2_50", "resnet_v2_101")
 ALL_NETS = SLIM_RESNETS + ("tiny_resnet", "tiny_resnet_gn", "small_resnet_gn",

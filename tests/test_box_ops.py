@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
+from libs.base.tf_compat import seeded_graph, tf
 from libs.box_utils import box_ops
-from libs.tf_compat import seeded_graph, tf
 
 STD_DEV = [0.1, 0.1, 0.25, 0.27]
 

@@ -194,8 +194,8 @@ def test_normalisation_and_freezing_fields_are_checked(fields, message):
 def test_normalize_pixels_matches_numpy():
     import numpy as np
 
-    from data.io.preprocessing import normalize_pixels
-    from libs.tf_compat import tf
+    from libs.base.tf_compat import tf
+    from libs.model.preprocessing import normalize_pixels
     images = np.random.RandomState(0).randint(0, 256, [2, 5, 4, 3]).astype(np.uint8)
     with tf.Graph().as_default(), tf.Session() as sess:
         scaled = sess.run(normalize_pixels(tf.constant(images), [127.0] * 3, [128.0] * 3))

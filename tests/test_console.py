@@ -1,5 +1,5 @@
 """The console: quiet by default, TensorFlow's logs with --verbose, live progress lines
-(libs/console.py, libs/io_utils.Progress)."""
+(libs/base/console.py, libs/io_utils.Progress)."""
 import io
 import logging
 import os
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from libs import console, io_utils
+from libs.base import console, io_utils
 from tests.conftest import REPO_ROOT
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")

@@ -11,13 +11,13 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT, snapshot_tree
+
 from data.io import annotation, convert, formats, label_map, tfrecord_format
-from data.io import images as images_lib
 from data.sample.generate import generate_voc_dataset
-from libs import io_utils
-from libs.tf_compat import seeded_graph, tf
+from libs.base import images as images_lib
+from libs.base import io_utils
+from libs.base.tf_compat import seeded_graph, tf
 
 CONVERTER = os.path.join(REPO_ROOT, "tools", "convert_to_tfrecord.py")
 

@@ -1,4 +1,4 @@
-"""The evaluation report (libs/eval_report.py, libs/error_analysis.py): each error kind
+"""The evaluation report (libs/evaluation/eval_report.py, libs/evaluation/error_analysis.py): each error kind
 and count against hand-made cases, the PR curves against numpy, and the HTML folder as
 a user opens it (every image it names exists; headless Chromium renders it)."""
 import glob
@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from libs import error_analysis, eval_report, metrics
 from libs.configs import load_config
+from libs.evaluation import error_analysis, eval_report, metrics
 from tests.conftest import REPO_ROOT
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
@@ -249,7 +249,7 @@ def test_pr_curve_counts_equal_numpy_and_the_evaluators_curve():
 
 def _val_records(data_dir):
     from data.io import input_fn, tfrecord_format
-    from libs.tf_compat import tf
+    from libs.base.tf_compat import tf
     records = []
     for path in input_fn.tfrecord_files(data_dir, "val"):
         for serialized in tf.compat.v1.io.tf_record_iterator(path):
@@ -386,7 +386,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 
 def test_pr_curves_reach_tensorboard(report, tmp_path):
     """write_pr_curves: one curve per class, PR curve plugin data, at the step."""
-    from libs.tf_compat import tf
+    from libs.base.tf_compat import tf
     eval_dir = str(tmp_path / "eval_val")
     evaluator = metrics.DetectionEvaluator(report["names"])
     evaluator.add_ground_truth(1, [[0, 0, 10, 10]], [1])

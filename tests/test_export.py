@@ -13,10 +13,14 @@ import numpy as np
 import pytest
 
 from data.io import input_fn as input_lib
-from data.io import preprocessing, reference_set, tfrecord_format
-from libs import export, io_utils, model_fn as model_lib, training
+from data.io import reference_set, tfrecord_format
+from libs.base import io_utils
+from libs.base.tf_compat import seeded_graph, tf
 from libs.configs import load_config
-from libs.tf_compat import seeded_graph, tf
+from libs.model import preprocessing
+from libs.serving import export
+from libs.train import model_fn as model_lib
+from libs.train import training
 from tests.conftest import REPO_ROOT, convert_sample_classes
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")

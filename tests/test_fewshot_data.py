@@ -14,11 +14,18 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT
-from data.io import annotation, convert, fewshot, label_map, reference_set, tfrecord_format
-from libs import metrics
-from libs.tf_compat import tf
+
+from data.io import (
+    annotation,
+    convert,
+    fewshot,
+    label_map,
+    reference_set,
+    tfrecord_format,
+)
+from libs.base.tf_compat import tf
+from libs.evaluation import metrics
 
 TOOL = os.path.join(REPO_ROOT, "tools", "make_fewshot_split.py")
 EVAL = os.path.join(REPO_ROOT, "tools", "eval.py")

@@ -18,8 +18,9 @@ import pytest
 
 from data.io import convert, reference_set
 from data.io.input_fn import DataError
-from libs import export, prediction, training
 from libs.configs import ConfigError, load_config
+from libs.serving import export, prediction
+from libs.train import training
 from tests.conftest import REPO_ROOT, snapshot_tree
 from tests.test_convert import read_records, write_voc_xml
 

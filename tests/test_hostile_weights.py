@@ -25,7 +25,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from libs.networks import pretrained
+from libs.weights import pretrained
 from tests import torch_files
 from tests.conftest import REPO_ROOT
 
@@ -122,7 +122,7 @@ def cases(legacy, sentinel):
                                         + legacy[count_at + 8:])
     out.update(_hand_made_cases(sentinel))
 
-    from libs.networks.torch_checkpoint import read_state_dict
+    from libs.weights.torch_checkpoint import read_state_dict
     path = os.path.join(os.path.dirname(sentinel), "clean.pth")
     with open(path, "wb") as file:
         file.write(legacy)
@@ -187,7 +187,7 @@ def run_worker(case_dir, sentinel, results_path):
     """In a fresh process: every case read under an address-space limit -> JSON."""
     import resource
 
-    from libs.networks.torch_checkpoint import TorchCheckpointError
+    from libs.weights.torch_checkpoint import TorchCheckpointError
     with open(pretrained.package_weights_file("efficientnet_lite0"), "rb") as file:
         legacy = file.read()
     all_cases = cases(legacy, sentinel)
@@ -288,7 +288,7 @@ def test_a_read_with_other_shapes_is_refused_by_the_import(fuzz, tmp_path):
     """A file that reads but whose tensor has another shape (a flipped size byte, or
     another model's weights under the same names) is refused before a checkpoint is
     written: the TF network's shapes are checked, one line, nothing left behind."""
-    from libs.networks.torch_checkpoint import read_state_dict
+    from libs.weights.torch_checkpoint import read_state_dict
     state = read_state_dict(pretrained.package_weights_file("efficientnet_lite0"))
     state["_conv_stem.weight"] = state["_conv_stem.weight"].reshape(16, 3, 3, 6)
     reshaped = tmp_path / "reshaped.pth"
@@ -354,8 +354,8 @@ def test_a_weights_file_is_read_under_the_same_rules_and_its_hash_recorded(
         tmp_path, imported_lite0):
     """The zip layout of the packaged weights, given with --weights: the same values
     as the packaged import, the file's SHA-256 recorded."""
-    from libs.networks.torch_checkpoint import read_state_dict
-    from libs.tf_compat import tf
+    from libs.base.tf_compat import tf
+    from libs.weights.torch_checkpoint import read_state_dict
     state = read_state_dict(pretrained.package_weights_file("efficientnet_lite0"))
     weights = tmp_path / "lite0_zip.pth"
     weights.write_bytes(torch_files.zip_bytes(state))

@@ -11,14 +11,15 @@ import os
 import cv2
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT
-from data.io import convert, input_fn, preprocessing, rpn_targets, tfrecord_format
+
+from data.io import convert, input_fn, rpn_targets, tfrecord_format
 from data.sample.generate import generate_voc_dataset
+from libs.base.tf_compat import seeded_graph, tf
 from libs.box_utils import box_ops
 from libs.box_utils.anchors import config_anchors
 from libs.configs import load_config
-from libs.tf_compat import seeded_graph, tf
+from libs.model import preprocessing
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
 RES101 = os.path.join(REPO_ROOT, "cfgs", "res101_fewshot.py")

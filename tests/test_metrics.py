@@ -1,4 +1,4 @@
-"""libs.metrics: VOC AP by hand-computed cases, COCO figures against pycocotools used
+"""libs.evaluation.metrics: VOC AP by hand-computed cases, COCO figures against pycocotools used
 directly, and the Estimator bridge in a TF session."""
 import contextlib
 import io
@@ -7,8 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from libs.metrics import (COCO_STAT_NAMES, DetectionEvaluator, average_precision,
-                          eval_metric_ops, format_table, iou_matrix, metric_names)
+from libs.evaluation.metrics import (
+    COCO_STAT_NAMES,
+    DetectionEvaluator,
+    average_precision,
+    eval_metric_ops,
+    format_table,
+    iou_matrix,
+    metric_names,
+)
 
 BOX = [0.0, 0.0, 10.0, 10.0]          # [y1, x1, y2, x2]
 OTHER_BOX = [50.0, 50.0, 70.0, 70.0]
@@ -334,7 +341,7 @@ def expected_results(images, class_names):
 
 
 def test_estimator_bridge_matches_evaluator_and_resets():
-    from libs.tf_compat import seeded_graph, tf
+    from libs.base.tf_compat import seeded_graph, tf
 
     class_names = ["a", "b", "c"]
     images = synthetic_dataset(seed=3, num_images=6)
@@ -384,7 +391,7 @@ def test_estimator_bridge_matches_evaluator_and_resets():
 
 
 def test_estimator_bridge_subset_and_optional_inputs():
-    from libs.tf_compat import seeded_graph, tf
+    from libs.base.tf_compat import seeded_graph, tf
 
     with seeded_graph().as_default():
         detections = tf.constant([[[0, 0, 10, 10, 0.9, 1], [0, 0, 0, 0, 0, 0]]],

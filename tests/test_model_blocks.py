@@ -5,10 +5,10 @@ import os
 import numpy as np
 import pytest
 
-from libs import build_fast_rcnn, losses, reference
+from libs.base.tf_compat import seeded_graph, tf
 from libs.configs import load_config
-from libs.model_fn import detector_graph, make_pyramid_fn
-from libs.tf_compat import seeded_graph, tf
+from libs.model import build_fast_rcnn, losses, reference
+from libs.train.model_fn import detector_graph, make_pyramid_fn
 from tests.conftest import REPO_ROOT
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
@@ -575,7 +575,7 @@ def test_roi_align_gradient_equals_numpy_on_every_run():
 
     TensorFlow's CPU CropAndResizeGradImage shards the ROIs over threads that add into
     the same feature cells without a lock: lost updates, a 3-5% error on most runs of
-    this case, unless op determinism is on (libs/tf_compat.py turns it on).
+    this case, unless op determinism is on (libs/base/tf_compat.py turns it on).
     """
     side, crop, depth, num_rois = 32, 7, 256, 512
     rng = np.random.RandomState(0)

@@ -17,10 +17,15 @@ import cv2
 import numpy as np
 import pytest
 
-from libs.networks import backbones, efficientnet_lite, pretrained
-from libs.networks.torch_checkpoint import (LEGACY_MAGIC_NUMBER, TorchCheckpointError,
-                                            read_state_dict, read_torch_checkpoint)
-from libs.tf_compat import seeded_graph, tf
+from libs.base.tf_compat import seeded_graph, tf
+from libs.model import backbones, efficientnet_lite
+from libs.weights import pretrained
+from libs.weights.torch_checkpoint import (
+    LEGACY_MAGIC_NUMBER,
+    TorchCheckpointError,
+    read_state_dict,
+    read_torch_checkpoint,
+)
 from tests.conftest import REPO_ROOT, snapshot_tree
 from tests.torch_files import write_legacy
 
@@ -265,7 +270,7 @@ def test_only_freezable_backbones_take_frozen_stages():
 
 def test_checkpoint_dir_loads_the_import_into_the_detector_backbone(imported_lite0):
     """CHECKPOINT_DIR -> model_fn.init_backbone_from_checkpoint, the training path."""
-    from libs import model_fn
+    from libs.train import model_fn
     cfg = types.SimpleNamespace(NET_NAME="efficientnet_lite0",
                                 CHECKPOINT_DIR=imported_lite0[0])
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(imported_lite0[0]))
@@ -286,8 +291,8 @@ def test_slim_resnet_v1_101_checkpoint_loads_through_checkpoint_dir(tmp_path):
     initialises the detector's backbone."""
     from tf_slim.nets import resnet_v1
 
-    from libs import model_fn
-    from libs.tf_compat import slim
+    from libs.base.tf_compat import slim
+    from libs.train import model_fn
     prefix = str(tmp_path / "resnet_v1_101.ckpt")
     with seeded_graph().as_default():
         with slim.arg_scope(resnet_v1.resnet_arg_scope()):
@@ -315,7 +320,7 @@ def test_slim_resnet_v1_101_checkpoint_loads_through_checkpoint_dir(tmp_path):
 
 
 def test_a_missing_import_says_how_to_make_it(tmp_path):
-    from libs import model_fn
+    from libs.train import model_fn
     cfg = types.SimpleNamespace(NET_NAME="efficientnet_lite0",
                                 CHECKPOINT_DIR=str(tmp_path / "not_imported"))
     with seeded_graph().as_default():

@@ -8,8 +8,8 @@ import sys
 import cv2
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT, snapshot_tree
+
 from data.io import convert, reference_set
 from data.io.reference_set import ReferenceSetError, load_reference_images
 from data.sample.generate import generate_voc_dataset

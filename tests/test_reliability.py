@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from libs import hooks, training
-from libs import model_fn as model_lib
+from libs.base.tf_compat import tf
 from libs.configs import load_config
-from libs.tf_compat import tf
+from libs.train import hooks, training
+from libs.train import model_fn as model_lib
 from tests.conftest import REPO_ROOT
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")

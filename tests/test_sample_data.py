@@ -8,8 +8,8 @@ import xml.etree.ElementTree as ElementTree
 import cv2
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT
+
 from data.sample.generate import CLASSES, generate_voc_dataset
 
 

@@ -1,9 +1,9 @@
-"""libs.tf_compat: graph mode, and slim batch norm works on TF 2.15 (DESIGN.md section 2)."""
+"""libs.base.tf_compat: graph mode, and slim batch norm works on TF 2.15 (DESIGN.md section 2)."""
 import importlib
 
 import numpy as np
 
-from libs.tf_compat import seeded_graph, slim, tf
+from libs.base.tf_compat import seeded_graph, slim, tf
 
 
 def test_graph_mode_not_eager():

@@ -1,4 +1,4 @@
-"""A time budget fits the whole LR schedule (libs/time_budget.py, train.py --max_minutes).
+"""A time budget fits the whole LR schedule (libs/train/time_budget.py, train.py --max_minutes).
 
 The speed is injected (a measured-rate override) and the budget's clock frozen, so the
 fitted schedule is the same on every machine and every run.
@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from libs import hooks, time_budget, training
+from libs.base.tf_compat import seeded_graph, tf
 from libs.configs import ConfigError, load_config
-from libs.tf_compat import seeded_graph, tf
+from libs.train import hooks, time_budget, training
 from tests.conftest import REPO_ROOT
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")

@@ -10,11 +10,11 @@ import pytest
 
 from data.io import tfrecord_format
 from data.io.input_fn import PREDICT, make_input_fn
-from libs import model_fn as model_lib
-from libs import training
+from libs.base.tf_compat import seeded_graph, tf
 from libs.configs import load_config
-from libs.networks import backbones
-from libs.tf_compat import seeded_graph, tf
+from libs.model import backbones
+from libs.train import model_fn as model_lib
+from libs.train import training
 from tests.conftest import REPO_ROOT
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")

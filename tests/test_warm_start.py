@@ -4,9 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from libs import training, warm_start
+from libs.base.tf_compat import tf
 from libs.configs import load_config
-from libs.tf_compat import tf
+from libs.train import training, warm_start
 from tests.conftest import REPO_ROOT, convert_sample_classes
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")

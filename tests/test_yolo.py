@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from data.io import annotation, convert, formats, label_map, reference_set
-from data.io import images as images_lib
+from libs.base import images as images_lib
 from tests.conftest import REPO_ROOT
 from tests.test_convert import counts_of, read_records
 

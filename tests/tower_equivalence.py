@@ -19,15 +19,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from libs import training  # noqa: E402
+from libs.train import training  # noqa: E402
 
 training.ensure_cpu_devices(2)
 
 import numpy as np  # noqa: E402
 
 from data.io.input_fn import TRAIN, make_input_fn  # noqa: E402
+from libs.base.tf_compat import tf  # noqa: E402
 from libs.configs import load_config  # noqa: E402
-from libs.tf_compat import tf  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -31,7 +31,7 @@ def _define_flags():
 
 
 def main(argv):
-    from libs import cli
+    from libs.base import cli
     error = cli.usage_error(argv, FLAGS.cfg)
     if error is not None:
         return error
@@ -42,9 +42,9 @@ def _stats():
     import numpy as np
 
     from data.io import input_fn, tfrecord_format
-    from libs import cli
+    from libs.base import cli
+    from libs.base.tf_compat import tf
     from libs.box_utils.anchors import anchor_coverage, generate_pyramid_anchors
-    from libs.tf_compat import tf
 
     cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
     data_dir = FLAGS.data_dir or cfg.DATA_DIR
@@ -86,7 +86,7 @@ def _stats():
 
 
 def run():
-    from libs import cli
+    from libs.base import cli
     cli.run_tool(_define_flags, main)
 
 

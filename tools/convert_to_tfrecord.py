@@ -25,7 +25,7 @@ from absl import flags, logging  # noqa: E402
 
 # No TensorFlow import until records are written.
 from data.io import annotation, convert, formats  # noqa: E402
-from libs import cli  # noqa: E402
+from libs.base import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 

@@ -13,12 +13,12 @@ the checkpoint (or --report). The same metrics appear in TensorBoard under `eval
 base classes) and nAP50 (over the listed classes) to the table and to the report
 (results "voc/bAP@0.5" and "voc/nAP@0.5"; libs/metrics.base_novel_ap).
 --test_flips merges the head's outputs over mirrored views of each image
-(libs/test_time_flips.py, TEST_FLIPS); its report is `<checkpoint>.eval_<split>_flips.json`.
+(libs/flip_merging.py, TEST_FLIPS); its report is `<checkpoint>.eval_<split>_flips.json`.
 
 Beside the JSON it writes an HTML report to look at (--nohtml skips it), the folder
 `<report without .json>_html/` (index.html: the run, the per-class table,
 precision-recall curves, the confusion matrix with "missed" and "background", AP by
-object size and the images with the most errors drawn; libs/eval_report.py), and the
+object size and the images with the most errors drawn; libs/evaluation/eval_report.py), and the
 per-class precision-recall curves go to TensorBoard's PR curve plugin under
 eval_<split>/.
 """
@@ -53,7 +53,7 @@ def _define_flags():
 
 
 def main(argv):
-    from libs import cli
+    from libs.base import cli
     error = cli.usage_error(argv, FLAGS.cfg)
     if error is not None:
         return error
@@ -62,8 +62,10 @@ def main(argv):
 
 def _evaluate():
     from data.io import convert, label_map
-    from libs import cli, eval_report, metrics, training
-    from libs.io_utils import atomic_write
+    from libs.base import cli
+    from libs.base.io_utils import atomic_write
+    from libs.evaluation import eval_report, metrics
+    from libs.train import training
     overrides = list(FLAGS.set)
     if FLAGS.test_flips:
         overrides.append(f"TEST_FLIPS={tuple(FLAGS.test_flips)!r}")
@@ -103,7 +105,7 @@ def _evaluate():
 
 
 def run():
-    from libs import cli
+    from libs.base import cli
     cli.run_tool(_define_flags, main)
 
 

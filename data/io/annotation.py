@@ -9,7 +9,7 @@ Readers (data/io/formats/) only read: they turn a format's files into ImageAnnot
 and leave every judgement on boxes and images to data/io/cleaning.py, so that all
 formats obey the same rules. What a reader guarantees:
 - Boxes are (y1, x1, y2, x2) in pixels of the stored image, or of the image as viewers
-  show it when the reader sets apply_orientation (data/io/images.py). A box is passed
+  show it when the reader sets apply_orientation (libs/base/images.py). A box is passed
   on as annotated, even NaN, degenerate or outside the image; `problem` says why the
   coordinates could not be read at all.
 - Image ids are positive integers, unique within a conversion and the same on every
@@ -29,7 +29,7 @@ import os
 
 from absl import logging
 
-from data.io import images as images_lib
+from libs.base import images as images_lib
 
 # Rule -> the action taken, as printed in the summary. Order = order of the checks.
 RULES = collections.OrderedDict([

@@ -17,7 +17,7 @@ finite, degenerate, of a class not in the label map, entirely outside the image
 import dataclasses
 import math
 
-from data.io import images as images_lib
+from libs.base import images as images_lib
 
 
 @dataclasses.dataclass

@@ -18,7 +18,7 @@ Where the parts are
 - data/io/annotation.py: what readers produce (ImageAnnotation), the rules (RULES) and
   the Report that counts them.
 - data/io/cleaning.py: the image and box rules, applied here to every format alike.
-- data/io/images.py: decoding, EXIF orientation, the bytes a record stores.
+- libs/base/images.py: decoding, EXIF orientation, the bytes a record stores.
 
 Conventions of the output
 - Records are written in image-id order (write_records: in the order given), record k
@@ -42,7 +42,7 @@ from absl import logging
 
 from data.io import annotation, cleaning, formats
 from data.io import label_map as label_map_lib
-from libs.io_utils import PendingFile, Progress
+from libs.base.io_utils import PendingFile, Progress
 
 
 def check_inputs(fmt, image_dir, annotations, split_file=None):
@@ -159,7 +159,7 @@ def write_records(images, labels, output_dir, split, num_shards=1, report=None,
     # TensorFlow is imported here, not at module level: its import takes seconds and
     # prints C++ banners, which would bury the one-line error of a bad flag.
     from data.io import tfrecord_format
-    from libs.tf_compat import tf
+    from libs.base.tf_compat import tf
 
     _check_output_names(split, num_shards)
     report = report or annotation.Report()

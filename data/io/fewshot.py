@@ -66,7 +66,7 @@ from absl import logging
 
 from data.io import annotation, cleaning, convert, reference_set
 from data.io import label_map as label_map_lib
-from libs.io_utils import atomic_write
+from libs.base.io_utils import atomic_write
 
 KSHOT_MANIFEST = "kshot.json"
 BASE_MANIFEST = "base.json"

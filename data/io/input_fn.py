@@ -29,10 +29,10 @@ import os
 
 from absl import logging
 
+from data.io import rpn_targets, tfrecord_format
+from libs.base.tf_compat import tf
 from libs.box_utils.anchors import config_anchors
-from libs.tf_compat import tf
-
-from data.io import preprocessing, rpn_targets, tfrecord_format
+from libs.model import preprocessing
 
 # Ground truth kept per image for evaluation (more objects than this: an error, never a
 # silent truncation of the recall denominator).

@@ -17,7 +17,7 @@ already use.
 import json
 import os
 
-from libs.io_utils import atomic_write
+from libs.base.io_utils import atomic_write
 
 FILENAME = "label_map.json"
 BACKGROUND_ID = 0

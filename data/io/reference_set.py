@@ -23,7 +23,7 @@ Which files are loaded (load_reference_images):
     others' choice.
 
 Annotations are read by the converter's readers (data/io/convert.read_annotations) and
-images decoded by its loader (data/io/images.py), so references and TFRecords see the
+images decoded by its loader (libs/base/images.py), so references and TFRecords see the
 same pixels and the same box rules (data/io/cleaning.py).
 """
 import collections
@@ -37,8 +37,8 @@ import numpy as np
 from absl import logging
 
 from data.io import annotation, cleaning
-from data.io import images as images_lib
-from libs.io_utils import Progress, atomic_write
+from libs.base import images as images_lib
+from libs.base.io_utils import Progress, atomic_write
 
 MANIFEST = "references.json"
 _IMAGE_CACHE_SIZE = 64

@@ -10,10 +10,9 @@ Outputs:
     rpn_bbox    float32 [minibatch_size, 4]: deltas of the positives, in increasing
                 anchor order (the order tf.where(rpn_labels == 1) gives), zero-padded
 """
+from libs.base.tf_compat import tf
 from libs.box_utils import box_ops
-from libs.tf_compat import tf
-
-from data.io.preprocessing import stateless_permutation
+from libs.model.preprocessing import stateless_permutation
 
 
 def _sample(indices, max_count, seed):

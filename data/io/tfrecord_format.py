@@ -27,7 +27,7 @@ import struct
 
 import numpy as np
 
-from libs.tf_compat import tf
+from libs.base.tf_compat import tf
 
 ENCODED = "image/encoded"
 FORMAT = "image/format"

@@ -25,7 +25,7 @@ import xml.etree.ElementTree as ElementTree
 import cv2
 import numpy as np
 
-from libs.io_utils import atomic_write
+from libs.base.io_utils import atomic_write
 
 CLASSES = ("cell", "crystal")
 # (width, height): square, landscape and portrait, so resize-and-pad is exercised.
@@ -228,7 +228,7 @@ def main(argv):
 
 
 def run():
-    from libs import cli
+    from libs.base import cli
     cli.run_tool(_define_flags, main)
 
 

@@ -10,7 +10,7 @@ deviations so the regression targets have roughly unit scale:
 """
 import math
 
-from libs.tf_compat import tf
+from libs.base.tf_compat import tf
 
 # Upper bound for the log-scale deltas dh, dw before exp() in decode_boxes: a box may
 # grow at most 1000/16 = 62.5 times (the bound Detectron uses). A freshly initialised

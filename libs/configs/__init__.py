@@ -1,4 +1,9 @@
 """Config loading: `--cfg path/to/file.py` -> a validated config with derived values."""
-from libs.configs.config_loader import FLIP_DIRECTIONS, ConfigError, finalize, load_config
+from libs.configs.config_loader import (
+    FLIP_DIRECTIONS,
+    ConfigError,
+    finalize,
+    load_config,
+)
 
 __all__ = ["FLIP_DIRECTIONS", "ConfigError", "finalize", "load_config"]

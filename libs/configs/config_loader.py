@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _CLASSIFIERS = ("comparison", "fc")
-# The mirrorings TEST_FLIPS may list (libs/test_time_flips.py implements them).
+# The mirrorings TEST_FLIPS may list (libs/flip_merging.py implements them).
 FLIP_DIRECTIONS = ("horizontal", "vertical")
 _CHOICES = {"CLASSIFIER": _CLASSIFIERS,
             "BACKGROUND_PROTOTYPE": ("stacked", "pooled"),

@@ -12,7 +12,11 @@ and its images go through the same image and box rules (data/io/cleaning.py) and
 same record writer (data/io/convert.py): a reader only reads.
 """
 from data.io.formats.registry import Format, get, names, register, registered
-# The built-in formats register themselves when imported; this order is --format's.
-from data.io.formats import voc, coco, yolo
+
+# The built-in formats register themselves when imported; this order is --format's
+# (kept from import sorters).
+# isort: off
+from data.io.formats import voc, coco, yolo  # noqa: E402
+# isort: on
 
 __all__ = ["Format", "get", "names", "register", "registered", "voc", "coco", "yolo"]

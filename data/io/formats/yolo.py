@@ -32,8 +32,8 @@ import posixpath
 from absl import logging
 
 from data.io import annotation
-from data.io import images as images_lib
 from data.io.formats import registry
+from libs.base import images as images_lib
 
 CLASS_FILES = ("data.yaml", "data.yml", "classes.txt")
 

@@ -1,0 +1,1 @@
+"""Evaluation: VOC / COCO metrics, error analysis, the HTML report."""

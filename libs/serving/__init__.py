@@ -1,0 +1,1 @@
+"""Serving: the SavedModel export and its Detector, predicting image files."""

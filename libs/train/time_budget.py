@@ -1,0 +1,217 @@
+"""A training schedule that fits a wall-time budget (tools/train.py --max_minutes).
+
+A budget that simply stopped training when time ran out cut slow machines' runs before
+their learning rate ever decayed. With a budget, libs.train.training.train instead:
+
+1. warms up: real training steps at the first LR stage (the config's own graph) while
+   hooks.SpeedMeter measures the steps per second, after skipping the first steps
+   (graph optimisation, first allocations);
+2. decides the schedule (decide_schedule): the time left is the budget minus what
+   has run since start-up (imports, graph build and warm-up included), minus the cost
+   of building the graph again (measured in step 1) and a safety margin for the final
+   checkpoint. If the config's steps fit in it, its schedule is kept as it is (never
+   lengthened); otherwise the total steps and every LR boundary are scaled down
+   together, proportionally (SCHEDULE_STEPS, turned into MAX_STEPS and BOUNDARY by
+   libs.configs.finalize). The decision is one line, e.g.
+       time budget 55 min at 1.4 steps/s: 4,600 steps, LR drops at 3,345 and 4,181
+       (the config's 11,275 steps scaled by 0.408)
+   and <model_dir>/schedule.json;
+3. trains on from the warm-up's checkpoint under that schedule, to its final
+   checkpoint.
+
+A rerun of the command (after a crash or a kill) finds schedule.json and keeps its
+schedule: no new warm-up, the same boundaries. Running out of time stops training only
+in the last LR stage (a machine that got slower after the warm-up): a budget never
+cuts a run before its learning rate has decayed.
+
+No TensorFlow here: the arithmetic and the file are tested on their own.
+"""
+import json
+import math
+import os
+import time
+
+from libs.base.io_utils import atomic_write, format_rate
+from libs.configs import ConfigError, finalize
+
+SCHEDULE_FILE = "schedule.json"
+
+# Warm-up: skip this many steps, then measure for WARMUP_SECONDS (at most
+# WARMUP_FRACTION of the budget) and at least WARMUP_MIN_STEPS steps.
+WARMUP_SKIP_STEPS = 3
+WARMUP_MIN_STEPS = 5
+WARMUP_SECONDS = 60.0
+WARMUP_FRACTION = 0.05
+# Kept free at the end for the final checkpoint and the measurement's error.
+MARGIN_FRACTION = 0.02
+MARGIN_MIN_SECONDS = 10.0
+
+
+class BudgetError(ValueError):
+    """A budget that cannot be used or met; the message is one line for the user."""
+
+
+class TimeBudget:
+    """`minutes` of wall time for a whole training command, counted from `started_at`.
+
+    clock: seconds, monotonic (injectable: tests freeze it). started_at: the clock's
+    value when the command started (default: now). steps_per_second: a rate to use
+    instead of measuring it (tests; the warm-up then runs WARMUP_MIN_STEPS steps).
+    """
+
+    def __init__(self, minutes, clock=time.monotonic, started_at=None,
+                 steps_per_second=None):
+        if not isinstance(minutes, (int, float)) or not minutes > 0 or \
+                not math.isfinite(minutes):
+            raise BudgetError(f"--max_minutes must be a positive number of minutes, "
+                              f"got {minutes!r}")
+        if steps_per_second is not None and not steps_per_second > 0:
+            raise BudgetError(f"steps_per_second must be positive, got {steps_per_second!r}")
+        self.minutes = float(minutes)
+        self.seconds = 60.0 * self.minutes
+        self.clock = clock
+        self.started_at = clock() if started_at is None else started_at
+        self.steps_per_second = steps_per_second
+
+    def elapsed(self):
+        return self.clock() - self.started_at
+
+    def remaining(self):
+        return self.seconds - self.elapsed()
+
+    @property
+    def margin_seconds(self):
+        return max(MARGIN_MIN_SECONDS, MARGIN_FRACTION * self.seconds)
+
+    @property
+    def warmup_seconds(self):
+        """How long the warm-up measures; 0 (steps only) with a given rate."""
+        if self.steps_per_second is not None:
+            return 0.0
+        return min(WARMUP_SECONDS, WARMUP_FRACTION * self.seconds)
+
+
+def fit_total_steps(config_steps, step_now, steps_per_second, seconds_for_steps):
+    """The schedule's total steps: the config's, or fewer if those do not fit.
+
+    `seconds_for_steps` of training at `steps_per_second` from `step_now`; never more
+    than `config_steps` (a budget shortens a schedule, it never lengthens one).
+    """
+    affordable = step_now + int(math.floor(steps_per_second * max(seconds_for_steps, 0.0)))
+    return min(int(config_steps), affordable)
+
+
+def describe_lr(boundaries):
+    """[3345, 4181] -> "LR drops at 3,345 and 4,181"; [] -> "constant LR"."""
+    if not boundaries:
+        return "constant LR"
+    steps = [f"{int(step):,}" for step in boundaries]
+    listed = steps[0] if len(steps) == 1 else f"{', '.join(steps[:-1])} and {steps[-1]}"
+    return f"LR drops at {listed}"
+
+
+def describe_decision(record):
+    """The one line that says what the budget decided (see the module docstring)."""
+    head = (f"time budget {record['budget_minutes']:g} min at "
+            f"{format_rate(record['steps_per_second'], 'steps')}")
+    lr = describe_lr(record["boundaries"])
+    if record["scaled"]:
+        return (f"{head}: {record['total_steps']:,} steps, {lr} (the config's "
+                f"{record['config_steps']:,} steps scaled by "
+                f"{record['total_steps'] / record['config_steps']:.3g})")
+    return f"{head}: the config's {record['total_steps']:,} steps fit, {lr}"
+
+
+def describe_kept(record, path):
+    return (f"keeping the schedule of {path}: {record['total_steps']:,} steps, "
+            f"{describe_lr(record['boundaries'])} (decided for "
+            f"{record['budget_minutes']:g} min at "
+            f"{format_rate(record['steps_per_second'], 'steps')})")
+
+
+def apply_total_steps(cfg, total_steps):
+    """Sets the schedule's total steps; libs.configs.finalize scales the boundaries."""
+    cfg.SCHEDULE_STEPS = int(total_steps)
+    finalize(cfg, source=cfg.NAME)
+    return cfg
+
+
+def decide_schedule(cfg, budget, steps_per_second, step_now, restart_seconds,
+                    save_seconds=0.0):
+    """Fits cfg's schedule into what is left of `budget`; updates cfg; returns the record.
+
+    restart_seconds: what building the graph and session again will cost (the
+    warm-up's own start-up, measured). save_seconds: what one checkpoint costs (the
+    warm-up's last one, measured); the steps of the warm-up window never include one,
+    so every checkpoint the rest of the config's schedule would save is taken off the
+    time first (a few seconds each; counting the config's, not the fitted schedule's,
+    errs on the safe side).
+    """
+    config_steps = int(cfg.EPOCH * cfg.STEPS_PER_EPOCH)
+    saves = math.ceil(max(config_steps - step_now, 0) / max(cfg.SAVE_CHECKPOINTS_STEPS, 1))
+    seconds_for_steps = (budget.remaining() - restart_seconds - budget.margin_seconds
+                         - saves * save_seconds)
+    total = fit_total_steps(config_steps, step_now, steps_per_second, seconds_for_steps)
+    scaled = total < config_steps
+    if scaled and total <= step_now:
+        raise BudgetError(
+            f"--max_minutes {budget.minutes:g}: no time left for training after the "
+            f"warm-up ({budget.elapsed():.0f} s so far, "
+            f"{format_rate(steps_per_second, 'steps')}); give more minutes")
+    try:
+        apply_total_steps(cfg, total if scaled else config_steps)
+    except ConfigError as exc:
+        raise BudgetError(
+            f"--max_minutes {budget.minutes:g}: only {total} steps fit at "
+            f"{format_rate(steps_per_second, 'steps')}, too few for the LR stages of "
+            f"{cfg.NAME} ({exc}); give more minutes") from None
+    return {"budget_minutes": budget.minutes, "steps_per_second": steps_per_second,
+            "decided_at_step": int(step_now), "seconds_for_steps": seconds_for_steps,
+            "checkpoint_seconds": save_seconds,
+            "config_steps": config_steps, "total_steps": int(cfg.MAX_STEPS),
+            "scaled": scaled, "boundaries": [int(b) for b in cfg.BOUNDARY],
+            "lr_values": [float(v) for v in cfg.LR_VALUES]}
+
+
+def schedule_path(model_dir):
+    return os.path.join(model_dir, SCHEDULE_FILE)
+
+
+def read_schedule(model_dir):
+    """The recorded decision of `model_dir`, or None when it has none."""
+    path = schedule_path(model_dir)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+        int(record["total_steps"]), list(record["boundaries"])  # the fields used
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BudgetError(f"{path} is not a schedule this version wrote ({exc}); "
+                          f"delete it to decide the schedule again") from None
+    return record
+
+
+def write_schedule(model_dir, record):
+    os.makedirs(model_dir, exist_ok=True)
+    with atomic_write(schedule_path(model_dir), "w") as handle:
+        json.dump(record, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+
+def keep_recorded_schedule(cfg, model_dir):
+    """Applies model_dir's recorded schedule to cfg; returns the record or None.
+
+    Raises BudgetError if the config now gives other LR boundaries for the same total
+    (EPOCH or EPOCH_BOUNDARY changed since): the run would change schedule midway.
+    """
+    record = read_schedule(model_dir)
+    if record is None:
+        return None
+    apply_total_steps(cfg, record["total_steps"])
+    if [int(b) for b in cfg.BOUNDARY] != [int(b) for b in record["boundaries"]]:
+        raise BudgetError(
+            f"{schedule_path(model_dir)} has LR drops at {record['boundaries']} but "
+            f"config {cfg.NAME} now gives {cfg.BOUNDARY} for {record['total_steps']} "
+            f"steps; use another --model_dir or delete the file to decide again")
+    return record
