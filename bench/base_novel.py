@@ -43,6 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import REPO, read_json, run_tool, write_json  # noqa: E402
 from data.io import reference_set  # noqa: E402
+from data.io.dataset import open_run  # noqa: E402
+from libs.train import devices, runs  # noqa: E402
 
 SHARED = os.path.join(REPO, "..", "shared", "datasets")
 # The head that runs with classes it never saw (docs/fewshot.md), set on every preset's
@@ -174,13 +176,12 @@ def diagnose(args, preset, data_dir, reference_dir, model_dir, supports):
     and how many distinct objectness values an image's proposals have; and the
     prototypes' pairwise distances (mean squared difference)."""
     from data.io.input_fn import EVAL, make_input_fn
-    from libs.base import cli
     from libs.base.tf_compat import seeded_graph, tf
-    from libs.train import training
+    from libs.configs import load_config_from_flags
     from libs.train.model_fn import PREDICT, detector_graph
 
-    cfg = cli.load_config_from_flags(args.cfg, preset["sets"] + supports)
-    run = training.prepare_run(cfg, data_dir, reference_dir, model_dir, inference=True)
+    cfg = load_config_from_flags(args.cfg, preset["sets"] + supports)
+    run = open_run(cfg, data_dir, reference_dir, model_dir, inference=True)
     names = ["background"] + list(run.class_names)
     hits, probs = collections.defaultdict(list), collections.defaultdict(list)
     objectness, distinct = collections.defaultdict(list), []
@@ -192,8 +193,8 @@ def diagnose(args, preset, data_dir, reference_dir, model_dir, supports):
         frcnn = detector["fast_rcnn"]
         roi_probs = tf.reshape(frcnn.class_probs, [-1, int(frcnn.rois.shape[1]),
                                                    cfg.NUM_CLASS])
-        with tf.Session(graph=graph, config=training.session_config()) as session:
-            tf.train.Saver().restore(session, training.resolve_checkpoint(model_dir))
+        with tf.Session(graph=graph, config=devices.session_config()) as session:
+            tf.train.Saver().restore(session, runs.resolve_checkpoint(model_dir))
             prototypes = session.run(detector["prototypes"])
             while True:
                 try:

@@ -263,8 +263,7 @@ def main(argv=None):
     args = parse_args(argv)
     # Imported after argument parsing: a bad flag fails before TensorFlow loads.
     from data.io.input_fn import DataError
-    from libs.base.cli import parse_overrides
-    from libs.configs import ConfigError, load_config
+    from libs.configs import ConfigError, load_config, parse_overrides
 
     temp_dir = None
     try:

@@ -117,7 +117,7 @@ def ground_truth(xml_path):
 def average_precision(export_dir, voc, rename):
     """AP@0.5 per exported class over voc's val split; ground truth of the classes the
     export names (`rename`: its class -> the sample's), other objects dropped."""
-    from libs.evaluation.metrics import DetectionEvaluator
+    from libs.evaluation.detection_evaluator import DetectionEvaluator
     from libs.serving import export
 
     classes = export.read_export_info(export_dir)["class_names"]
@@ -146,7 +146,7 @@ def average_precision(export_dir, voc, rename):
 def named_objects(export_dir, voc, sample_class, min_score=0.5):
     """(how many of voc's val objects of `sample_class` a detection of any class with
     score >= min_score covers at IoU >= 0.5, how many there are)."""
-    from libs.evaluation.metrics import iou_matrix
+    from libs.evaluation.detection_evaluator import iou_matrix
     from libs.serving import export
 
     with open(os.path.join(voc, "ImageSets", "Main", "val.txt")) as handle:

@@ -28,6 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from libs.train import runs  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("cfg", None, "Config file.")
 flags.DEFINE_multi_string("set", [], "Config override FIELD=VALUE.")
@@ -75,17 +77,15 @@ def _test_images(count):
 
 def main(argv):
     del argv
-    from libs.base import cli
-    from libs.configs import finalize
+    from libs.configs import finalize, load_config, parse_overrides
     from libs.serving import export
-    from libs.train import training
 
-    overrides = cli.parse_overrides(FLAGS.set)
+    overrides = parse_overrides(FLAGS.set)
     if FLAGS.classes:
         overrides["NUM_CLASS"] = FLAGS.classes + 1
     if FLAGS.supports:
         overrides["NUM_SUPPORTS"] = FLAGS.supports
-    cfg = cli.load_config(FLAGS.cfg, overrides)
+    cfg = load_config(FLAGS.cfg, overrides)
     if cfg.NUM_TRAIN_IMAGES is None:
         cfg.NUM_TRAIN_IMAGES = 1
         finalize(cfg)
@@ -94,7 +94,7 @@ def main(argv):
     references = rng.integers(0, 255, (len(classes), cfg.NUM_SUPPORTS, cfg.REFERENCE_SIDE,
                                        cfg.REFERENCE_SIDE, 3), np.uint8)
     work = tempfile.mkdtemp(prefix="bench_serving_")
-    run = training.Run(cfg, None, "random reference images", work, classes, references)
+    run = runs.Run(cfg, None, work, classes, references)   # random references, no dataset
     checkpoint = FLAGS.checkpoint or _random_checkpoint(run, work)
 
     start = time.perf_counter()

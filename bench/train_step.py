@@ -34,6 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from data.io.dataset import open_run  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("cfg", None, "Config file.")
 flags.DEFINE_string("data_dir", None, "TFRecords (default: the config's DATA_DIR).")
@@ -187,8 +189,8 @@ def _cpu_seconds():
 
 def main(argv):
     del argv
-    from libs.base import cli
     from libs.base.tf_compat import tf
+    from libs.configs import load_config_from_flags
     from libs.train import training
 
     class StepTimer(tf.train.SessionRunHook):
@@ -227,9 +229,9 @@ def main(argv):
                 self.roi_counts.append(int((run_values.results["rois"] >= 0).sum()))
             self.calls += 1
 
-    cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
+    cfg = load_config_from_flags(FLAGS.cfg, FLAGS.set)
     model_dir = FLAGS.model_dir or tempfile.mkdtemp(prefix="bench_train_step_")
-    run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, model_dir)
+    run = open_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, model_dir)
     timer = StepTimer(trace_step=FLAGS.steps if FLAGS.breakdown else None)
     training.train(run, max_steps=FLAGS.steps + (1 if FLAGS.breakdown else 0),
                    hooks=[timer])

@@ -102,7 +102,7 @@ class Config:
     # "learned" (the notebook): conv3d weights of either sign + batch norm over the
     # squared differences. "distance": minus a weighted squared distance (weights >= 0,
     # learned scale), so the nearest prototype wins - also for classes added from
-    # references after training (libs/model/build_fast_rcnn.py, docs/fewshot.md).
+    # references after training (libs/model/classifiers/, docs/fewshot.md).
     COMPARISON_SCORE = "learned"
     ROI_SIZE = 7
     # "by_size" (the notebook): an ROI is pooled from the one level its size picks; a

@@ -122,7 +122,8 @@ def test_missing_required_field(tmp_path):
 
 def test_typo_in_config_file_is_refused_with_a_suggestion(tmp_path):
     path = _derived_cfg(tmp_path, NUM_CLASSES=4)
-    with pytest.raises(ConfigError, match=r"unknown field NUM_CLASSES \(did you mean NUM_CLASS\?\)"):
+    with pytest.raises(ConfigError,
+                       match=r"unknown field NUM_CLASSES \(did you mean NUM_CLASS\?\)"):
         load_config(path)
     path = _derived_cfg(tmp_path, MAX_STEPS=4)
     with pytest.raises(ConfigError, match="MAX_STEPS is derived"):

@@ -1,5 +1,5 @@
 """The console: quiet by default, TensorFlow's logs with --verbose, live progress lines
-(libs/base/console.py, libs/io_utils.Progress)."""
+(libs/base/console.py, libs/base/io_utils.Progress)."""
 import io
 import logging
 import os

@@ -1,5 +1,5 @@
-"""The evaluation report (libs/evaluation/eval_report.py, libs/evaluation/error_analysis.py): each error kind
-and count against hand-made cases, the PR curves against numpy, and the HTML folder as
+"""The evaluation report (libs/evaluation/eval_report.py, error_analysis.py): each error
+kind and count against hand-made cases, the PR curves against numpy, and the HTML folder as
 a user opens it (every image it names exists; headless Chromium renders it)."""
 import glob
 import os
@@ -12,8 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
+from data.io.dataset import RecordDataset
 from libs.configs import load_config
-from libs.evaluation import error_analysis, eval_report, metrics
+from libs.evaluation import error_analysis, eval_report
+from libs.evaluation.detection_evaluator import DetectionEvaluator, iou_matrix
 from tests.conftest import REPO_ROOT
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
@@ -53,7 +55,7 @@ def test_every_error_kind_is_sorted_and_counted():
 
 
 def test_difficult_objects_are_ignored_as_voc_ignores_them():
-    """metrics._match_greedy's rules, one case each. Objects: 0 difficult cell (two
+    """detection_evaluator._match_greedy's rules, one case each. Objects: 0 difficult cell (two
     detections on it: both ignored), 1 difficult cell (undetected: not missed), 2
     difficult crystal (a cell on it: a false positive of cell, judged as if the crystal
     were not there: background), 3 cell and 4 difficult cell overlapping it (a cell
@@ -86,7 +88,7 @@ def test_difficult_objects_are_ignored_as_voc_ignores_them():
     expected[3, 1] = 3          # the background, duplicate and localisation cells
     np.testing.assert_array_equal(counts, expected)
 
-    evaluator = metrics.DetectionEvaluator(["cell", "crystal"])
+    evaluator = DetectionEvaluator(["cell", "crystal"])
     evaluator.add_ground_truth(1, gt, gt_labels, difficult)
     evaluator.add_detections(1, boxes, scores, labels)
     _, is_tp, num_gt = evaluator.class_outcomes(1)
@@ -140,7 +142,7 @@ def test_hits_and_false_positives_are_vocs_true_and_false_positives():
     ignored detections the ones it leaves out, num_gt its #GT; the confusion matrix's
     diagonal is the TPs and each class's row its non-difficult objects."""
     cases = _voc_cases()
-    evaluator = metrics.DetectionEvaluator(["cell", "crystal"])
+    evaluator = DetectionEvaluator(["cell", "crystal"])
     for image_id, (gt, gt_labels, difficult, boxes, labels, scores) in enumerate(cases):
         evaluator.add_ground_truth(image_id, gt, gt_labels, difficult)
         evaluator.add_detections(image_id, boxes, scores, labels)
@@ -181,7 +183,7 @@ def test_report_leaves_difficult_objects_out():
     """One image: a cell found, a difficult crystal nobody found, a difficult cell with
     a cell detection on it. No "missed" crystal, no "background" cell: the matrix and
     the VOC figures count the one cell."""
-    evaluator = metrics.DetectionEvaluator(["cell", "crystal"])
+    evaluator = DetectionEvaluator(["cell", "crystal"])
     evaluator.add_ground_truth(
         "a", [[0, 0, 40, 40], [100, 100, 140, 140], [200, 200, 240, 240]], [1, 2, 1],
         [False, True, True])
@@ -236,7 +238,7 @@ def test_pr_curve_counts_equal_numpy_and_the_evaluators_curve():
         assert recall[k] == pytest.approx(tp[k] / num_gt)
 
     # the evaluator's curve: one point per detection by score, as its AP uses
-    evaluator = metrics.DetectionEvaluator(["a"])
+    evaluator = DetectionEvaluator(["a"])
     evaluator.add_ground_truth(1, [[0, 0, 10, 10], [20, 20, 30, 30]], [1, 1])
     evaluator.add_detections(1, [[0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 30, 30]],
                              [0.9, 0.8, 0.3], [1, 1, 1])
@@ -264,7 +266,7 @@ def _free_spots(record, taken, count, side=16):
     for y in range(record["height"] - side - 8, 8, -8):
         for x in range(record["width"] - side - 8, 8, -8):
             spot = [y, x, y + side, x + side]
-            if not metrics.iou_matrix([spot], list(taken) + spots).any():
+            if not iou_matrix([spot], list(taken) + spots).any():
                 spots.append(spot)
                 if len(spots) == count:
                     return spots
@@ -279,7 +281,7 @@ def report(sample_data, tmp_path_factory):
     a crystal nobody found and a cell with a cell detection on it. No model: what is
     drawn and counted is known."""
     names = sample_data["class_names"]
-    evaluator = metrics.DetectionEvaluator(names)
+    evaluator = DetectionEvaluator(names)
     expected = np.zeros([len(names) + 1, len(names) + 1], np.int64)
     for record in _val_records(sample_data["data_dir"]):
         boxes, labels = record["boxes"], record["labels"]
@@ -297,7 +299,7 @@ def report(sample_data, tmp_path_factory):
     results = evaluator.evaluate()
     cfg = load_config(TINY)
     run = types.SimpleNamespace(cfg=cfg, class_names=names,
-                                data_dir=sample_data["data_dir"])
+                                dataset=RecordDataset(sample_data["data_dir"]))
     folder = str(tmp_path_factory.mktemp("report") / "val_html")
     page = eval_report.write_html_report(folder, evaluator, results, run, "val",
                                          "model.ckpt-7", step=7)
@@ -388,7 +390,7 @@ def test_pr_curves_reach_tensorboard(report, tmp_path):
     """write_pr_curves: one curve per class, PR curve plugin data, at the step."""
     from libs.base.tf_compat import tf
     eval_dir = str(tmp_path / "eval_val")
-    evaluator = metrics.DetectionEvaluator(report["names"])
+    evaluator = DetectionEvaluator(report["names"])
     evaluator.add_ground_truth(1, [[0, 0, 10, 10]], [1])
     evaluator.add_detections(1, [[0, 0, 10, 10]], [0.705], [1])
     eval_report.write_pr_curves(eval_dir, evaluator, report["names"], step=12)

@@ -14,13 +14,14 @@ import pytest
 
 from data.io import input_fn as input_lib
 from data.io import reference_set, tfrecord_format
+from data.io.dataset import open_run
 from libs.base import io_utils
 from libs.base.tf_compat import seeded_graph, tf
 from libs.configs import load_config
 from libs.model import preprocessing
 from libs.serving import export
 from libs.train import model_fn as model_lib
-from libs.train import training
+from libs.train import runs, training
 from tests.conftest import REPO_ROOT, convert_sample_classes
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
@@ -50,10 +51,10 @@ def tiny(**overrides):
 def trained(sample_data, tmp_path_factory):
     """A tiny comparison detector trained briefly; its run and checkpoint."""
     model_dir = str(tmp_path_factory.mktemp("export_run"))
-    run = training.prepare_run(tiny(), sample_data["data_dir"], sample_data["reference_dir"],
+    run = open_run(tiny(), sample_data["data_dir"], sample_data["reference_dir"],
                                model_dir)
     training.train(run, max_steps=TRAIN_STEPS)
-    return run, training.resolve_checkpoint(model_dir)
+    return run, runs.resolve_checkpoint(model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_serving_boxes_map_back_to_original_pixels(height, width):
     image = rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)
     with seeded_graph().as_default():
         encoded = tf.placeholder(tf.string, [None])
-        features = input_lib.serving_features(encoded, cfg)
+        features = preprocessing.serving_features(encoded, cfg)
         network = preprocessing.transform_boxes(tf.constant(boxes)[tf.newaxis],
                                                 features["image_window"][:, tf.newaxis],
                                                 features["image_scale"][:, tf.newaxis])
@@ -137,7 +138,7 @@ def test_serving_preprocessing_equals_the_input_pipeline(sample_data):
                 pipeline.append(session.run(element))
     with seeded_graph().as_default():
         encoded = tf.placeholder(tf.string, [None])
-        features = input_lib.serving_features(encoded, cfg)
+        features = preprocessing.serving_features(encoded, cfg)
         with tf.Session() as session:
             served = session.run(features, {encoded: np.array([r[1] for r in records],
                                                               object)})
@@ -238,7 +239,7 @@ def test_another_reference_dir_changes_only_the_prototypes(trained, exported, sa
         folder = os.path.join(other, reference_set.class_dir_name(class_name))
         for path in glob.glob(os.path.join(folder, "*.png")):
             cv2.imwrite(path, cv2.flip(cv2.imread(path), 0))
-    other_run = training.prepare_run(run.cfg, run.data_dir, other, run.model_dir)
+    other_run = open_run(run.cfg, run.data_dir, other, run.model_dir)
     info = export.export_saved_model(other_run, checkpoint, str(tmp_path / "other_model"))
     assert info["reference_dir"] == os.path.abspath(other)
     assert info["checkpoint"] == exported[1]["checkpoint"]
@@ -458,10 +459,10 @@ def test_empty_batch_is_refused_clearly(exported):
 def test_fc_baseline_exports_without_references(sample_data, tmp_path):
     """CLASSIFIER = fc: no reference branch, no prototypes, same signature."""
     cfg = tiny(CLASSIFIER="fc")
-    run = training.prepare_run(cfg, sample_data["data_dir"], sample_data["reference_dir"],
+    run = open_run(cfg, sample_data["data_dir"], sample_data["reference_dir"],
                                str(tmp_path / "fc_run"))
     training.train(run, max_steps=2)
-    checkpoint = training.resolve_checkpoint(run.model_dir)
+    checkpoint = runs.resolve_checkpoint(run.model_dir)
     info = export.export_saved_model(run, checkpoint, str(tmp_path / "fc_model"))
     assert info["prototypes"].startswith("none") and info["reference_dir"] is None
     images = [encoded for _, encoded in _records(sample_data["data_dir"], "val")]
@@ -480,7 +481,7 @@ def test_export_with_test_time_flips_merges_in_the_serving_graph(trained, sample
     images = [encoded for _, encoded in _records(sample_data["data_dir"], "val")][:3]
     outputs = {}
     for flips in ((), ("horizontal", "vertical")):
-        flipped_run = training.prepare_run(
+        flipped_run = open_run(
             tiny(TEST_FLIPS=flips, DETECTION_MIN_CONFIDENCE=0.0), sample_data["data_dir"],
             sample_data["reference_dir"], run.model_dir, inference=True)
         export_dir = str(tmp_path / f"export_{len(flips)}")
@@ -507,7 +508,7 @@ def test_export_and_predict_with_new_classes_from_references(sample_data, tmp_pa
     base_data = convert_sample_classes(sample_data, tmp_path / "cell_only", ["cell"])
     model_dir = str(tmp_path / "cell_run")
     sets = dict(SETTINGS, NUM_CLASS=2, **NEW_CLASS_HEAD)
-    run = training.prepare_run(tiny(**sets), base_data, sample_data["reference_dir"],
+    run = open_run(tiny(**sets), base_data, sample_data["reference_dir"],
                                model_dir)
     training.train(run, max_steps=20)
     # three classes, one of them new, one renamed: folders are what names a class

@@ -25,7 +25,9 @@ from data.io import (
     tfrecord_format,
 )
 from libs.base.tf_compat import tf
-from libs.evaluation import metrics
+from libs.evaluation import base_novel
+from libs.evaluation.detection_evaluator import DetectionEvaluator
+from libs.evaluation.table import format_table
 
 TOOL = os.path.join(REPO_ROOT, "tools", "make_fewshot_split.py")
 EVAL = os.path.join(REPO_ROOT, "tools", "eval.py")
@@ -262,10 +264,10 @@ def test_class_order_and_novel_split(tmp_path):
         fewshot.class_order(["a"], classes=["a"], label_map=str(tmp_path / "lm.json"))
     with pytest.raises(fewshot.FewShotError, match="duplicate class names: a"):
         fewshot.class_order([], classes=["a", "a"])
-    assert label_map.split_base_novel(["x", "n1", "y", "n2"], ["n2", "n1"]) == (
+    assert base_novel.split_base_novel(["x", "n1", "y", "n2"], ["n2", "n1"]) == (
         ["x", "y"], ["n1", "n2"])
-    with pytest.raises(label_map.LabelMapError) as error:
-        label_map.split_base_novel(["x", "y"], ["y", "zz"])
+    with pytest.raises(base_novel.UnknownClassError) as error:
+        base_novel.split_base_novel(["x", "y"], ["y", "zz"])
     assert str(error.value) == "--novel_classes: unknown class(es) 'zz'; known: x, y"
 
 
@@ -285,32 +287,32 @@ def test_base_novel_ap_means_and_table():
     classes = ["a", "b", "c", "d", "e"]
     results = {"voc/AP@0.5/a": 0.9, "voc/AP@0.5/b": 0.5, "voc/AP@0.5/c": 0.2,
                "voc/AP@0.5/d": NAN, "voc/AP@0.5/e": 0.4, "voc/mAP@0.5": 0.5}
-    values = metrics.base_novel_ap(results, classes, ["c", "d", "e"])
-    assert values[metrics.BASE_AP] == pytest.approx((0.9 + 0.5) / 2)
-    assert values[metrics.NOVEL_AP] == pytest.approx((0.2 + 0.4) / 2)   # d: no GT
-    only_nan = metrics.base_novel_ap(results, classes, ["d"])
-    assert math.isnan(only_nan[metrics.NOVEL_AP])
-    assert only_nan[metrics.BASE_AP] == pytest.approx((0.9 + 0.5 + 0.2 + 0.4) / 4)
-    with pytest.raises(label_map.LabelMapError, match="known: a, b, c, d, e"):
-        metrics.base_novel_ap(results, classes, ["f"])
+    values = base_novel.base_novel_ap(results, classes, ["c", "d", "e"])
+    assert values[base_novel.BASE_AP] == pytest.approx((0.9 + 0.5) / 2)
+    assert values[base_novel.NOVEL_AP] == pytest.approx((0.2 + 0.4) / 2)   # d: no GT
+    only_nan = base_novel.base_novel_ap(results, classes, ["d"])
+    assert math.isnan(only_nan[base_novel.NOVEL_AP])
+    assert only_nan[base_novel.BASE_AP] == pytest.approx((0.9 + 0.5 + 0.2 + 0.4) / 4)
+    with pytest.raises(base_novel.UnknownClassError, match="known: a, b, c, d, e"):
+        base_novel.base_novel_ap(results, classes, ["f"])
 
-    table = metrics.format_table(results, classes, novel_classes=["c", "d", "e"])
+    table = format_table(results, classes, novel_classes=["c", "d", "e"])
     lines = table.splitlines()
     assert lines[0].endswith("  set")
     assert lines[2].endswith("0.9000  base") and lines[4].endswith("0.2000  novel")
     assert "bAP50 (2/2 base classes with ground truth): 0.7000" in lines
     assert "nAP50 (2/3 novel classes with ground truth): 0.3000" in lines
-    assert "set" not in metrics.format_table(results, classes).splitlines()[0]
+    assert "set" not in format_table(results, classes).splitlines()[0]
 
 
 def test_mean_ap_is_the_evaluator_map():
-    evaluator = metrics.DetectionEvaluator(["a", "b", "c"])
+    evaluator = DetectionEvaluator(["a", "b", "c"])
     evaluator.add_ground_truth(1, [[0, 0, 10, 10], [20, 20, 30, 30]], [1, 2])
     evaluator.add_detections(1, [[0, 0, 10, 10], [50, 50, 60, 60]], [0.9, 0.8], [1, 2])
     results = evaluator.evaluate()
-    assert metrics.mean_ap(results, ["a", "b", "c"]) == results["voc/mAP@0.5"] == 0.5
-    assert metrics.base_novel_ap(results, ["a", "b", "c"], ["b", "c"]) == {
-        metrics.BASE_AP: 1.0, metrics.NOVEL_AP: 0.0}
+    assert base_novel.mean_ap(results, ["a", "b", "c"]) == results["voc/mAP@0.5"] == 0.5
+    assert base_novel.base_novel_ap(results, ["a", "b", "c"], ["b", "c"]) == {
+        base_novel.BASE_AP: 1.0, base_novel.NOVEL_AP: 0.0}
 
 
 # ---------------------------------------------------------------------------------------

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 from data.io import convert, reference_set
+from data.io.dataset import open_run
 from data.io.input_fn import DataError
 from libs.configs import ConfigError, load_config
 from libs.serving import export, prediction
-from libs.train import training
+from libs.train import runs, training
 from tests.conftest import REPO_ROOT, snapshot_tree
 from tests.test_convert import read_records, write_voc_xml
 
@@ -137,11 +138,11 @@ def pipeline(tmp_path_factory):
 
     model_dir = str(root / "run")
     cfg = load_config(TINY, {"SAVE_CHECKPOINTS_STEPS": 3})
-    run = training.prepare_run(cfg, data_dir, reference_dir, model_dir)
+    run = open_run(cfg, data_dir, reference_dir, model_dir)
     step = training.train(run, max_steps=3)
     results, _ = training.evaluate(run)
     export_dir = str(root / "model")
-    export.export_saved_model(run, training.resolve_checkpoint(model_dir), export_dir)
+    export.export_saved_model(run, runs.resolve_checkpoint(model_dir), export_dir)
     return {"root": root, "voc": voc, "images": images, "data_dir": data_dir,
             "reference_dir": reference_dir, "model_dir": model_dir, "run": run,
             "summary": summary["train"], "records": {
@@ -238,7 +239,7 @@ def test_truncated_tfrecord(pipeline, tmp_path):
     model_dir = str(tmp_path / "run")
     shutil.copytree(pipeline["model_dir"], model_dir)
     before = snapshot_tree(model_dir)
-    run = training.prepare_run(pipeline["run"].cfg, data_dir, pipeline["reference_dir"],
+    run = open_run(pipeline["run"].cfg, data_dir, pipeline["reference_dir"],
                                model_dir)
     with pytest.raises(DataError, match=r"is truncated: it ends inside record \d+") as caught:
         training.train(run, max_steps=6)

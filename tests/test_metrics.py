@@ -1,4 +1,4 @@
-"""libs.evaluation.metrics: VOC AP by hand-computed cases, COCO figures against pycocotools used
+"""libs/evaluation: VOC AP by hand-computed cases, COCO figures against pycocotools used
 directly, and the Estimator bridge in a TF session."""
 import contextlib
 import io
@@ -7,15 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from libs.evaluation.metrics import (
+from libs.evaluation.detection_evaluator import (
     COCO_STAT_NAMES,
     DetectionEvaluator,
     average_precision,
-    eval_metric_ops,
-    format_table,
     iou_matrix,
     metric_names,
 )
+from libs.evaluation.metrics import eval_metric_ops
+from libs.evaluation.table import format_table
 
 BOX = [0.0, 0.0, 10.0, 10.0]          # [y1, x1, y2, x2]
 OTHER_BOX = [50.0, 50.0, 70.0, 70.0]

@@ -1,13 +1,25 @@
 """The model's blocks: shapes on the tiny config, and each computation against numpy."""
 import math
 import os
+import subprocess
+import sys
+import types
 
 import numpy as np
 import pytest
 
 from libs.base.tf_compat import seeded_graph, tf
-from libs.configs import load_config
-from libs.model import build_fast_rcnn, losses, reference
+from libs.configs import ConfigError, load_config
+from libs.model import (
+    classifiers,
+    detection,
+    head_layers,
+    losses,
+    reference,
+    roi_pooling,
+    sampling,
+)
+from libs.model.classifiers import comparison
 from libs.train.model_fn import detector_graph, make_pyramid_fn
 from tests.conftest import REPO_ROOT
 
@@ -162,7 +174,7 @@ def test_window_conv_equals_a_valid_convolution_and_its_gradients():
     params = {"is_training": False, "epsilon": 1e-5, "scale": True}
     with seeded_graph().as_default(), tf.Session() as sess:
         x = tf.constant(inputs)
-        got = build_fast_rcnn.window_conv(x, 8, params, "conv_7x7")
+        got = head_layers.window_conv(x, 8, params, "conv_7x7")
         weights = [v for v in tf.global_variables() if v.op.name == "conv_7x7/weights"][0]
         # batch norm at its initial statistics (mean 0, variance 1, gamma 1, beta 0)
         expected = tf.nn.relu(tf.nn.conv2d(x, weights, [1, 1, 1, 1], "VALID") /
@@ -203,7 +215,7 @@ def test_all_levels_pooling_samples_the_same_image_points_on_every_level():
     # the second ROI reaches past P5's outermost cell centres (16 px from the border)
     rois = np.array([[40, 36, 80, 92], [4, 6, 100, 60]], np.float32)
     with seeded_graph().as_default(), tf.Session() as sess:
-        pooled = sess.run(build_fast_rcnn.roi_align_all_levels(
+        pooled = sess.run(roi_pooling.roi_align_all_levels(
             _ramp_pyramid(1, side), tf.constant(rois), 1, 2, size, side))
     for roi, crop in zip(rois, pooled):
         expected = _clamped_grid_mean(roi[1], roi[3], size, side)
@@ -236,9 +248,9 @@ def test_all_levels_pooling_equals_numpy_on_a_random_pyramid():
     rois[-1] = 0.0                                   # padding row of the second image
     with seeded_graph().as_default(), tf.Session() as sess:
         pyramid_t = {name: tf.constant(value) for name, value in pyramid.items()}
-        pooled = sess.run(build_fast_rcnn.roi_align_all_levels(
+        pooled = sess.run(roi_pooling.roi_align_all_levels(
             pyramid_t, tf.constant(rois), batch, per_image, size, side))
-        by_size = sess.run(build_fast_rcnn.roi_align(
+        by_size = sess.run(roi_pooling.roi_align(
             pyramid_t, tf.constant(rois), tf.constant([2] * len(rois)), batch, per_image,
             size, side))
     expected = np.zeros_like(pooled)
@@ -392,7 +404,7 @@ def test_class_agnostic_box_regression_decodes_every_class_with_one_set_of_delta
     deltas = np.array([[[0.1, -0.2, 0.3, 0.1]], [[-0.3, 0.2, -0.1, 0.2]]], np.float32)
     window = np.array([0, 0, 128, 128], np.float32)
     with seeded_graph().as_default(), tf.Session() as sess:
-        det = sess.run(build_fast_rcnn.refine_detections(
+        det = sess.run(detection.refine_detections(
             tf.constant(rois), tf.constant(probs), tf.constant(deltas),
             tf.constant(window), cfg, 0.5))
     std = np.array(cfg.BBOX_STD_DEV)
@@ -456,8 +468,8 @@ def test_comparison_logits_equal_numpy(relu):
     rois = rng.normal(size=[m, s, s, f]).astype(np.float32)
     protos = rng.normal(size=[k, s, s, f]).astype(np.float32)
     with seeded_graph().as_default():
-        logits = build_fast_rcnn.comparison_classifier(
-            tf.constant(rois), None, tf.constant(protos), cfg, bn_training=False)
+        logits = classifiers.build(cfg, bn_training=False).logits(
+            tf.constant(rois), None, tf.constant(protos))
         variables = {v.op.name.split("/")[-1]: v for v in tf.global_variables()}
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
@@ -490,8 +502,8 @@ def test_distance_logits_equal_numpy():
     protos = rng.normal(size=[k, s, s, f]).astype(np.float32)
     raw = rng.normal(size=[s * s * f, 1]).astype(np.float32)
     with seeded_graph().as_default():
-        logits = build_fast_rcnn.comparison_classifier(
-            tf.constant(rois), None, tf.constant(protos), cfg, bn_training=False)
+        logits = classifiers.build(cfg, bn_training=False).logits(
+            tf.constant(rois), None, tf.constant(protos))
         variables = {v.op.name.split("/")[-1]: v for v in tf.global_variables()}
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
@@ -510,11 +522,34 @@ def test_distance_logits_equal_numpy():
                                   np.argmin(distances[:, 1:], axis=1))
 
 
+def test_classifier_registry():
+    """Each registered CLASSIFIER / COMPARISON_SCORE builds its base class's subclass,
+    config validation offers exactly those names, and reading them (config loading)
+    imports no TensorFlow."""
+    assert classifiers.names() == ("comparison", "fc")
+    assert classifiers.score_names() == ("learned", "distance")
+    assert classifiers.uses_prototypes("comparison")
+    assert not classifiers.uses_prototypes("fc")
+    for name in classifiers.names():
+        assert isinstance(classifiers.build(tiny_cfg(CLASSIFIER=name), False),
+                          classifiers.Classifier)
+    for score in classifiers.score_names():
+        built = classifiers.build(tiny_cfg(COMPARISON_SCORE=score), False)
+        assert isinstance(built.score, comparison.ComparisonScore)
+    with pytest.raises(ConfigError, match=r"CLASSIFIER: must be one of \('comparison', "):
+        tiny_cfg(CLASSIFIER="svm")
+    with pytest.raises(ValueError, match="COMPARISON_SCORE must be one of"):
+        classifiers.build_score(types.SimpleNamespace(COMPARISON_SCORE="cosine"), False)
+    probe = ("import sys, libs.configs, libs.model.classifiers; "
+             "sys.exit('tensorflow' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT).returncode == 0
+
+
 def test_assign_levels_matches_formula():
     rois = np.array([[0, 0, 224, 224], [0, 0, 112, 112], [0, 0, 20, 30], [0, 0, 900, 900],
                      [0, 0, 448, 448], [0, 0, 0, 0]], np.float32)
     with seeded_graph().as_default(), tf.Session() as sess:
-        got = sess.run(build_fast_rcnn.assign_levels(tf.constant(rois), 224.0))
+        got = sess.run(roi_pooling.assign_levels(tf.constant(rois), 224.0))
     expected = []
     for y1, x1, y2, x2 in rois:
         area = (y2 - y1) * (x2 - x1)
@@ -530,11 +565,11 @@ def test_roi_align_samples_the_right_feature_coordinates():
     levels = np.array([2, 3], np.int32)
     with seeded_graph().as_default(), tf.Session() as sess:
         pyramid = {}
-        for level in build_fast_rcnn.ROI_LEVELS:
+        for level in roi_pooling.ROI_LEVELS:
             n = side // 2 ** level
             ramp = np.tile(np.arange(n, dtype=np.float32)[None, :, None], [n, 1, 1])
             pyramid[f"P{level}"] = tf.constant(ramp[None])
-        got = sess.run(build_fast_rcnn.roi_align(pyramid, tf.constant(rois),
+        got = sess.run(roi_pooling.roi_align(pyramid, tf.constant(rois),
                                                  tf.constant(levels), 1, 2, crop, side))
     for roi, level, crop_values in zip(rois, levels, got):
         stride = 2 ** level
@@ -586,9 +621,9 @@ def test_roi_align_gradient_equals_numpy_on_every_run():
     upstream = rng.normal(size=[num_rois, crop, crop, depth]).astype(np.float32)
     with seeded_graph().as_default(), tf.Session() as sess:
         pyramid = {f"P{level}": tf.zeros([1] + [side * 4 // 2 ** level] * 2 + [depth])
-                   for level in build_fast_rcnn.ROI_LEVELS}
+                   for level in roi_pooling.ROI_LEVELS}
         pyramid["P2"] = tf.constant(rng.normal(size=[1, side, side, depth]), tf.float32)
-        pooled = build_fast_rcnn.roi_align(pyramid, tf.constant(rois), tf.constant(levels),
+        pooled = roi_pooling.roi_align(pyramid, tf.constant(rois), tf.constant(levels),
                                            1, num_rois, crop, side * 4)
         # Fed, not a constant: grappler would fold the whole (linear) gradient once.
         upstream_input = tf.placeholder(tf.float32, upstream.shape)
@@ -609,7 +644,7 @@ def test_fast_rcnn_targets_without_positives_give_an_empty_minibatch():
     labels[0] = 1
     cfg.ADD_GT_TO_PROPOSALS = False
     with seeded_graph().as_default(), tf.Session() as sess:
-        rois, roi_labels, _ = sess.run(build_fast_rcnn.fast_rcnn_targets(
+        rois, roi_labels, _ = sess.run(sampling.fast_rcnn_targets(
             tf.constant(proposals), tf.constant(gt), tf.constant(labels), cfg, 16))
     assert (roi_labels == -1).all() and not rois.any()
 
@@ -626,7 +661,7 @@ def test_fast_rcnn_targets_respect_sampling_rules():
     labels[:3] = [1, 2, 1]
     num_rois = cfg.FAST_RCNN_MINIBATCH_SIZE
     with seeded_graph().as_default(), tf.Session() as sess:
-        rois, roi_labels, deltas = sess.run(build_fast_rcnn.fast_rcnn_targets(
+        rois, roi_labels, deltas = sess.run(sampling.fast_rcnn_targets(
             tf.constant(proposals), tf.constant(gt), tf.constant(labels), cfg, num_rois))
     positives = roi_labels > 0
     negatives = roi_labels == 0
@@ -670,7 +705,7 @@ def test_fast_rcnn_targets_without_sampling_keep_every_proposal_in_its_place():
     labels[:2] = [2, 1]
     padded = np.pad(proposals, [[0, 2], [0, 0]])           # RPN padding at the end
     with seeded_graph().as_default(), tf.Session() as sess:
-        rois, roi_labels, deltas = sess.run(build_fast_rcnn.fast_rcnn_targets(
+        rois, roi_labels, deltas = sess.run(sampling.fast_rcnn_targets(
             tf.constant(padded), tf.constant(gt), tf.constant(labels), cfg, 6,
             sample=False))
     np.testing.assert_array_equal(rois, padded)
@@ -690,7 +725,7 @@ def test_refine_detections_nms_per_class_and_drops():
     deltas = np.zeros([5, cfg.NUM_CLASS, 4], np.float32)
     window = np.array([0, 0, 128, 128], np.float32)
     with seeded_graph().as_default(), tf.Session() as sess:
-        det = sess.run(build_fast_rcnn.refine_detections(
+        det = sess.run(detection.refine_detections(
             tf.constant(rois), tf.constant(probs), tf.constant(deltas),
             tf.constant(window), cfg, 0.5))
     kept = det[det[:, 4] > 0]

@@ -12,9 +12,10 @@ import time
 import numpy as np
 import pytest
 
+from data.io.dataset import open_run
 from libs.base.tf_compat import tf
 from libs.configs import load_config
-from libs.train import hooks, training
+from libs.train import devices, hooks, runs, training
 from libs.train import model_fn as model_lib
 from tests.conftest import REPO_ROOT
 
@@ -56,7 +57,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
         sample_data, tmp_path, monkeypatch, bad_step, value):
     """Step 10 is also a checkpoint step: the guard must stop it before it is saved."""
     model_dir = str(tmp_path / "run")
-    run = training.prepare_run(tiny(SAVE_CHECKPOINTS_STEPS=5), sample_data["data_dir"],
+    run = open_run(tiny(SAVE_CHECKPOINTS_STEPS=5), sample_data["data_dir"],
                                sample_data["reference_dir"], model_dir)
     _poison(monkeypatch, "fast_rcnn/loc_loss", bad_step, value)
     with pytest.raises(hooks.NonFiniteLossError) as caught:
@@ -251,18 +252,18 @@ def test_chief_and_worker_train_one_consistent_checkpoint(sample_data, tmp_path)
 
 
 def test_tf_config_errors_are_one_line():
-    with pytest.raises(training.TrainingError, match="not a JSON object"):
-        training.cluster_task({"TF_CONFIG": "{cluster: nope"})
-    with pytest.raises(training.TrainingError, match=r"\['ps'\] tasks"):
-        training.cluster_task({"TF_CONFIG": json.dumps(
+    with pytest.raises(runs.TrainingError, match="not a JSON object"):
+        devices.cluster_task({"TF_CONFIG": "{cluster: nope"})
+    with pytest.raises(runs.TrainingError, match=r"\['ps'\] tasks"):
+        devices.cluster_task({"TF_CONFIG": json.dumps(
             {"cluster": {"worker": ["a:1", "b:2"], "ps": ["c:3"]},
              "task": {"type": "worker", "index": 0}})})
-    with pytest.raises(training.TrainingError, match="not one of the cluster's tasks"):
-        training.cluster_task({"TF_CONFIG": json.dumps(
+    with pytest.raises(runs.TrainingError, match="not one of the cluster's tasks"):
+        devices.cluster_task({"TF_CONFIG": json.dumps(
             {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}})})
     one = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1"]},
                                     "task": {"type": "worker", "index": 0}})}
-    assert training.cluster_task(one) is None and training.cluster_task({}) is None
-    task = training.cluster_task({"TF_CONFIG": json.dumps(
+    assert devices.cluster_task(one) is None and devices.cluster_task({}) is None
+    task = devices.cluster_task({"TF_CONFIG": json.dumps(
         {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}})})
     assert task.is_chief and task.num_workers == 2

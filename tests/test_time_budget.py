@@ -9,9 +9,10 @@ import os
 
 import pytest
 
+from data.io.dataset import open_run
 from libs.base.tf_compat import seeded_graph, tf
 from libs.configs import ConfigError, load_config
-from libs.train import hooks, time_budget, training
+from libs.train import hooks, runs, time_budget, training
 from tests.conftest import REPO_ROOT
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
@@ -169,7 +170,7 @@ FITTED = WARMUP_END + int(RATE * (60 * MINUTES - time_budget.MARGIN_MIN_SECONDS)
 
 def _budgeted_run(sample_data, model_dir, steps_per_second=RATE, hooks_=None, **overrides):
     cfg = load_config(TINY, overrides)
-    run = training.prepare_run(cfg, sample_data["data_dir"], sample_data["reference_dir"],
+    run = open_run(cfg, sample_data["data_dir"], sample_data["reference_dir"],
                                model_dir)
     budget = time_budget.TimeBudget(MINUTES, clock=frozen_clock,
                                     steps_per_second=steps_per_second)
@@ -264,7 +265,7 @@ def test_killed_budgeted_run_keeps_its_schedule_when_rerun(sample_data, tmp_path
 
 def test_budget_flag_errors_are_one_line(sample_data, tmp_path):
     cfg = load_config(TINY)
-    run = training.prepare_run(cfg, sample_data["data_dir"], sample_data["reference_dir"],
+    run = open_run(cfg, sample_data["data_dir"], sample_data["reference_dir"],
                                str(tmp_path / "run"))
-    with pytest.raises(training.TrainingError, match="without --max_steps"):
+    with pytest.raises(runs.TrainingError, match="without --max_steps"):
         training.train(run, max_steps=10, budget=time_budget.TimeBudget(1))

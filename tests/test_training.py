@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from data.io import tfrecord_format
+from data.io.dataset import open_run
 from data.io.input_fn import PREDICT, make_input_fn
 from libs.base.tf_compat import seeded_graph, tf
 from libs.configs import load_config
@@ -212,7 +213,7 @@ def test_tiny_detector_learns_the_sample_objects(sample_data, tmp_path, classifi
                SAVE_SUMMARY_STEPS=100, HEAD_TRAIN_BATCH_NORM=head_bn,
                EPOCH=100, EPOCH_BOUNDARY=[75, 90])
     model_dir = str(tmp_path / classifier)
-    run = training.prepare_run(cfg, sample_data["data_dir"], sample_data["reference_dir"],
+    run = open_run(cfg, sample_data["data_dir"], sample_data["reference_dir"],
                                model_dir)
     assert training.train(run, max_steps=LEARN_STEPS) == LEARN_STEPS
     estimator = training.make_estimator(cfg, model_dir, run.params)

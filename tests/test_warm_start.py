@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 
+from data.io.dataset import open_run
 from libs.base.tf_compat import tf
 from libs.configs import load_config
 from libs.train import training, warm_start
@@ -43,7 +44,7 @@ def test_unknown_source_classes_cannot_be_matched(tmp_path):
 
 
 def _train(cfg, data_dir, reference_dir, model_dir, steps):
-    run = training.prepare_run(cfg, data_dir, reference_dir, model_dir)
+    run = open_run(cfg, data_dir, reference_dir, model_dir)
     assert training.train(run, max_steps=steps) == steps
     return run
 

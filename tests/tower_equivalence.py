@@ -19,9 +19,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from libs.train import training  # noqa: E402
+from data.io.dataset import open_run  # noqa: E402
+from libs.train import (
+    devices,  # noqa: E402
+    training,  # noqa: E402
+)
 
-training.ensure_cpu_devices(2)
+devices.ensure_cpu_devices(2)
 
 import numpy as np  # noqa: E402
 
@@ -49,7 +53,7 @@ def train(cfg, run, model_dir, steps, warm_start=None):
 
 def main(data_dir, reference_dir, out_dir, classifier):
     pretrain = config(classifier, GPU_GROUPS=["/cpu:0"], PER_GPU_IMAGE=2)
-    run = training.prepare_run(pretrain, data_dir, reference_dir, out_dir)
+    run = open_run(pretrain, data_dir, reference_dir, out_dir)
     train(pretrain, run, os.path.join(out_dir, "pretrain"), 20)
     start = tf.train.latest_checkpoint(os.path.join(out_dir, "pretrain"))
     # Weights and batch-norm statistics, not the optimizer's slots or the step.

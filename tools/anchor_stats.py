@@ -19,6 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
+from libs.base import cli  # noqa: E402
+from libs.configs import load_config_from_flags  # noqa: E402
+
 FLAGS = flags.FLAGS
 SCALES = (0.75, 1.0, 1.5, 2.0)
 
@@ -31,7 +34,6 @@ def _define_flags():
 
 
 def main(argv):
-    from libs.base import cli
     error = cli.usage_error(argv, FLAGS.cfg)
     if error is not None:
         return error
@@ -41,12 +43,13 @@ def main(argv):
 def _stats():
     import numpy as np
 
+    # Here, not at the top: these import TensorFlow (seconds), which must come after
+    # the flags are parsed and --verbose has set the console (libs/base/console.py).
     from data.io import input_fn, tfrecord_format
-    from libs.base import cli
     from libs.base.tf_compat import tf
     from libs.box_utils.anchors import anchor_coverage, generate_pyramid_anchors
 
-    cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
+    cfg = load_config_from_flags(FLAGS.cfg, FLAGS.set)
     data_dir = FLAGS.data_dir or cfg.DATA_DIR
     split = FLAGS.split or cfg.TRAIN_SPLIT
     boxes = []
@@ -86,7 +89,6 @@ def _stats():
 
 
 def run():
-    from libs.base import cli
     cli.run_tool(_define_flags, main)
 
 

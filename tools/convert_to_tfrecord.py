@@ -24,17 +24,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags, logging  # noqa: E402
 
 # No TensorFlow import until records are written.
-from data.io import annotation, convert, formats  # noqa: E402
+from data.io import annotation_flags, convert, formats  # noqa: E402
 from libs.base import cli  # noqa: E402
+from libs.base.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags():
     entries = "; ".join(f"{f.label}: {f.split_entries}" for f in formats.registered())
-    cli.define_annotation_flags(f"Optional list of image ids ({entries}), one per line, "
+    annotation_flags.define(f"Optional list of image ids ({entries}), one per line, "
                                 f"e.g. ImageSets/Main/train.txt.")
-    cli.define_yolo_names_flag()
+    annotation_flags.define_yolo_names()
     flags.DEFINE_string("split", None, "Split name, the prefix of the shard files "
                         "(default: the split file's base name, else 'train').")
     flags.DEFINE_string("output_dir", None, "Where the .tfrecord shards and "
@@ -65,7 +66,7 @@ def main(argv):
             split_file=FLAGS.split_file, split=FLAGS.split,
             classes=convert.parse_classes(FLAGS.classes), num_shards=FLAGS.num_shards,
             class_names=convert.parse_classes(FLAGS.class_names))
-    except (annotation.ConversionError, OSError) as exc:
+    except (UserError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     logging.info("done: %d images, %d objects -> %s", summary["images_written"],

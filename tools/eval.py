@@ -11,7 +11,7 @@ AP50, AP75, AR@100), and writes the JSON report `<checkpoint>.eval_<split>.json`
 the checkpoint (or --report). The same metrics appear in TensorBoard under `eval_<split>/`.
 --novel_classes adds the few-shot protocol's bAP50 (mean AP@0.5 over the other,
 base classes) and nAP50 (over the listed classes) to the table and to the report
-(results "voc/bAP@0.5" and "voc/nAP@0.5"; libs/metrics.base_novel_ap).
+(results "voc/bAP@0.5" and "voc/nAP@0.5"; libs/evaluation/base_novel.py).
 --test_flips merges the head's outputs over mirrored views of each image
 (libs/flip_merging.py, TEST_FLIPS); its report is `<checkpoint>.eval_<split>_flips.json`.
 
@@ -29,6 +29,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
+
+from libs.base import cli  # noqa: E402
+from libs.configs import load_config_from_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -53,7 +56,6 @@ def _define_flags():
 
 
 def main(argv):
-    from libs.base import cli
     error = cli.usage_error(argv, FLAGS.cfg)
     if error is not None:
         return error
@@ -61,23 +63,25 @@ def main(argv):
 
 
 def _evaluate():
-    from data.io import convert, label_map
-    from libs.base import cli
+    # Here, not at the top: these import TensorFlow (seconds), which must come after
+    # the flags are parsed and --verbose has set the console (libs/base/console.py).
+    from data.io import convert
+    from data.io.dataset import open_run
     from libs.base.io_utils import atomic_write
-    from libs.evaluation import eval_report, metrics
+    from libs.evaluation import base_novel, eval_report, metrics, table
     from libs.train import training
     overrides = list(FLAGS.set)
     if FLAGS.test_flips:
         overrides.append(f"TEST_FLIPS={tuple(FLAGS.test_flips)!r}")
-    cfg = cli.load_config_from_flags(FLAGS.cfg, overrides)
-    run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir,
-                               inference=True)
+    cfg = load_config_from_flags(FLAGS.cfg, overrides)
+    run = open_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir,
+                   inference=True)
     novel = convert.parse_classes(FLAGS.novel_classes)
-    base_novel = {}
+    class_split = {}
     if novel:
         # Checked before the evaluation, which takes minutes, not after it.
-        base, novel = label_map.split_base_novel(run.class_names, novel)
-        base_novel = {"base_classes": base, "novel_classes": novel}
+        base, novel = base_novel.split_base_novel(run.class_names, novel)
+        class_split = {"base_classes": base, "novel_classes": novel}
     split = FLAGS.split or cfg.EVAL_SPLIT
     sink = metrics.EvaluationSink()
     results, checkpoint = training.evaluate(run, FLAGS.checkpoint, split, sink=sink)
@@ -85,15 +89,15 @@ def _evaluate():
     eval_dir = os.path.join(run.model_dir, f"eval_{training.eval_name(cfg, split)}")
     eval_report.write_pr_curves(eval_dir, sink.evaluator, run.class_names, step)
     if novel:
-        results.update(metrics.base_novel_ap(results, run.class_names, novel))
+        results.update(base_novel.base_novel_ap(results, run.class_names, novel))
     flips = f", test-time flips {'+'.join(cfg.TEST_FLIPS)}" if cfg.TEST_FLIPS else ""
     print(f"checkpoint {checkpoint} (step {results.get('global_step')}), split {split}"
           f"{flips}")
-    print(metrics.format_table(results, run.class_names, novel_classes=novel))
+    print(table.format_table(results, run.class_names, novel_classes=novel))
     report = FLAGS.report or f"{checkpoint}.eval_{training.eval_name(cfg, split)}.json"
     with atomic_write(report, "w") as handle:
         json.dump({"checkpoint": checkpoint, "split": split, "config": cfg.NAME,
-                   "test_flips": list(cfg.TEST_FLIPS), "results": results, **base_novel},
+                   "test_flips": list(cfg.TEST_FLIPS), "results": results, **class_split},
                   handle, indent=2, sort_keys=True, default=float)
         handle.write("\n")
     print(f"report: {report}")
@@ -105,7 +109,6 @@ def _evaluate():
 
 
 def run():
-    from libs.base import cli
     cli.run_tool(_define_flags, main)
 
 

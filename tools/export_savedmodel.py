@@ -21,6 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
+from libs.base import cli  # noqa: E402
+from libs.configs import load_config_from_flags  # noqa: E402
+
 FLAGS = flags.FLAGS
 
 
@@ -43,7 +46,6 @@ def _define_flags():
 
 
 def main(argv):
-    from libs.base import cli
     error = cli.usage_error(argv, FLAGS.cfg)
     if error is not None:
         return error
@@ -51,13 +53,15 @@ def main(argv):
 
 
 def _export():
-    from libs.base import cli
+    # Here, not at the top: these import TensorFlow (seconds), which must come after
+    # the flags are parsed and --verbose has set the console (libs/base/console.py).
+    from data.io.dataset import open_run
     from libs.serving import export
-    from libs.train import training
-    cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
-    run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir,
-                               inference=True, classes_from_references=True)
-    checkpoint = training.resolve_checkpoint(run.model_dir, FLAGS.checkpoint)
+    from libs.train import runs
+    cfg = load_config_from_flags(FLAGS.cfg, FLAGS.set)
+    run = open_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir,
+                   inference=True, classes_from_references=True)
+    checkpoint = runs.resolve_checkpoint(run.model_dir, FLAGS.checkpoint)
     export_dir = FLAGS.export_dir or os.path.join(run.model_dir, "export")
     info = export.export_saved_model(run, checkpoint, export_dir, overwrite=FLAGS.overwrite,
                                      cache_prototypes=FLAGS.cache_prototypes)
@@ -68,7 +72,6 @@ def _export():
 
 
 def run():
-    from libs.base import cli
     cli.run_tool(_define_flags, main)
 
 

@@ -17,11 +17,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # noqa: E402
 
 from libs.base import cli  # noqa: E402
+from libs.base.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags():
+    # Here, not at the top: the importer imports TensorFlow (seconds), which must
+    # follow --verbose (libs/base/console.py); the flags need its list of backbones.
     from libs.weights import pretrained
     flags.DEFINE_enum("name", None, sorted(pretrained.PACKAGES), "Backbone to import.")
     flags.DEFINE_string("output_dir", None, "Where to write the TF checkpoint "
@@ -37,11 +40,11 @@ def main(argv):
     if not FLAGS.name:
         print("error: --name is required (e.g. --name efficientnet_lite0)", file=sys.stderr)
         return 2
-    from libs.weights import pretrained
+    from libs.weights import pretrained  # see _define_flags
     output_dir = FLAGS.output_dir or pretrained.default_output_dir(FLAGS.name)
     try:
         info = pretrained.import_backbone(FLAGS.name, output_dir, FLAGS.weights)
-    except (pretrained.PretrainedError, OSError) as exc:
+    except (UserError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"imported {FLAGS.name}: {info['variables']} variables, "

@@ -36,16 +36,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from data.io import annotation, convert, fewshot, label_map, reference_set  # noqa: E402
+from data.io import annotation_flags, convert, fewshot  # noqa: E402
 from libs.base import cli  # noqa: E402
+from libs.base.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags():
-    cli.define_annotation_flags("Optional list of image ids to draw from (the train "
+    annotation_flags.define("Optional list of image ids to draw from (the train "
                                 "split), e.g. ImageSets/Main/train.txt.")
-    cli.define_yolo_names_flag()
+    annotation_flags.define_yolo_names()
     flags.DEFINE_string("output_dir", None, "Where data/, references/ and kshot.json "
                         "(or base.json) go.")
     flags.DEFINE_string("novel_classes", None, "Comma-separated novel classes. Required "
@@ -100,8 +101,7 @@ def main(argv):
                                                 FLAGS.shots, FLAGS.seed,
                                                 novel_classes=novel, margin=FLAGS.margin,
                                                 **common)
-    except (fewshot.FewShotError, annotation.ConversionError, label_map.LabelMapError,
-            reference_set.ReferenceSetError, OSError) as exc:
+    except (UserError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(fewshot.format_manifest(manifest))

@@ -16,15 +16,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from data.io import annotation, convert, reference_set  # noqa: E402
+from data.io import annotation_flags, convert, reference_set  # noqa: E402
 from libs.base import cli  # noqa: E402
+from libs.base.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags():
-    cli.define_annotation_flags("Optional list of image ids to crop from.")
-    cli.define_yolo_names_flag()
+    annotation_flags.define("Optional list of image ids to crop from.")
+    annotation_flags.define_yolo_names()
     flags.DEFINE_string("output_dir", None, "The reference dir: one folder per class.")
     flags.DEFINE_integer("per_class", None, "References to crop per class.")
     flags.DEFINE_float("margin", 0.1, "Context added on each side of a box, as a "
@@ -51,7 +52,7 @@ def main(argv):
         summary = reference_set.crop_references(
             images, FLAGS.output_dir, FLAGS.per_class, margin=FLAGS.margin,
             min_size=FLAGS.min_size, classes=convert.parse_classes(FLAGS.classes) or names)
-    except (annotation.ConversionError, reference_set.ReferenceSetError, OSError) as exc:
+    except (UserError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {len(summary['files'])} references to {FLAGS.output_dir}: "

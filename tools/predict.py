@@ -17,6 +17,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
+from libs.base import cli  # noqa: E402
+from libs.configs import load_config_from_flags  # noqa: E402
+
 FLAGS = flags.FLAGS
 
 
@@ -51,25 +54,26 @@ def main(argv):
     if not FLAGS.images:
         print("error: --images is required (a file or a folder)", file=_sys.stderr)
         return 2
-    from libs.base import cli
     return cli.guarded(_predict)
 
 
 def _load_detector():
-    from libs.base import cli
+    # Here, not at the top: these import TensorFlow (seconds), which must come after
+    # the flags are parsed and --verbose has set the console (libs/base/console.py).
+    from data.io.dataset import open_run
     from libs.serving import export
-    from libs.train import training
+    from libs.train import runs
     if FLAGS.saved_model:
         return export.Detector.from_saved_model(FLAGS.saved_model)
-    cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
-    run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir,
-                               inference=True, classes_from_references=True)
-    checkpoint = training.resolve_checkpoint(run.model_dir, FLAGS.checkpoint)
+    cfg = load_config_from_flags(FLAGS.cfg, FLAGS.set)
+    run = open_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir,
+                   inference=True, classes_from_references=True)
+    checkpoint = runs.resolve_checkpoint(run.model_dir, FLAGS.checkpoint)
     return export.Detector.from_checkpoint(run, checkpoint)
 
 
 def _predict():
-    from libs.serving import prediction
+    from libs.serving import prediction  # TensorFlow too: see _load_detector
     with _load_detector() as detector:
         summary = prediction.predict_files(detector, FLAGS.images, FLAGS.output_dir,
                                            min_score=FLAGS.min_score, draw=FLAGS.draw)
@@ -82,7 +86,6 @@ def _predict():
 
 
 def run():
-    from libs.base import cli
     cli.run_tool(_define_flags, main)
 
 

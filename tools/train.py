@@ -18,6 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags, logging  # noqa: E402
 
+from libs.base import cli  # noqa: E402
+from libs.configs import load_config_from_flags  # noqa: E402
+
 FLAGS = flags.FLAGS
 
 
@@ -41,7 +44,6 @@ def _define_flags():
 
 
 def main(argv):
-    from libs.base import cli
     started_at = time.monotonic()       # the budget counts imports and graph builds too
     error = cli.usage_error(argv, FLAGS.cfg)
     if error is not None:
@@ -50,15 +52,17 @@ def main(argv):
 
 
 def _train(started_at):
-    from libs.base import cli
-    from libs.train import time_budget, training
+    # Here, not at the top: these import TensorFlow (seconds), which must come after
+    # the flags are parsed and --verbose has set the console (libs/base/console.py).
+    from data.io.dataset import open_run
+    from libs.train import runs, time_budget, training
     budget = (time_budget.TimeBudget(FLAGS.max_minutes, started_at=started_at)
               if FLAGS.max_minutes is not None else None)
-    cfg = cli.load_config_from_flags(FLAGS.cfg, FLAGS.set)
-    run = training.prepare_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir)
+    cfg = load_config_from_flags(FLAGS.cfg, FLAGS.set)
+    run = open_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir)
     if FLAGS.eval:
         if budget is not None:
-            raise training.TrainingError("--max_minutes works without --eval only")
+            raise runs.TrainingError("--max_minutes works without --eval only")
         results = training.train_and_evaluate(run, max_steps=FLAGS.max_steps)
         step = results["global_step"]
         logging.info("last evaluation at step %d: VOC mAP@0.5 %.4f, COCO mAP %.4f", step,
@@ -71,7 +75,6 @@ def _train(started_at):
 
 
 def run():
-    from libs.base import cli
     cli.run_tool(_define_flags, main)
 
 

@@ -30,6 +30,7 @@ import os
 from absl import logging
 
 from libs.base import images as images_lib
+from libs.base.errors import UserError
 
 # Rule -> the action taken, as printed in the summary. Order = order of the checks.
 RULES = collections.OrderedDict([
@@ -60,7 +61,7 @@ RULES = collections.OrderedDict([
 _QUIET_RULES = ("object_difficult", "polygon_to_box")
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
     """A fatal problem (missing input, unusable label map); one line for the user."""
 
 

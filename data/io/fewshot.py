@@ -66,7 +66,9 @@ from absl import logging
 
 from data.io import annotation, cleaning, convert, reference_set
 from data.io import label_map as label_map_lib
+from libs.base.errors import UserError
 from libs.base.io_utils import atomic_write
+from libs.evaluation.base_novel import split_base_novel
 
 KSHOT_MANIFEST = "kshot.json"
 BASE_MANIFEST = "base.json"
@@ -83,7 +85,7 @@ KSHOT_RULE = ("per class: images holding a shot (not difficult, usable box) in t
 SERIES = (1, 2, 3, 5)   # times 1, 10, 100, ...: the K values the sets are nested along
 
 
-class FewShotError(ValueError):
+class FewShotError(UserError):
     """Unusable few-shot input (flags, classes); the message is one line for the user."""
 
 
@@ -346,7 +348,7 @@ def make_kshot_split(fmt, image_dir, annotations, output_dir, shots, seed,
     _check_val_split_file(val_split_file)
     images, found, report = _read(fmt, image_dir, annotations, split_file, yolo_names)
     names = class_order(found, classes, label_map)
-    base, novel = label_map_lib.split_base_novel(names, novel_classes)
+    base, novel = split_base_novel(names, novel_classes)
     data_dir = os.path.join(output_dir, DATA_SUBDIR)
     labels = _output_labels(data_dir, names)
     not_listed = sorted(set(found) - set(names))
@@ -416,7 +418,7 @@ def make_base_split(fmt, image_dir, annotations, output_dir, novel_classes,
     _check_val_split_file(val_split_file)
     images, found, report = _read(fmt, image_dir, annotations, split_file, yolo_names)
     names = class_order(found, classes, label_map)
-    base, novel = label_map_lib.split_base_novel(names, novel_classes)
+    base, novel = split_base_novel(names, novel_classes)
     if not base:
         raise FewShotError(f"--novel_classes lists every class ({', '.join(names)}); no "
                            f"base class is left")

@@ -30,6 +30,7 @@ import os
 from absl import logging
 
 from data.io import rpn_targets, tfrecord_format
+from libs.base.errors import UserError
 from libs.base.tf_compat import tf
 from libs.box_utils.anchors import config_anchors
 from libs.model import preprocessing
@@ -43,7 +44,7 @@ EVAL = tf.estimator.ModeKeys.EVAL
 PREDICT = tf.estimator.ModeKeys.PREDICT
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Missing or unusable data; the message is one line for the user."""
 
 
@@ -142,45 +143,6 @@ def preprocess_record(cfg, record, mode, index, anchors):
     if mode == EVAL:
         targets.update(eval_gt)
     return features, targets
-
-
-# First bytes of the formats tf.io.decode_image reads.
-_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
-
-
-def _is_supported_image(encoded):
-    """A scalar bool: does `encoded` start like a JPEG, PNG, GIF or BMP file?"""
-    checks = [tf.image.is_jpeg(encoded)]
-    for signature in _IMAGE_SIGNATURES:
-        checks.append(tf.equal(tf.strings.substr(encoded, 0, len(signature)), signature))
-    return tf.reduce_any(tf.stack(checks))
-
-
-def serving_features(encoded_images, cfg):
-    """A batch of encoded images (string [N], any sizes) -> the PREDICT features.
-
-    The exported model's preprocessing: exactly the training one (decode ->
-    resize_and_pad), one image at a time, then stacked. Bytes that are not a JPEG, PNG,
-    GIF or BMP fail the call with "image i of the batch is not ...".
-    """
-    def one_image(args):
-        encoded, index = args
-        check = tf.debugging.Assert(
-            _is_supported_image(encoded),
-            ["image", index, "of the batch is not a JPEG, PNG, GIF or BMP file"])
-        with tf.control_dependencies([check]):
-            image = preprocessing.decode_image(encoded)
-        original_size = tf.shape(image)[:2]
-        padded, window, scale = preprocessing.resize_and_pad(image, cfg.TARGET_SIDE)
-        return padded, window, scale, original_size
-
-    with tf.name_scope("serving_preprocessing"):
-        count = tf.shape(encoded_images)[0]
-        images, windows, scales, sizes = tf.map_fn(
-            one_image, (encoded_images, tf.range(count)),
-            dtype=(tf.float32, tf.float32, tf.float32, tf.int32), back_prop=False)
-        return {"image": images, "image_window": windows, "image_scale": scales,
-                "original_size": sizes, "image_id": tf.range(tf.cast(count, tf.int64))}
 
 
 def make_input_fn(cfg, mode, data_dir=None, split=None, batch_size=None,

@@ -17,13 +17,14 @@ already use.
 import json
 import os
 
+from libs.base.errors import UserError
 from libs.base.io_utils import atomic_write
 
 FILENAME = "label_map.json"
 BACKGROUND_ID = 0
 
 
-class LabelMapError(ValueError):
+class LabelMapError(UserError):
     """A label map that cannot be used; the message is one line for the user."""
 
 
@@ -189,20 +190,3 @@ def id_mapping(from_map, to_map):
 
 def _as_label_map(value):
     return value if isinstance(value, LabelMap) else LabelMap(list(value))
-
-
-def split_base_novel(class_names, novel_classes):
-    """(base names, novel names), both in class_names order; base = every other class.
-
-    Raises LabelMapError naming the known classes when a novel name is not one of them
-    (a typo would otherwise silently count the class as base).
-    """
-    class_names = list(class_names)
-    novel = set(novel_classes or [])
-    unknown = [name for name in dict.fromkeys(novel_classes or []) if name not in class_names]
-    if unknown:
-        raise LabelMapError(f"--novel_classes: unknown class(es) "
-                            f"{', '.join(repr(n) for n in unknown)}; known: "
-                            f"{', '.join(class_names)}")
-    return ([name for name in class_names if name not in novel],
-            [name for name in class_names if name in novel])

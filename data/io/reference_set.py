@@ -38,6 +38,7 @@ from absl import logging
 
 from data.io import annotation, cleaning
 from libs.base import images as images_lib
+from libs.base.errors import UserError
 from libs.base.io_utils import Progress, atomic_write
 
 MANIFEST = "references.json"
@@ -47,7 +48,7 @@ SELECTION_RULE = ("qualifying objects (not difficult, inside the image, >= min_s
                   "largest first")
 
 
-class ReferenceSetError(ValueError):
+class ReferenceSetError(UserError):
     """An unusable reference set; the message is one line for the user."""
 
 

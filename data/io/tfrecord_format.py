@@ -27,6 +27,7 @@ import struct
 
 import numpy as np
 
+from libs.base.errors import UserError
 from libs.base.tf_compat import tf
 
 ENCODED = "image/encoded"
@@ -209,7 +210,7 @@ def is_shard_of(name, split):
     return len(parts) == 2 and all(part.isdigit() for part in parts)
 
 
-class TruncatedRecordError(ValueError):
+class TruncatedRecordError(UserError):
     """A TFRecord file that ends inside a record; the message is one line."""
 
 

@@ -25,6 +25,7 @@ import xml.etree.ElementTree as ElementTree
 import cv2
 import numpy as np
 
+from libs.base import cli
 from libs.base.io_utils import atomic_write
 
 CLASSES = ("cell", "crystal")
@@ -228,7 +229,6 @@ def main(argv):
 
 
 def run():
-    from libs.base import cli
     cli.run_tool(_define_flags, main)
 
 

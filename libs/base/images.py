@@ -27,10 +27,12 @@ import struct
 import cv2
 import numpy as np
 
+from libs.base.errors import UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """An image that cannot be used; the message says why."""
 
 

@@ -1,9 +1,12 @@
 """Config loading: `--cfg path/to/file.py` -> a validated config with derived values."""
 from libs.configs.config_loader import (
-    FLIP_DIRECTIONS,
-    ConfigError,
-    finalize,
-    load_config,
+                                        FLIP_DIRECTIONS,
+                                        ConfigError,
+                                        finalize,
+                                        load_config,
+                                        load_config_from_flags,
+                                        parse_overrides,
 )
 
-__all__ = ["FLIP_DIRECTIONS", "ConfigError", "finalize", "load_config"]
+__all__ = ["FLIP_DIRECTIONS", "ConfigError", "finalize", "load_config",
+           "load_config_from_flags", "parse_overrides"]

@@ -19,6 +19,7 @@ Derived values (never set by hand):
     NUM_ANCHORS_PER_LOCATION   len(ANCHOR_RATIOS)
     PYRAMID_LEVELS     ["P2", ..., "P6"] matching BACKBONE_STRIDES
 """
+import ast
 import difflib
 import importlib.util
 import math
@@ -26,19 +27,22 @@ import os
 import sys
 import types
 
+from libs.base.errors import UserError
+from libs.model import classifiers
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config that cannot be used; the message is one line for the user."""
 
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_CLASSIFIERS = ("comparison", "fc")
 # The mirrorings TEST_FLIPS may list (libs/flip_merging.py implements them).
 FLIP_DIRECTIONS = ("horizontal", "vertical")
-_CHOICES = {"CLASSIFIER": _CLASSIFIERS,
+# CLASSIFIER and COMPARISON_SCORE: what libs/model/classifiers registers (TF-free).
+_CHOICES = {"CLASSIFIER": classifiers.names(),
             "BACKGROUND_PROTOTYPE": ("stacked", "pooled"),
             "BOX_REGRESSION": ("per_class", "class_agnostic"),
-            "COMPARISON_SCORE": ("learned", "distance"),
+            "COMPARISON_SCORE": classifiers.score_names(),
             "ROI_POOLING": ("by_size", "all_levels")}
 
 
@@ -278,3 +282,22 @@ def _validate(cfg, source):
               f"{cfg.SCHEDULE_STEPS!r}")
     if cfg.NUM_TRAIN_IMAGES is not None and cfg.NUM_TRAIN_IMAGES < 1:
         _fail(source, "NUM_TRAIN_IMAGES", "must be positive or None")
+
+
+def parse_overrides(items):
+    """['LR=0.01', 'GPU_GROUPS=["/cpu:0"]'] -> {'LR': 0.01, 'GPU_GROUPS': ['/cpu:0']}."""
+    overrides = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item}: expected FIELD=VALUE")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text          # a bare word: keep it as a string
+        overrides[key.strip()] = value
+    return overrides
+
+
+def load_config_from_flags(cfg_path, set_items=()):
+    return load_config(cfg_path, parse_overrides(set_items))

@@ -4,9 +4,10 @@
     canvas = draw_errors(rgb, gt_boxes, gt_labels, result, class_names)
 
 Detections (already thresholded at the display score) are matched to the ground truth
-exactly as VOC AP matches them (libs/evaluation/metrics.py, `_match_greedy`), class by class,
-greedily by score: each detection goes to the box of its class with the highest IoU,
-difficult boxes included; at IoU >= 0.5 with that box it is
+exactly as VOC AP matches them (libs/evaluation/detection_evaluator.py,
+`_match_greedy`), class by class, greedily by score: each detection goes to the box of
+its class with the highest IoU, difficult boxes included; at IoU >= 0.5 with that box
+it is
   a hit                 when the box is not difficult and not found yet (VOC's TP),
   ignored               when the box is difficult (neither hit nor false positive, as
                         VOC ignores it; drawn grey and dashed),
@@ -26,11 +27,11 @@ What is left is sorted:
                         localisation (0.1 <= IoU < 0.5 with an object of its class) or
                         background.
 Shared by tools/eval.py's HTML report (libs/evaluation/eval_report.py) and
-bench/error_analysis.py.
+bench/error_table.py.
 """
 import numpy as np
 
-from libs.evaluation.metrics import VOC_IOU_THRESHOLD, iou_matrix
+from libs.evaluation.detection_evaluator import VOC_IOU_THRESHOLD, iou_matrix
 
 SMALL, LARGE = 32, 96
 FALSE_POSITIVE_KINDS = ("background", "localisation", "duplicate", "confusion")
@@ -78,8 +79,8 @@ def analyse_image(gt_boxes, gt_labels, boxes, labels, scores, gt_difficult=None)
         same = gt_labels == labels[d]
         if same.any():
             # VOC: the box of the class with the highest IoU (the first on a tie, as
-            # np.argmax over the class's boxes in metrics._match_greedy), difficult
-            # boxes included
+            # np.argmax over the class's boxes in detection_evaluator._match_greedy),
+            # difficult boxes included
             g = int(np.flatnonzero(same)[np.argmax(ious[d][same])])
             if ious[d, g] >= VOC_IOU_THRESHOLD:
                 if difficult[g]:

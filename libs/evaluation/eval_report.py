@@ -24,6 +24,9 @@ import os
 
 import numpy as np
 
+from libs.base import images as images_lib
+from libs.base.io_utils import atomic_directory
+from libs.base.tf_compat import tf
 from libs.evaluation import error_analysis
 
 PR_CURVE_THRESHOLDS = 101
@@ -54,7 +57,6 @@ def write_pr_curves(eval_dir, evaluator, class_names, step):
     beside the Estimator's mAP scalars: pr_curves/<class>."""
     from tensorboard.plugins.pr_curve import summary as pr_summary
 
-    from libs.base.tf_compat import tf
     summary = tf.compat.v1.Summary()
     for class_id, name in enumerate(class_names, start=1):
         scores, is_true, num_gt = evaluator.class_outcomes(class_id)
@@ -176,29 +178,15 @@ def plot_ap_by_size(path, results):
 
 # ------------------------------------------------------------------------------ HTML
 
-def _records_by_id(data_dir, split, wanted):
-    """{image id: decoded record} of the split's records whose id is in `wanted`."""
-    from data.io import input_fn, tfrecord_format
-    from libs.base.tf_compat import tf
-    found = {}
-    for path in input_fn.tfrecord_files(data_dir, split):
-        for serialized in tf.compat.v1.io.tf_record_iterator(path):
-            record = tfrecord_format.decode_example(serialized)
-            if int(record["image_id"]) in wanted:
-                found[int(record["image_id"])] = record
-    return found
-
-
 def _gallery(folder, evaluator, errors, run, split, class_names):
     """Draws the GALLERY_SIZE images with the most errors; [(file, caption)]."""
     import cv2
 
-    from libs.base import images as images_lib
     worst = sorted((image_id for image_id in errors
                     if error_analysis.num_errors(errors[image_id])),
                    key=lambda i: (-error_analysis.num_errors(errors[i]), str(i)))
     worst = worst[:GALLERY_SIZE]
-    records = _records_by_id(run.data_dir, split, {int(i) for i in worst})
+    records = run.dataset.records(split, worst)
     drawn = []
     for rank, image_id in enumerate(worst, 1):
         record = records.get(int(image_id))
@@ -256,8 +244,6 @@ dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px}dt{font-weig
 def write_html_report(folder, evaluator, results, run, split, checkpoint, step=None):
     """Writes the report folder atomically (a failure leaves an earlier one as it
     was); returns the path of its index.html."""
-    from libs.base.io_utils import atomic_directory
-
     cfg = run.cfg
     names = list(run.class_names)
     min_score = cfg.DETECTION_MIN_CONFIDENCE

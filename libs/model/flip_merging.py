@@ -6,7 +6,7 @@ For each listed flip the image is mirrored, run through the same backbone and FP
 the head scores the *same* proposals mirrored onto it. Each ROI's class probabilities
 are then averaged over the views, and so are its box deltas (mirrored back: a
 left-right flip negates the x offset, a top-bottom flip the y offset), before the
-usual decoding, clipping and per-class NMS (build_fast_rcnn.detect). Sharing the
+usual decoding, clipping and per-class NMS (detection.detect). Sharing the
 proposals keeps one ROI per object across views, so nothing needs matching afterwards,
 and a view only changes how each proposal is scored and refined. Each flip adds one
 backbone pass and one head pass (the RPN runs once): ("horizontal", "vertical")
@@ -16,7 +16,7 @@ Used in EVAL and PREDICT (so an exported model merges too); training never flips
 (FLIP_HORIZONTAL / FLIP_VERTICAL augment the training images instead).
 """
 from libs.base.tf_compat import tf
-from libs.model import build_fast_rcnn, preprocessing
+from libs.model import build_fast_rcnn, detection, preprocessing
 
 # Which image axis of [B, H, W, C] each flip reverses, and which delta it negates
 # (deltas are [dy, dx, dh, dw]).
@@ -52,5 +52,5 @@ def merged_detections(head, images, pyramid_fn, cfg, mode, min_confidence):
     with tf.name_scope("test_time_flip_merge"):
         class_probs = tf.add_n(probs) / len(probs)
         box_deltas = tf.add_n(deltas) / len(deltas)
-    return build_fast_rcnn.detect(head.rois, class_probs, box_deltas, head.image_window,
-                                  cfg, head.batch_size, min_confidence)
+    return detection.detect(head.rois, class_probs, box_deltas, head.image_window, cfg,
+                            head.batch_size, min_confidence)

@@ -133,3 +133,42 @@ def stateless_permutation(n, seed):
     """A random permutation of range(n) from a [2] int seed (reproducible anywhere)."""
     keys = tf.random.stateless_uniform([n], seed=seed)
     return tf.argsort(keys)
+
+
+# First bytes of the formats tf.io.decode_image reads.
+_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+
+def _is_supported_image(encoded):
+    """A scalar bool: does `encoded` start like a JPEG, PNG, GIF or BMP file?"""
+    checks = [tf.image.is_jpeg(encoded)]
+    for signature in _IMAGE_SIGNATURES:
+        checks.append(tf.equal(tf.strings.substr(encoded, 0, len(signature)), signature))
+    return tf.reduce_any(tf.stack(checks))
+
+
+def serving_features(encoded_images, cfg):
+    """A batch of encoded images (string [N], any sizes) -> the PREDICT features.
+
+    The exported model's preprocessing: exactly the training one (decode ->
+    resize_and_pad), one image at a time, then stacked. Bytes that are not a JPEG, PNG,
+    GIF or BMP fail the call with "image i of the batch is not ...".
+    """
+    def one_image(args):
+        encoded, index = args
+        check = tf.debugging.Assert(
+            _is_supported_image(encoded),
+            ["image", index, "of the batch is not a JPEG, PNG, GIF or BMP file"])
+        with tf.control_dependencies([check]):
+            image = decode_image(encoded)
+        original_size = tf.shape(image)[:2]
+        padded, window, scale = resize_and_pad(image, cfg.TARGET_SIDE)
+        return padded, window, scale, original_size
+
+    with tf.name_scope("serving_preprocessing"):
+        count = tf.shape(encoded_images)[0]
+        images, windows, scales, sizes = tf.map_fn(
+            one_image, (encoded_images, tf.range(count)),
+            dtype=(tf.float32, tf.float32, tf.float32, tf.int32), back_prop=False)
+        return {"image": images, "image_window": windows, "image_scale": scales,
+                "original_size": sizes, "image_id": tf.range(tf.cast(count, tf.int64))}

@@ -24,6 +24,7 @@ against prototypes from few, varying supports (what it meets with new classes).
 """
 from libs.base.tf_compat import slim, tf
 from libs.model import preprocessing
+from libs.model.roi_pooling import clamped_feature_boxes
 
 PROTOTYPE_LEVELS = ("P2", "P3", "P4", "P5")
 
@@ -58,7 +59,6 @@ def box_features(reference_pyramid, num_classes, num_supports, roi_size, boxes,
                  reference_side):
     """The V boxes ([y1, x1, y2, x2] reference pixels) pooled from every reference as a
     query ROI is (every level, averaged): [C, K, V, S, S, F]."""
-    from libs.model.build_fast_rcnn import clamped_feature_boxes
     count, views = num_classes * num_supports, len(boxes)
     per_level = []
     for stride_log2, level in enumerate(PROTOTYPE_LEVELS, 2):

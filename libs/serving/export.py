@@ -30,9 +30,11 @@ import os
 
 import numpy as np
 
-from libs.base.io_utils import atomic_directory
+from libs.base.errors import UserError
+from libs.base.io_utils import DirectoryExistsError, atomic_directory
 from libs.base.tf_compat import seeded_graph, tf
-from libs.model import reference
+from libs.model import classifiers, preprocessing, reference
+from libs.train.devices import session_config
 from libs.train.model_fn import PREDICT, make_pyramid_fn, model_fn
 
 INPUT_KEY = "images"
@@ -43,12 +45,11 @@ OUTPUT_KEYS = ("num_detections", "predict_bbox", "predict_class_id", "predict_cl
                "predict_scores", "image_id")
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """An export or a served model that cannot be used; one line for the user."""
 
 
 def _session(graph):
-    from libs.train.training import session_config
     return tf.Session(graph=graph, config=session_config())
 
 
@@ -82,7 +83,7 @@ def serving_params(run, checkpoint, cache_prototypes=True):
     """model_fn params for the serving graph: cached prototypes unless told otherwise."""
     cfg = run.cfg
     params = {"net_config": cfg, "class_names": list(run.class_names)}
-    if cfg.CLASSIFIER == "comparison":
+    if classifiers.uses_prototypes(cfg.CLASSIFIER):
         if cache_prototypes:
             params["prototypes"] = compute_prototypes(cfg, checkpoint, run.reference_images,
                                                       run.reference_counts)
@@ -94,10 +95,9 @@ def serving_params(run, checkpoint, cache_prototypes=True):
 
 def build_serving_graph(params):
     """Builds the serving graph in the default graph: (inputs dict, outputs dict)."""
-    from data.io.input_fn import serving_features
     cfg = params["net_config"]
     encoded = tf.placeholder(tf.string, [None], name="encoded_images")
-    features = serving_features(encoded, cfg)
+    features = preprocessing.serving_features(encoded, cfg)
     spec = model_fn(features, None, PREDICT, params)
     outputs = {key: spec.predictions[key] for key in OUTPUT_KEYS}
     return {INPUT_KEY: encoded}, outputs
@@ -117,7 +117,6 @@ def export_saved_model(run, checkpoint, export_dir, overwrite=False,
     The info (also written to <export_dir>/assets.extra/export_info.json) records the
     checkpoint, step, classes, the reference images used and the thresholds.
     """
-    from libs.base.io_utils import DirectoryExistsError
     cfg = run.cfg
     params = serving_params(run, checkpoint, cache_prototypes)
     info = {
@@ -126,11 +125,13 @@ def export_saved_model(run, checkpoint, export_dir, overwrite=False,
         "global_step": _global_step(checkpoint),
         "class_names": list(run.class_names),
         "classifier": cfg.CLASSIFIER,
-        "prototypes": ("none (fc classifier)" if cfg.CLASSIFIER != "comparison" else
+        "prototypes": (f"none ({cfg.CLASSIFIER} classifier)"
+                       if not classifiers.uses_prototypes(cfg.CLASSIFIER) else
                        "cached at export" if cache_prototypes else
                        "reference branch rerun at every call"),
         "reference_dir": (os.path.abspath(run.reference_dir)
-                          if cfg.CLASSIFIER == "comparison" else None),
+                          if classifiers.uses_prototypes(cfg.CLASSIFIER) and run.reference_dir
+                          else None),
         "reference_files": run.reference_paths,
         "target_side": cfg.TARGET_SIDE,
         "min_score": cfg.DETECTION_MIN_CONFIDENCE,

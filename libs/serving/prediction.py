@@ -17,7 +17,9 @@ import numpy as np
 from absl import logging
 
 from libs.base import images as images_lib
+from libs.base.errors import UserError
 from libs.base.io_utils import Progress, atomic_path, atomic_write
+from libs.serving.export import ExportError
 
 DETECTIONS_FILE = "detections.json"
 
@@ -26,7 +28,7 @@ _PALETTE = ((60, 180, 75), (48, 130, 245), (25, 225, 255), (230, 50, 240),
             (240, 240, 70), (75, 25, 230), (180, 30, 145), (200, 130, 0))
 
 
-class PredictionError(ValueError):
+class PredictionError(UserError):
     """No usable input (nothing to predict on); one line for the user."""
 
 
@@ -108,7 +110,6 @@ def predict_files(detector, paths, output_dir, min_score=0.0, draw=True):
     The summary (also written to <output_dir>/detections.json) holds "images" (file,
     drawn output, size, detections) and "skipped" (file, reason).
     """
-    from libs.serving.export import ExportError
 
     files = find_images(paths)
     os.makedirs(output_dir, exist_ok=True)

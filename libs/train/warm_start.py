@@ -27,6 +27,7 @@ import re
 import numpy as np
 from absl import logging
 
+from libs.base.errors import UserError
 from libs.base.io_utils import atomic_write
 from libs.base.tf_compat import seeded_graph, tf
 
@@ -44,7 +45,7 @@ CLASS_SIZED_VARIABLES = {
 NEW_ROW_STDDEV = 0.01
 
 
-class WarmStartError(ValueError):
+class WarmStartError(UserError):
     """A warm start that cannot be done; the message is one line for the user."""
 
 

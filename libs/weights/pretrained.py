@@ -28,7 +28,9 @@ import re
 
 import numpy as np
 
+from libs.base.errors import UserError
 from libs.base.io_utils import atomic_directory
+from libs.base.tf_compat import seeded_graph, tf
 from libs.model import efficientnet_lite
 from libs.weights.torch_checkpoint import TorchCheckpointError, read_state_dict
 
@@ -36,7 +38,7 @@ CHECKPOINT_NAME = "model.ckpt"
 INFO_FILE = "import.json"
 
 
-class PretrainedError(ValueError):
+class PretrainedError(UserError):
     """Weights that cannot be imported; the message is one line for the user."""
 
 
@@ -178,7 +180,6 @@ def write_tf_checkpoint(variant, values, prefix, source=None):
 
     source: the file the values came from, named in errors (else the variant)."""
     where = source or variant
-    from libs.base.tf_compat import seeded_graph, tf
     graph = seeded_graph()
     with graph.as_default():
         efficientnet_lite.classify(tf.zeros([1, 64, 64, 3], tf.uint8), variant)

@@ -46,6 +46,8 @@ import zipfile
 
 import numpy as np
 
+from libs.base.errors import UserError
+
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
 # A state dict's pickle holds names and shapes only (its tensors' bytes are stored
@@ -61,7 +63,7 @@ STORAGE_DTYPES = {
 }
 
 
-class TorchCheckpointError(ValueError):
+class TorchCheckpointError(UserError):
     """A file that is not a readable torch checkpoint; the message is one line."""
 
 

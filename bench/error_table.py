@@ -1,9 +1,9 @@
 """What a trained detector gets wrong on a split: misses and false positives, by kind.
 
-    python bench/error_analysis.py --cfg cfgs/bccd_cpu.py --split val \
+    python bench/error_table.py --cfg cfgs/bccd_cpu.py --split val \
         --draw 3 --draw_dir docs/img/bccd --out output/bccd_cpu/errors_val.json
 
-Runs the checkpoint's serving graph (libs/export.Detector: the exported model's path)
+Runs the checkpoint's serving graph (libs/serving/export.Detector: the exported model's path)
 on every image of a converted split and matches its detections (score >= --min_score,
 default 0.5, the display threshold) to the ground truth at IoU >= 0.5, class by class,
 greedily by score exactly as VOC AP does (libs/evaluation/error_analysis.py, which tools/eval.py's
@@ -33,7 +33,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import write_json  # noqa: E402
+from data.io.dataset import open_run  # noqa: E402
 from libs.evaluation.error_analysis import analyse_image, draw_errors  # noqa: E402
+from libs.train import runs  # noqa: E402
 
 
 def main():
@@ -54,16 +56,15 @@ def main():
     import cv2
 
     from data.io import input_fn, tfrecord_format
-    from libs.base import cli
     from libs.base import images as images_lib
     from libs.base.tf_compat import tf
+    from libs.configs import load_config_from_flags
     from libs.serving import export
-    from libs.train import training
 
-    cfg = cli.load_config_from_flags(args.cfg, args.set)
-    run = training.prepare_run(cfg, args.data_dir, args.reference_dir, args.model_dir,
+    cfg = load_config_from_flags(args.cfg, args.set)
+    run = open_run(cfg, args.data_dir, args.reference_dir, args.model_dir,
                                inference=True)
-    checkpoint = training.resolve_checkpoint(run.model_dir)
+    checkpoint = runs.resolve_checkpoint(run.model_dir)
     names = list(run.class_names)
     per_class = {n: collections.Counter() for n in names}
     confusions = collections.Counter()
