@@ -180,8 +180,9 @@ def diagnose(args, preset, data_dir, reference_dir, model_dir, supports):
     from libs.configs import load_config_from_flags
     from libs.train.model_fn import PREDICT, detector_graph
 
-    cfg = load_config_from_flags(args.cfg, preset["sets"] + supports)
-    run = open_run(cfg, data_dir, reference_dir, model_dir, inference=True)
+    run = open_run(load_config_from_flags(args.cfg, preset["sets"] + supports), data_dir,
+                   reference_dir, model_dir, inference=True)
+    cfg = run.cfg                   # NUM_CLASS: the data's (libs/train/runs.py)
     names = ["background"] + list(run.class_names)
     hits, probs = collections.defaultdict(list), collections.defaultdict(list)
     objectness, distinct = collections.defaultdict(list), []
@@ -189,7 +190,7 @@ def diagnose(args, preset, data_dir, reference_dir, model_dir, supports):
     with graph.as_default():
         features, labels = tf.data.make_one_shot_iterator(
             make_input_fn(cfg, EVAL, data_dir=data_dir)()).get_next()
-        detector = detector_graph(features, None, PREDICT, dict(run.params, net_config=cfg))
+        detector = detector_graph(features, None, PREDICT, runs.model_params(run))
         frcnn = detector["fast_rcnn"]
         roi_probs = tf.reshape(frcnn.class_probs, [-1, int(frcnn.rois.shape[1]),
                                                    cfg.NUM_CLASS])

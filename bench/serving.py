@@ -50,8 +50,7 @@ def _random_checkpoint(run, directory):
     """A checkpoint of freshly initialised weights (every variable the model has)."""
     from libs.base.tf_compat import seeded_graph, tf
     from libs.serving import export
-    params = {"net_config": run.cfg, "class_names": run.class_names,
-              "reference_images": run.reference_images}
+    params = runs.model_params(run)
     graph = seeded_graph(run.cfg.SEED)
     with graph.as_default():
         export.build_serving_graph(params)
@@ -77,7 +76,7 @@ def _test_images(count):
 
 def main(argv):
     del argv
-    from libs.configs import finalize, load_config, parse_overrides
+    from libs.configs import load_config, parse_overrides
     from libs.serving import export
 
     overrides = parse_overrides(FLAGS.set)
@@ -87,8 +86,7 @@ def main(argv):
         overrides["NUM_SUPPORTS"] = FLAGS.supports
     cfg = load_config(FLAGS.cfg, overrides)
     if cfg.NUM_TRAIN_IMAGES is None:
-        cfg.NUM_TRAIN_IMAGES = 1
-        finalize(cfg)
+        cfg = cfg.replace(NUM_TRAIN_IMAGES=1)
     classes = [f"class_{i}" for i in range(1, cfg.NUM_CLASS)]
     rng = np.random.default_rng(1)
     references = rng.integers(0, 255, (len(classes), cfg.NUM_SUPPORTS, cfg.REFERENCE_SIDE,

@@ -229,9 +229,10 @@ def main(argv):
                 self.roi_counts.append(int((run_values.results["rois"] >= 0).sum()))
             self.calls += 1
 
-    cfg = load_config_from_flags(FLAGS.cfg, FLAGS.set)
     model_dir = FLAGS.model_dir or tempfile.mkdtemp(prefix="bench_train_step_")
-    run = open_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, model_dir)
+    run = open_run(load_config_from_flags(FLAGS.cfg, FLAGS.set), FLAGS.data_dir,
+                   FLAGS.reference_dir, model_dir)
+    cfg = run.cfg                   # with the dataset's values (libs/train/runs.py)
     timer = StepTimer(trace_step=FLAGS.steps if FLAGS.breakdown else None)
     training.train(run, max_steps=FLAGS.steps + (1 if FLAGS.breakdown else 0),
                    hooks=[timer])

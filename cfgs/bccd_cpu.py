@@ -3,7 +3,8 @@
     make bccd          # import the weights, convert, crop references, train, evaluate
 
 The model is the Comparison Detector of res101_fewshot (every value not set here is
-inherited). What differs, and why, for a short run on a CPU:
+the library's default, the notebook's: libs/configs/defaults.py). What differs, and
+why, for a short run on a CPU:
 
 - Backbone: EfficientNet-Lite0 with ImageNet weights (cfgs/imagenet_backbone.py:
   tools/import_backbone.py writes them to CHECKPOINT_DIR from the package setup.py
@@ -29,10 +30,10 @@ inherited). What differs, and why, for a short run on a CPU:
   down together on a slower CPU); figures in docs/results.md.
 """
 from cfgs.imagenet_backbone import SCRATCH_BACKBONE, EfficientNetLite0
-from cfgs.res101_fewshot import Config as Res101FewShot
+from libs.configs.defaults import Defaults
 
 
-class Config(EfficientNetLite0, Res101FewShot):
+class Config(EfficientNetLite0, Defaults):
     NAME = "bccd_cpu"
     MODEL_DIR = "output/bccd_cpu"
     DATA_DIR = "output/bccd/data"

@@ -4,7 +4,8 @@
 
 DeepPCB's images are 640x640 binarised line scans (one-channel JPEG, stored as RGB by
 the converter), ~7 defects per image, median box ~34 px (20..129). The model is the
-Comparison Detector of res101_fewshot; what differs, and why:
+Comparison Detector of res101_fewshot (the defaults, libs/configs/defaults.py); what
+differs, and why:
 
 - EfficientNet-Lite0 with ImageNet weights, as bccd_cpu (see there); from scratch (the
   small group-norm ResNet of the last release): --set PRESET=scratch.
@@ -26,10 +27,10 @@ steps (12.3 epochs) in 60 minutes, val mAP@0.5 0.860. Pretrained figures, the FC
 baseline and the failure analysis: docs/results.md.
 """
 from cfgs.imagenet_backbone import SCRATCH_BACKBONE, EfficientNetLite0
-from cfgs.res101_fewshot import Config as Res101FewShot
+from libs.configs.defaults import Defaults
 
 
-class Config(EfficientNetLite0, Res101FewShot):
+class Config(EfficientNetLite0, Defaults):
     NAME = "deeppcb_cpu"
     MODEL_DIR = "output/deeppcb_cpu"
     DATA_DIR = "output/deeppcb/data"

@@ -1,6 +1,6 @@
 """Backbone settings shared by the real-data configs (mixins, not configs: no `Config`).
 
-    class Config(EfficientNetLite0, Res101FewShot): ...
+    class Config(EfficientNetLite0, Defaults): ...
 
 EfficientNetLite0: the ImageNet-trained EfficientNet-Lite0 that setup.py installs and
 tools/import_backbone.py writes to CHECKPOINT_DIR (make bccd / make deeppcb import it

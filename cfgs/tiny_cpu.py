@@ -1,12 +1,13 @@
 """Tiny CPU configuration: the whole pipeline in seconds, for tests and the demo.
 
-Same model as res101_fewshot (it inherits every value) on a small ResNet, side 128,
-two classes of the generated sample data, one tower.
+Same model as res101_fewshot (every value not set here is the library's default, the
+notebook's: libs/configs/defaults.py) on a small ResNet, side 128, two classes of the
+generated sample data, one tower.
 """
-from cfgs.res101_fewshot import Config as Res101FewShot
+from libs.configs.defaults import Defaults
 
 
-class Config(Res101FewShot):
+class Config(Defaults):
     NAME = "tiny_cpu"
     MODEL_DIR = "output/tiny_cpu"
     DATA_DIR = "output/sample/data"
@@ -29,7 +30,7 @@ class Config(Res101FewShot):
     HEAD_BATCH_NORM_DECAY = 0.9               # short runs: moving statistics must settle
     # Even with training BN, the ReLU still kills a class now and then: 120 steps gave
     # 4 to 116 detections on the 24 train images from run to run; linear logits gave 147
-    # every time (see res101_fewshot.py, docs/results.md).
+    # every time (see COMPARISON_RELU in libs/configs/defaults.py, docs/results.md).
     COMPARISON_RELU = False
     TARGET_SIDE = 128
     FPN_CHANNELS = 32

@@ -1,11 +1,15 @@
 """Config loader: reference values, derived values, and one clear error per bad config."""
+import copy
 import math
 import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
 
-from libs.configs import ConfigError, finalize, load_config
+from libs.configs import ConfigError, Defaults, LoadedConfig, load_config
+from libs.configs.config_loader import known_fields
 from tests.conftest import REPO_ROOT
 
 RES101 = os.path.join(REPO_ROOT, "cfgs", "res101_fewshot.py")
@@ -50,10 +54,72 @@ def test_derived_values_computed_in_one_place():
     assert cfg.NUM_ANCHORS_PER_LOCATION == 3
     # steps are unknown until the data is
     assert load_config(RES101).BOUNDARY is None
-    # finalize recomputes after a change
-    cfg.NUM_TRAIN_IMAGES = 8
-    finalize(cfg)
-    assert cfg.STEPS_PER_EPOCH == 2 and cfg.BOUNDARY == [70, 100]
+    # a changed field is a new config with its derived values; the old one is as it was
+    fewer = cfg.replace(NUM_TRAIN_IMAGES=8)
+    assert fewer.STEPS_PER_EPOCH == 2 and fewer.BOUNDARY == [70, 100]
+    assert cfg.NUM_TRAIN_IMAGES == 101 and cfg.BOUNDARY == [35 * 26, 50 * 26]
+
+
+def test_a_loaded_config_is_read_only_and_replace_makes_a_checked_copy():
+    cfg = load_config(TINY, {"NUM_TRAIN_IMAGES": 8})
+    loaded = copy.deepcopy(vars(cfg))
+    assert isinstance(cfg, LoadedConfig)
+    with pytest.raises(AttributeError, match=r"read-only: cfg.replace\(LR=...\)"):
+        cfg.LR = 0.5
+    with pytest.raises(AttributeError, match="read-only"):
+        del cfg.LR
+    shorter = cfg.replace(SCHEDULE_STEPS=80, LR=0.02)
+    assert (shorter.MAX_STEPS, shorter.BOUNDARY) == (80, [60, 72])
+    assert shorter.LR_VALUES == pytest.approx([0.02, 0.002, 0.0002])
+    assert shorter.CONFIG_PATH == cfg.CONFIG_PATH and shorter.NAME == "tiny_cpu"
+    # the same checks as at load time, the same one-line messages
+    with pytest.raises(ConfigError, match=r"^config: BATCH_SIZE is derived"):
+        cfg.replace(BATCH_SIZE=4)
+    with pytest.raises(ConfigError, match=r"^tiny_cpu: unknown field NUM_CLASSES \(did you "
+                                          r"mean NUM_CLASS\?\)"):
+        cfg.replace(NUM_CLASSES=4, source="tiny_cpu")
+    with pytest.raises(ConfigError, match="NUM_CLASS: must be an integer >= 2"):
+        cfg.replace(NUM_CLASS=1)
+    assert vars(cfg) == loaded                       # nothing above changed it
+    # the Estimator deep-copies its params, net_config included
+    assert copy.deepcopy(cfg) == cfg and isinstance(copy.deepcopy(cfg), LoadedConfig)
+
+
+def test_the_fields_and_their_defaults_live_in_the_library():
+    """libs/configs/defaults.py lists every field; the notebook's config only names
+    itself, and the library never imports a config of cfgs/."""
+    assert known_fields() == {k for k in vars(Defaults) if k.isupper()}
+    from cfgs.res101_fewshot import Config as Res101FewShot
+    assert Res101FewShot.__bases__ == (Defaults,)
+    assert {k for k in vars(Res101FewShot) if k.isupper()} == {"NAME", "MODEL_DIR"}
+    script = ("import sys, libs.configs.config_loader, libs.train.runs, "
+              "libs.serving.export; print(sorted(m for m in sys.modules "
+              "if m.split('.')[0] == 'cfgs'))")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_config_from_the_defaults_is_the_notebooks_and_must_name_itself(tmp_path):
+    path = _write_cfg(tmp_path, """
+        from libs.configs.defaults import Defaults
+        class Config(Defaults):
+            NAME = "mine"
+            MODEL_DIR = "output/mine"
+        """, name="mine.py")
+    mine, notebook = vars(load_config(path)), vars(load_config(RES101))
+    differ = {k for k in set(mine) | set(notebook) if mine.get(k) != notebook.get(k)}
+    assert differ == {"NAME", "MODEL_DIR", "CONFIG_PATH"}
+    for field in ("NAME", "MODEL_DIR"):
+        with pytest.raises(ConfigError, match=f"{field}: missing"):
+            load_config(path, {field: None})
+    unnamed = _write_cfg(tmp_path, """
+        from libs.configs.defaults import Defaults
+        class Config(Defaults):
+            pass
+        """, name="unnamed.py")
+    with pytest.raises(ConfigError, match="unnamed.py: NAME: missing"):
+        load_config(unnamed)
 
 
 def test_tiny_config_inherits_and_overrides():
@@ -180,7 +246,7 @@ def test_preset_errors_name_the_field(tmp_path):
         load_config(str(bad), {"PRESET": "fast"})
     cfg = load_config(TINY)
     with pytest.raises(ConfigError, match="takes effect when the config is loaded"):
-        finalize(cfg, {"PRESET": "scratch"})
+        cfg.replace(PRESET="scratch")
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -153,7 +153,7 @@ def test_saved_model_equals_estimator_predict(trained, exported, sample_data):
     run, checkpoint = trained
     export_dir, _ = exported
     records = _records(sample_data["data_dir"], "train")
-    estimator = training.make_estimator(run.cfg, run.model_dir, run.params,
+    estimator = training.make_estimator(runs.model_params(run), run.model_dir,
                                         distribute=False)
     expected = list(estimator.predict(
         input_lib.make_input_fn(run.cfg, input_lib.PREDICT, data_dir=run.data_dir,

@@ -636,13 +636,12 @@ def test_roi_align_gradient_equals_numpy_on_every_run():
 
 
 def test_fast_rcnn_targets_without_positives_give_an_empty_minibatch():
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(ADD_GT_TO_PROPOSALS=False)
     proposals = np.array([[0, 0, 10, 10], [100, 100, 120, 120]], np.float32)
     gt = np.zeros([cfg.FAST_RCNN_MAX_INSTANCES, 4], np.float32)
     gt[0] = [50, 50, 80, 80]
     labels = np.zeros([cfg.FAST_RCNN_MAX_INSTANCES], np.int32)
     labels[0] = 1
-    cfg.ADD_GT_TO_PROPOSALS = False
     with seeded_graph().as_default(), tf.Session() as sess:
         rois, roi_labels, _ = sess.run(sampling.fast_rcnn_targets(
             tf.constant(proposals), tf.constant(gt), tf.constant(labels), cfg, 16))

@@ -3,6 +3,7 @@
 The speed is injected (a measured-rate override) and the budget's clock frozen, so the
 fitted schedule is the same on every machine and every run.
 """
+import copy
 import glob
 import json
 import os
@@ -30,11 +31,13 @@ def test_a_shorter_schedule_scales_every_boundary_with_the_total():
     cfg = load_config(BCCD, {"NUM_TRAIN_IMAGES": 205, "EPOCH": 55,
                              "EPOCH_BOUNDARY": [40, 50]})
     assert (cfg.MAX_STEPS, cfg.BOUNDARY) == (11275, [8200, 10250])   # unchanged default
-    time_budget.apply_total_steps(cfg, 4600)
+    fitted = time_budget.apply_total_steps(cfg, 4600)
     # each boundary keeps its fraction of the run: 40/55 and 50/55 of 4,600
-    assert cfg.MAX_STEPS == 4600
-    assert cfg.BOUNDARY == [int(4600 * 40 / 55), int(4600 * 50 / 55)] == [3345, 4181]
-    assert cfg.LR_VALUES == pytest.approx([cfg.LR, cfg.LR / 10, cfg.LR / 100])
+    assert fitted.SCHEDULE_STEPS == fitted.MAX_STEPS == 4600
+    assert fitted.BOUNDARY == [int(4600 * 40 / 55), int(4600 * 50 / 55)] == [3345, 4181]
+    assert fitted.LR_VALUES == pytest.approx([cfg.LR, cfg.LR / 10, cfg.LR / 100])
+    # a new config: the one it was fitted from keeps its own schedule
+    assert (cfg.SCHEDULE_STEPS, cfg.MAX_STEPS, cfg.BOUNDARY) == (None, 11275, [8200, 10250])
 
 
 def test_the_fit_never_lengthens_and_counts_from_the_current_step():
@@ -52,31 +55,34 @@ def test_decide_schedule_uses_the_time_left_after_restart_and_margin():
     budget = time_budget.TimeBudget(55, clock=lambda: clock[0], started_at=0.0)
     config_steps = cfg.EPOCH * 205
     saves = -(-(config_steps - 90) // cfg.SAVE_CHECKPOINTS_STEPS)     # ceil
-    record = time_budget.decide_schedule(cfg, budget, steps_per_second=1.0, step_now=90,
-                                         restart_seconds=20.0, save_seconds=2.0)
+    loaded = copy.deepcopy(vars(cfg))
+    fitted, record = time_budget.decide_schedule(cfg, budget, steps_per_second=1.0,
+                                                 step_now=90, restart_seconds=20.0,
+                                                 save_seconds=2.0)
+    assert vars(cfg) == loaded                  # the decision is a new config
     # 3300 s - 100 s already spent - 20 s to restart - 66 s margin (2% of the budget)
     # - 2 s for each checkpoint the config's schedule would save
     seconds = 3300 - 100 - 20 - 66 - 2.0 * saves
     assert record["seconds_for_steps"] == pytest.approx(seconds)
     total = 90 + int(1.0 * seconds)
-    assert record["total_steps"] == total == cfg.MAX_STEPS
-    assert record["boundaries"] == cfg.BOUNDARY == [
+    assert record["total_steps"] == total == fitted.MAX_STEPS == fitted.SCHEDULE_STEPS
+    assert record["boundaries"] == fitted.BOUNDARY == [
         int(total * b / cfg.EPOCH) for b in cfg.EPOCH_BOUNDARY]
     assert record["scaled"] is True
     assert time_budget.describe_decision(record) == (
         f"time budget 55 min at 1.0 steps/s: {total:,} steps, LR drops at "
-        f"{cfg.BOUNDARY[0]:,} and {cfg.BOUNDARY[1]:,} (the config's {config_steps:,} "
-        f"steps scaled by {total / config_steps:.3g})")
+        f"{fitted.BOUNDARY[0]:,} and {fitted.BOUNDARY[1]:,} (the config's "
+        f"{config_steps:,} steps scaled by {total / config_steps:.3g})")
 
     fast = load_config(BCCD, {"NUM_TRAIN_IMAGES": 205})
-    record = time_budget.decide_schedule(fast, budget, steps_per_second=9.0, step_now=90,
-                                         restart_seconds=20.0)
+    kept, record = time_budget.decide_schedule(fast, budget, steps_per_second=9.0,
+                                               step_now=90, restart_seconds=20.0)
     assert record["scaled"] is False
-    assert (fast.MAX_STEPS, fast.BOUNDARY) == (
+    assert (kept.MAX_STEPS, kept.BOUNDARY) == (fast.MAX_STEPS, fast.BOUNDARY) == (
         config_steps, [b * 205 for b in fast.EPOCH_BOUNDARY])
     assert time_budget.describe_decision(record) == (
         f"time budget 55 min at 9.0 steps/s: the config's {config_steps:,} steps fit, LR "
-        f"drops at {fast.BOUNDARY[0]:,} and {fast.BOUNDARY[1]:,}")
+        f"drops at {kept.BOUNDARY[0]:,} and {kept.BOUNDARY[1]:,}")
 
 
 def test_budgets_too_small_fail_in_one_line():
@@ -98,8 +104,11 @@ def test_a_recorded_schedule_that_the_config_no_longer_gives_is_refused(tmp_path
     cfg = load_config(TINY, {"NUM_TRAIN_IMAGES": 8})
     time_budget.write_schedule(str(tmp_path), {"total_steps": 40, "boundaries": [30, 36],
                                                "budget_minutes": 1, "steps_per_second": 1})
-    assert time_budget.keep_recorded_schedule(cfg, str(tmp_path))["total_steps"] == 40
-    assert (cfg.MAX_STEPS, cfg.BOUNDARY) == (40, [30, 36])
+    assert time_budget.keep_recorded_schedule(cfg, str(tmp_path / "none")) == (cfg, None)
+    kept, record = time_budget.keep_recorded_schedule(cfg, str(tmp_path))
+    assert record["total_steps"] == 40
+    assert (kept.SCHEDULE_STEPS, kept.MAX_STEPS, kept.BOUNDARY) == (40, 40, [30, 36])
+    assert cfg.SCHEDULE_STEPS is None                 # the loaded config is unchanged
     moved = load_config(TINY, {"NUM_TRAIN_IMAGES": 8, "EPOCH_BOUNDARY": [20, 36]})
     with pytest.raises(time_budget.BudgetError, match=r"has LR drops at \[30, 36\] but "
                                                       r"config tiny_cpu now gives"):
@@ -169,12 +178,18 @@ FITTED = WARMUP_END + int(RATE * (60 * MINUTES - time_budget.MARGIN_MIN_SECONDS)
 
 
 def _budgeted_run(sample_data, model_dir, steps_per_second=RATE, hooks_=None, **overrides):
+    """(the run, the step reached); the config as loaded is checked to stay as it was:
+    the data's values and the budget's schedule are in run.cfg, a new config."""
     cfg = load_config(TINY, overrides)
+    loaded = copy.deepcopy(vars(cfg))
     run = open_run(cfg, sample_data["data_dir"], sample_data["reference_dir"],
                                model_dir)
     budget = time_budget.TimeBudget(MINUTES, clock=frozen_clock,
                                     steps_per_second=steps_per_second)
-    return cfg, training.train(run, budget=budget, hooks=hooks_)
+    try:
+        return run, training.train(run, budget=budget, hooks=hooks_)
+    finally:
+        assert vars(cfg) == loaded
 
 
 def _training_meta_graph(model_dir):
@@ -209,7 +224,7 @@ def test_budgeted_run_ends_in_its_last_lr_stage_with_its_final_checkpoint(sample
     same fractions (30/40, 36/40), and its last checkpoint is at FITTED, in the last
     stage, as the graph that trained it computes the LR."""
     model_dir = str(tmp_path / "budget")
-    cfg, step = _budgeted_run(sample_data, model_dir)
+    run, step = _budgeted_run(sample_data, model_dir)
     assert FITTED < 240        # the config's first drop is never reached unscaled
     assert step == FITTED
     with open(os.path.join(model_dir, time_budget.SCHEDULE_FILE)) as handle:
@@ -217,9 +232,14 @@ def test_budgeted_run_ends_in_its_last_lr_stage_with_its_final_checkpoint(sample
     assert record["decided_at_step"] == WARMUP_END
     assert record["config_steps"] == 320 and record["total_steps"] == FITTED
     assert record["boundaries"] == [int(FITTED * 30 / 40), int(FITTED * 36 / 40)]
+    # the decision is the run's config now: the data's images, the fitted schedule
+    assert (run.cfg.NUM_TRAIN_IMAGES, run.cfg.SCHEDULE_STEPS, run.cfg.MAX_STEPS) == (
+        8, FITTED, FITTED)
+    assert run.cfg.BOUNDARY == record["boundaries"]
+    # and the estimator that trained after the warm-up had it (its graph's LR schedule)
     last_step, lr = _lr_at_last_checkpoint(model_dir)
     assert last_step == FITTED
-    assert lr == pytest.approx(cfg.LR / 100)
+    assert lr == pytest.approx(run.cfg.LR / 100)
 
 
 class SimulatedKill(Exception):
@@ -254,13 +274,13 @@ def test_killed_budgeted_run_keeps_its_schedule_when_rerun(sample_data, tmp_path
                                            "global_step"))
     assert WARMUP_END < killed_at < FITTED
 
-    cfg, step = _budgeted_run(sample_data, model_dir, steps_per_second=10 * RATE,
+    run, step = _budgeted_run(sample_data, model_dir, steps_per_second=10 * RATE,
                               SAVE_CHECKPOINTS_STEPS=2)
     assert step == FITTED
     with open(schedule_file, "rb") as handle:
         assert handle.read() == decided
-    assert cfg.BOUNDARY == [int(FITTED * 30 / 40), int(FITTED * 36 / 40)]
-    assert _lr_at_last_checkpoint(model_dir) == (FITTED, pytest.approx(cfg.LR / 100))
+    assert run.cfg.BOUNDARY == [int(FITTED * 30 / 40), int(FITTED * 36 / 40)]
+    assert _lr_at_last_checkpoint(model_dir) == (FITTED, pytest.approx(run.cfg.LR / 100))
 
 
 def test_budget_flag_errors_are_one_line(sample_data, tmp_path):

@@ -15,7 +15,7 @@ from libs.base.tf_compat import seeded_graph, tf
 from libs.configs import load_config
 from libs.model import backbones
 from libs.train import model_fn as model_lib
-from libs.train import training
+from libs.train import runs, training
 from tests.conftest import REPO_ROOT
 
 TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
@@ -216,9 +216,9 @@ def test_tiny_detector_learns_the_sample_objects(sample_data, tmp_path, classifi
     run = open_run(cfg, sample_data["data_dir"], sample_data["reference_dir"],
                                model_dir)
     assert training.train(run, max_steps=LEARN_STEPS) == LEARN_STEPS
-    estimator = training.make_estimator(cfg, model_dir, run.params)
+    estimator = training.make_estimator(runs.model_params(run), model_dir)
     predictions = list(estimator.predict(
-        make_input_fn(cfg, PREDICT, data_dir=run.data_dir, split="train")))
+        make_input_fn(run.cfg, PREDICT, data_dir=run.data_dir, split="train")))
     found = _found_fraction(predictions, _gt_by_image(run.data_dir, "train"))
     assert found >= MIN_FOUND, f"{classifier}: only {found:.0%} of the objects detected"
 

@@ -20,10 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data.io.dataset import open_run  # noqa: E402
-from libs.train import (
-    devices,  # noqa: E402
-    training,  # noqa: E402
-)
+from libs.train import devices, runs, training  # noqa: E402
 
 devices.ensure_cpu_devices(2)
 
@@ -44,7 +41,8 @@ def config(classifier, **overrides):
 
 
 def train(cfg, run, model_dir, steps, warm_start=None):
-    estimator = training.make_estimator(cfg, model_dir, run.params,
+    # the run's params with this layout's config (same data, same references)
+    estimator = training.make_estimator(runs.model_params(run, net_config=cfg), model_dir,
                                         warm_start_from=warm_start)
     estimator.train(make_input_fn(cfg, TRAIN, data_dir=run.data_dir), max_steps=steps,
                     hooks=training.training_hooks(estimator, cfg))
@@ -54,7 +52,7 @@ def train(cfg, run, model_dir, steps, warm_start=None):
 def main(data_dir, reference_dir, out_dir, classifier):
     pretrain = config(classifier, GPU_GROUPS=["/cpu:0"], PER_GPU_IMAGE=2)
     run = open_run(pretrain, data_dir, reference_dir, out_dir)
-    train(pretrain, run, os.path.join(out_dir, "pretrain"), 20)
+    train(run.cfg, run, os.path.join(out_dir, "pretrain"), 20)
     start = tf.train.latest_checkpoint(os.path.join(out_dir, "pretrain"))
     # Weights and batch-norm statistics, not the optimizer's slots or the step.
     warm = tf.estimator.WarmStartSettings(

@@ -73,9 +73,9 @@ def _evaluate():
     overrides = list(FLAGS.set)
     if FLAGS.test_flips:
         overrides.append(f"TEST_FLIPS={tuple(FLAGS.test_flips)!r}")
-    cfg = load_config_from_flags(FLAGS.cfg, overrides)
-    run = open_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir,
-                   inference=True)
+    run = open_run(load_config_from_flags(FLAGS.cfg, overrides), FLAGS.data_dir,
+                   FLAGS.reference_dir, FLAGS.model_dir, inference=True)
+    cfg = run.cfg                   # with the dataset's values (libs/train/runs.py)
     novel = convert.parse_classes(FLAGS.novel_classes)
     class_split = {}
     if novel:

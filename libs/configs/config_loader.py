@@ -1,10 +1,18 @@
 """Turns a config module into a validated config object with its derived values.
 
 A config file is a Python module defining a class ``Config`` whose UPPER_CASE attributes
-are the settings (see cfgs/res101_fewshot.py). ``load_config`` imports it, copies the
-settings onto a fresh object, applies overrides, computes the derived values in one
-place and validates everything. Every problem is a ``ConfigError`` whose message is one
-line naming the file and the field.
+are the settings; it starts from ``libs.configs.defaults.Defaults``, which lists every
+field a config may set, with its default and what it means. ``load_config`` imports it,
+copies the settings onto a fresh object, applies overrides, computes the derived values
+in one place and validates everything. Every problem is a ``ConfigError`` whose message
+is one line naming the file and the field.
+
+The object is read-only (a ``LoadedConfig``). A value learnt later (the data's
+NUM_TRAIN_IMAGES, a time budget's SCHEDULE_STEPS) makes a new one, validated and with
+its derived values recomputed; the old one is left as it was:
+
+    cfg = load_config("cfgs/tiny_cpu.py", {"LR": 0.01})
+    fitted = cfg.replace(NUM_TRAIN_IMAGES=8)      # cfg.NUM_TRAIN_IMAGES is still None
 
 Derived values (never set by hand):
     NUM_GPUS           towers = len(GPU_GROUPS)
@@ -28,6 +36,7 @@ import sys
 import types
 
 from libs.base.errors import UserError
+from libs.configs.defaults import Defaults
 from libs.model import classifiers
 
 
@@ -36,7 +45,7 @@ class ConfigError(UserError):
 
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The mirrorings TEST_FLIPS may list (libs/flip_merging.py implements them).
+# The mirrorings TEST_FLIPS may list (libs/model/flip_merging.py implements them).
 FLIP_DIRECTIONS = ("horizontal", "vertical")
 # CLASSIFIER and COMPARISON_SCORE: what libs/model/classifiers registers (TF-free).
 _CHOICES = {"CLASSIFIER": classifiers.names(),
@@ -51,7 +60,8 @@ def _import_module(path):
         raise ConfigError(f"--cfg {path}: no such config file")
     if not path.endswith(".py"):
         raise ConfigError(f"--cfg {path}: a config is a Python file (.py)")
-    # Configs import each other as `cfgs.x`; make that work from any working directory.
+    # Configs import `libs.configs.defaults` and each other as `cfgs.x`; make that work
+    # from any working directory.
     if _REPO_ROOT not in sys.path:
         sys.path.insert(0, _REPO_ROOT)
     name = "_cd_config_" + os.path.splitext(os.path.basename(path))[0]
@@ -75,10 +85,12 @@ def _settings(config_class):
     return settings
 
 
+_KNOWN_FIELDS = frozenset(_settings(Defaults))
+
+
 def known_fields():
-    """Field names a config may set: those of the reference config, cfgs/res101_fewshot."""
-    from cfgs.res101_fewshot import Config as Reference
-    return set(_settings(Reference))
+    """Field names a config may set: those of libs.configs.defaults.Defaults."""
+    return set(_KNOWN_FIELDS)
 
 
 def _unknown_field_message(source, key):
@@ -112,9 +124,8 @@ def load_config(path, overrides=None):
     overrides = dict(overrides or {})
     settings.update(_preset(settings, overrides.pop("PRESET", settings.get("PRESET")),
                             path))
-    cfg = types.SimpleNamespace(**settings)
-    cfg.CONFIG_PATH = os.path.abspath(path)
-    return finalize(cfg, overrides, source=path)
+    settings["CONFIG_PATH"] = os.path.abspath(path)
+    return _finalize(settings, overrides, source=path)
 
 
 def _preset(settings, name, source):
@@ -139,11 +150,28 @@ _DERIVED = ("NUM_GPUS", "BATCH_SIZE", "STEPS_PER_EPOCH", "EPOCH_STEPS", "MAX_STE
             "LR_VALUES", "BACKBONE_SHAPES", "NUM_ANCHORS_PER_LOCATION", "PYRAMID_LEVELS")
 
 
-def finalize(cfg, overrides=None, source="config"):
-    """Applies overrides to `cfg`, recomputes every derived value and validates.
+class LoadedConfig(types.SimpleNamespace):
+    """A validated config: its fields, CONFIG_PATH and the derived values (see the module
+    docstring). Read-only: `replace` makes a changed copy."""
 
-    Call again after changing a setting (e.g. NUM_TRAIN_IMAGES once the data is known).
-    """
+    def replace(self, *, source="config", **fields):
+        """A new validated config: this one with `fields` set and every derived value
+        recomputed (e.g. NUM_TRAIN_IMAGES once the data is known). `self` is unchanged.
+        ConfigError messages start with `source`."""
+        return _finalize(dict(vars(self)), fields, source)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"a loaded config is read-only: cfg.replace({name}=...) "
+                             f"makes a new one")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"a loaded config is read-only (cannot delete {name})")
+
+
+def _finalize(settings, overrides, source):
+    """The LoadedConfig of `settings` (a dict, not changed) with `overrides` applied:
+    validated, derived values computed."""
+    cfg = types.SimpleNamespace(**settings)      # the draft, filled in below
     for key, value in (overrides or {}).items():
         if key in ("PRESET", "PRESETS"):
             raise ConfigError(f"{source}: {key} takes effect when the config is loaded "
@@ -178,7 +206,7 @@ def finalize(cfg, overrides=None, source="config"):
     else:
         cfg.STEPS_PER_EPOCH = cfg.EPOCH_STEPS = cfg.MAX_STEPS = cfg.BOUNDARY = None
     cfg.LR_VALUES = [cfg.LR * (0.1 ** i) for i in range(len(cfg.EPOCH_BOUNDARY) + 1)]
-    return cfg
+    return LoadedConfig(**vars(cfg))
 
 
 def _fail(source, field, why):
@@ -203,6 +231,9 @@ def _validate(cfg, source):
                 "NUM_SUPPORTS", "ROI_SIZE", "CLASSIFIER")
     for field in required:
         if not hasattr(cfg, field):
+            _fail(source, field, "missing (every config needs it)")
+    for field in ("NAME", "MODEL_DIR"):          # None in Defaults: each config's own
+        if getattr(cfg, field, None) is None:
             _fail(source, field, "missing (every config needs it)")
 
     if not isinstance(cfg.NUM_CLASS, int) or cfg.NUM_CLASS < 2:

@@ -1,6 +1,6 @@
 """Test-time flip merging (TEST_FLIPS): the second stage sees every proposal mirrored too.
 
-    cfg.TEST_FLIPS = ("horizontal", "vertical")     # or tools/eval.py --test_flips ...
+    TEST_FLIPS = ("horizontal", "vertical")   # in a config; or tools/eval.py --test_flips
 
 For each listed flip the image is mirrored, run through the same backbone and FPN, and
 the head scores the *same* proposals mirrored onto it. Each ROI's class probabilities

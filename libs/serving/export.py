@@ -34,6 +34,7 @@ from libs.base.errors import UserError
 from libs.base.io_utils import DirectoryExistsError, atomic_directory
 from libs.base.tf_compat import seeded_graph, tf
 from libs.model import classifiers, preprocessing, reference
+from libs.train import runs
 from libs.train.devices import session_config
 from libs.train.model_fn import PREDICT, make_pyramid_fn, model_fn
 
@@ -80,17 +81,15 @@ def compute_prototypes(cfg, checkpoint, reference_images, counts=None):
 
 
 def serving_params(run, checkpoint, cache_prototypes=True):
-    """model_fn params for the serving graph: cached prototypes unless told otherwise."""
+    """The run's model_params for the serving graph: the prototypes computed once from
+    the references (no reference branch in the graph) unless told otherwise."""
     cfg = run.cfg
-    params = {"net_config": cfg, "class_names": list(run.class_names)}
-    if classifiers.uses_prototypes(cfg.CLASSIFIER):
-        if cache_prototypes:
-            params["prototypes"] = compute_prototypes(cfg, checkpoint, run.reference_images,
-                                                      run.reference_counts)
-        else:
-            params["reference_images"] = run.reference_images
-            params["reference_counts"] = run.reference_counts
-    return params
+    if classifiers.uses_prototypes(cfg.CLASSIFIER) and cache_prototypes:
+        prototypes = compute_prototypes(cfg, checkpoint, run.reference_images,
+                                        run.reference_counts)
+        return runs.model_params(run, prototypes=prototypes, reference_images=None,
+                                 reference_counts=None)
+    return runs.model_params(run)
 
 
 def build_serving_graph(params):

@@ -1,9 +1,10 @@
 """The Comparison Detector's Estimator `model_fn` (DESIGN.md section 4).
 
-    estimator = tf.estimator.Estimator(model_fn, params={"net_config": cfg, ...})
+    estimator = tf.estimator.Estimator(model_fn, params=runs.model_params(run))
 
-params:
-    net_config        the config object (libs.configs.load_config)
+params (built in one place, libs.train.runs.model_params: training, evaluation and
+export all pass a run's; a missing key and None are the same):
+    net_config        the config object (libs.configs.load_config; a run's run.cfg)
     reference_images  uint8 [NUM_CLASS-1, NUM_SUPPORTS, R, R, 3] RGB, for the
                       comparison classifier (the reference branch runs in the graph)
     reference_counts  optional [NUM_CLASS-1] ints: real references per class when
@@ -11,6 +12,10 @@ params:
     prototypes        optional float32 [NUM_CLASS, S, S, F]: precomputed prototypes
                       (export); when given, the reference branch is not built
     class_names       optional list of NUM_CLASS-1 names (summaries, export)
+    warm_start_checkpoint  optional: the fine-tuning start of a training run
+                      (runs.training_params, libs/train/warm_start.py)
+    evaluation_sink   optional metrics.EvaluationSink: keeps an evaluation's ground
+                      truth and detections for the caller (training.evaluate)
 
 Blocks, in the notebook's order: share net -> FPN -> RPN -> reference prototypes ->
 FastRCNN -> losses / train_op / detections.

@@ -3,9 +3,11 @@
     run = prepare_run(cfg, dataset, model_dir)     # dataset: libs.train.dataset.Dataset
 
 Reads the dataset's classes and reference images, checks NUM_CLASS and fills the
-data-dependent settings (NUM_TRAIN_IMAGES, so the LR boundaries in steps); tools/train.py,
+data-dependent settings (NUM_TRAIN_IMAGES, so the LR boundaries in steps) into a new
+config, run.cfg (the config passed in is left as it was loaded); tools/train.py,
 tools/eval.py, the export and the tests all go through here, so a run is set up the same
-way whichever door it comes in by.
+way whichever door it comes in by. model_params(run) is the model_fn's params of every
+command (the keys: libs/train/model_fn.py).
 """
 import os
 
@@ -13,7 +15,6 @@ from absl import logging
 
 from libs.base.errors import UserError
 from libs.base.tf_compat import tf
-from libs.configs import finalize
 from libs.model import classifiers
 from libs.train import warm_start
 from libs.train.model_fn import class_count_dependent_parts
@@ -24,12 +25,14 @@ class TrainingError(UserError):
 
 
 def apply_dataset_info(cfg, class_names, num_train_images, adopt_classes=False):
-    """Checks NUM_CLASS against the classes and fills NUM_TRAIN_IMAGES (LR boundaries).
+    """Checks NUM_CLASS against the classes; the config with NUM_TRAIN_IMAGES filled in
+    (so the LR boundaries in steps): a new one when a field changes, `cfg` is unchanged.
 
     adopt_classes (evaluation, export, prediction): a model whose head does not depend
     on the number of classes takes NUM_CLASS from `class_names` instead (prototypes of
     other classes than it was trained on); any other model must match.
     """
+    fields = {}
     if cfg.NUM_CLASS != len(class_names) + 1:
         blockers = class_count_dependent_parts(cfg)
         if not adopt_classes or blockers:
@@ -42,12 +45,10 @@ def apply_dataset_info(cfg, class_names, num_train_images, adopt_classes=False):
         logging.info("config %s: NUM_CLASS %d -> %d for the classes %s (the head does "
                      "not depend on the number of classes)", cfg.NAME, cfg.NUM_CLASS,
                      len(class_names) + 1, list(class_names))
-        cfg.NUM_CLASS = len(class_names) + 1
-        finalize(cfg)
+        fields["NUM_CLASS"] = len(class_names) + 1
     if cfg.NUM_TRAIN_IMAGES is None:
-        cfg.NUM_TRAIN_IMAGES = int(num_train_images)
-        finalize(cfg)
-    return cfg
+        fields["NUM_TRAIN_IMAGES"] = int(num_train_images)
+    return cfg.replace(**fields) if fields else cfg
 
 
 def checkpoint_step(model_dir):
@@ -59,8 +60,11 @@ def checkpoint_step(model_dir):
 class Run:
     """Everything a train/eval/export command needs, resolved from config + flags.
 
-    dataset: a libs.train.dataset.Dataset (None for a run built without data, e.g. a
-    benchmark's random references)."""
+    cfg: the run's config (a LoadedConfig with the dataset's values, prepare_run); a
+    time budget's schedule replaces it with the fitted one (libs/train/training.py), so
+    read run.cfg, not the config the run was prepared from. dataset: a
+    libs.train.dataset.Dataset (None for a run built without data, e.g. a benchmark's
+    random references)."""
 
     def __init__(self, cfg, dataset, model_dir, class_names, reference_images,
                  reference_paths=None):
@@ -86,16 +90,24 @@ class Run:
             return None
         return [len(self.reference_paths[name]) for name in self.class_names]
 
-    @property
-    def params(self):
-        return {"reference_images": self.reference_images,
-                "reference_counts": self.reference_counts,
-                "class_names": list(self.class_names)}
+
+def model_params(run, **extra):
+    """The model_fn params of `run`, for every command (libs/train/model_fn.py lists the
+    keys): net_config (run.cfg), class_names, reference_images, reference_counts, then
+    `extra`, which adds keys (warm_start_checkpoint, evaluation_sink, prototypes) or
+    replaces these (reference_images=None when prototypes are given)."""
+    params = {"net_config": run.cfg,
+              "class_names": list(run.class_names),
+              "reference_images": run.reference_images,
+              "reference_counts": run.reference_counts}
+    params.update(extra)
+    return params
 
 
 def prepare_run(cfg, dataset, model_dir=None, need_references=True, inference=False,
                 classes_from_references=False):
-    """Reads the dataset's classes, loads the reference images, fills the config.
+    """Reads the dataset's classes, loads the reference images; the Run, whose cfg is
+    `cfg` with the dataset's values filled in (apply_dataset_info; `cfg` is unchanged).
 
     dataset: a libs.train.dataset.Dataset (data/io/dataset.py makes one from a data
     dir and a reference dir). inference (evaluation, export, prediction): a model whose
@@ -121,7 +133,8 @@ def prepare_run(cfg, dataset, model_dir=None, need_references=True, inference=Fa
         found = dataset.reference_classes()
         if class_names is None or set(found) != set(class_names):
             class_names = found
-    apply_dataset_info(cfg, class_names, num_train_images or 1, adopt_classes=inference)
+    cfg = apply_dataset_info(cfg, class_names, num_train_images or 1,
+                             adopt_classes=inference)
     images, paths = None, None
     if comparison:
         # A class with fewer references than NUM_SUPPORTS (a K-shot set of a dense
@@ -134,11 +147,12 @@ def prepare_run(cfg, dataset, model_dir=None, need_references=True, inference=Fa
 
 
 def training_params(run):
-    """model_fn params of a training run: records the run's classes (a later fine-tuning
-    matches them by name) and prepares INIT_CHECKPOINT's warm start (libs/train/warm_start.py)."""
+    """model_params of a training run: records the run's classes (a later fine-tuning
+    matches them by name) and prepares INIT_CHECKPOINT's warm start
+    (libs/train/warm_start.py), whose checkpoint it adds."""
     warm_start.write_class_names(run.model_dir, run.class_names)
     prefix = warm_start.prepare_warm_start(run.cfg, run.model_dir, run.class_names)
-    return dict(run.params, warm_start_checkpoint=prefix)
+    return model_params(run, warm_start_checkpoint=prefix)
 
 
 def check_run_split(run, split):

@@ -11,8 +11,8 @@ their learning rate ever decayed. With a budget, libs.train.training.train inste
    of building the graph again (measured in step 1) and a safety margin for the final
    checkpoint. If the config's steps fit in it, its schedule is kept as it is (never
    lengthened); otherwise the total steps and every LR boundary are scaled down
-   together, proportionally (SCHEDULE_STEPS, turned into MAX_STEPS and BOUNDARY by
-   libs.configs.finalize). The decision is one line, e.g.
+   together, proportionally (a new config with SCHEDULE_STEPS set, whose MAX_STEPS and
+   BOUNDARY libs.configs computes: apply_total_steps). The decision is one line, e.g.
        time budget 55 min at 1.4 steps/s: 4,600 steps, LR drops at 3,345 and 4,181
        (the config's 11,275 steps scaled by 0.408)
    and <model_dir>/schedule.json;
@@ -33,7 +33,7 @@ import time
 
 from libs.base.errors import UserError
 from libs.base.io_utils import atomic_write, format_rate
-from libs.configs import ConfigError, finalize
+from libs.configs import ConfigError
 
 SCHEDULE_FILE = "schedule.json"
 
@@ -131,15 +131,16 @@ def describe_kept(record, path):
 
 
 def apply_total_steps(cfg, total_steps):
-    """Sets the schedule's total steps; libs.configs.finalize scales the boundaries."""
-    cfg.SCHEDULE_STEPS = int(total_steps)
-    finalize(cfg, source=cfg.NAME)
-    return cfg
+    """A new config: `cfg` with the schedule's total steps (SCHEDULE_STEPS), the LR
+    boundaries scaled with it (libs.configs). `cfg` is unchanged."""
+    return cfg.replace(SCHEDULE_STEPS=int(total_steps), source=cfg.NAME)
 
 
 def decide_schedule(cfg, budget, steps_per_second, step_now, restart_seconds,
                     save_seconds=0.0):
-    """Fits cfg's schedule into what is left of `budget`; updates cfg; returns the record.
+    """Fits cfg's schedule into what is left of `budget`: (the fitted config, the record).
+
+    The fitted config is a new one (apply_total_steps); `cfg` is unchanged.
 
     restart_seconds: what building the graph and session again will cost (the
     warm-up's own start-up, measured). save_seconds: what one checkpoint costs (the
@@ -160,18 +161,19 @@ def decide_schedule(cfg, budget, steps_per_second, step_now, restart_seconds,
             f"warm-up ({budget.elapsed():.0f} s so far, "
             f"{format_rate(steps_per_second, 'steps')}); give more minutes")
     try:
-        apply_total_steps(cfg, total if scaled else config_steps)
+        fitted = apply_total_steps(cfg, total if scaled else config_steps)
     except ConfigError as exc:
         raise BudgetError(
             f"--max_minutes {budget.minutes:g}: only {total} steps fit at "
             f"{format_rate(steps_per_second, 'steps')}, too few for the LR stages of "
             f"{cfg.NAME} ({exc}); give more minutes") from None
-    return {"budget_minutes": budget.minutes, "steps_per_second": steps_per_second,
-            "decided_at_step": int(step_now), "seconds_for_steps": seconds_for_steps,
-            "checkpoint_seconds": save_seconds,
-            "config_steps": config_steps, "total_steps": int(cfg.MAX_STEPS),
-            "scaled": scaled, "boundaries": [int(b) for b in cfg.BOUNDARY],
-            "lr_values": [float(v) for v in cfg.LR_VALUES]}
+    return fitted, {
+        "budget_minutes": budget.minutes, "steps_per_second": steps_per_second,
+        "decided_at_step": int(step_now), "seconds_for_steps": seconds_for_steps,
+        "checkpoint_seconds": save_seconds,
+        "config_steps": config_steps, "total_steps": int(fitted.MAX_STEPS),
+        "scaled": scaled, "boundaries": [int(b) for b in fitted.BOUNDARY],
+        "lr_values": [float(v) for v in fitted.LR_VALUES]}
 
 
 def schedule_path(model_dir):
@@ -201,18 +203,19 @@ def write_schedule(model_dir, record):
 
 
 def keep_recorded_schedule(cfg, model_dir):
-    """Applies model_dir's recorded schedule to cfg; returns the record or None.
+    """model_dir's recorded schedule: (cfg with it applied, the record), or (cfg, None)
+    when there is none. `cfg` itself is unchanged.
 
     Raises BudgetError if the config now gives other LR boundaries for the same total
     (EPOCH or EPOCH_BOUNDARY changed since): the run would change schedule midway.
     """
     record = read_schedule(model_dir)
     if record is None:
-        return None
-    apply_total_steps(cfg, record["total_steps"])
-    if [int(b) for b in cfg.BOUNDARY] != [int(b) for b in record["boundaries"]]:
+        return cfg, None
+    kept = apply_total_steps(cfg, record["total_steps"])
+    if [int(b) for b in kept.BOUNDARY] != [int(b) for b in record["boundaries"]]:
         raise BudgetError(
             f"{schedule_path(model_dir)} has LR drops at {record['boundaries']} but "
-            f"config {cfg.NAME} now gives {cfg.BOUNDARY} for {record['total_steps']} "
+            f"config {cfg.NAME} now gives {kept.BOUNDARY} for {record['total_steps']} "
             f"steps; use another --model_dir or delete the file to decide again")
-    return record
+    return kept, record

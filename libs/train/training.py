@@ -2,6 +2,10 @@
 
 tools/train.py, tools/eval.py and the tests all go through here with a run
 (libs/train/runs.py), so training is set up the same way whichever door it comes in by.
+Every Estimator is built from the run's model_params (runs.model_params), whose
+net_config is the config it trains or evaluates. A time budget's schedule (or one
+recorded in the run directory) is a new config that replaces run.cfg; the estimators
+built after that use it.
 """
 import shutil
 
@@ -22,6 +26,7 @@ from libs.train.runs import (
     TrainingError,
     check_run_split,
     checkpoint_step,
+    model_params,
     resolve_checkpoint,
     training_params,
 )
@@ -45,16 +50,17 @@ def make_run_config(cfg, model_dir, strategy=None, num_cpu_devices=1):
         train_distribute=strategy)
 
 
-def make_estimator(cfg, model_dir, params, distribute=True, warm_start_from=None):
-    """The Estimator of `cfg` writing to `model_dir`; towers when distribute is True.
+def make_estimator(params, model_dir, distribute=True, warm_start_from=None):
+    """The Estimator of params["net_config"] writing to `model_dir`; towers when
+    distribute is True. params: runs.model_params (or training_params) of a run.
 
     To train it, pass training_hooks(estimator, cfg) to estimator.train (train() does):
     the checkpoint saver comes with them, after the finite-loss guard.
     """
+    cfg = params["net_config"]
     strategy, devices = make_strategy(cfg) if distribute else (None, ["/cpu:0"])
     cpu_devices = len(devices) if devices[0].startswith("/cpu") else 1
     run_config = make_run_config(cfg, model_dir, strategy, cpu_devices)
-    params = dict(params, net_config=cfg)
     return tf.estimator.Estimator(model_fn=model_fn, config=run_config, params=params,
                                   warm_start_from=warm_start_from)
 
@@ -113,12 +119,13 @@ def describe_schedule(cfg, max_steps=None):
 
 
 def keep_recorded_schedule(run):
-    """Applies <model_dir>/schedule.json (a budget's decision) to run.cfg, if there is one.
+    """Replaces run.cfg by the config with <model_dir>/schedule.json's schedule (a
+    budget's decision), if there is one.
 
     A run directory keeps the schedule it was started with, whichever command resumes
     it, so its LR boundaries never move midway. Returns the record or None.
     """
-    record = time_budget.keep_recorded_schedule(run.cfg, run.model_dir)
+    run.cfg, record = time_budget.keep_recorded_schedule(run.cfg, run.model_dir)
     if record is not None:
         logging.info("%s", time_budget.describe_kept(
             record, time_budget.schedule_path(run.model_dir)))
@@ -129,9 +136,10 @@ def fit_schedule_to_budget(run, budget, input_fn, hooks, distribute=True):
     """Warm-up, then the schedule that fits `budget` (libs/train/time_budget.py).
 
     Trains at the config's own schedule (the first LR stage) while a SpeedMeter times
-    the steps and then stops training; decides the schedule, updates run.cfg, records
-    it in <model_dir>/schedule.json and logs the decision. Returns the record, or None
-    when the config's whole schedule ended within the warm-up.
+    the steps and then stops training; decides the schedule, replaces run.cfg by the
+    config with that schedule, records it in <model_dir>/schedule.json and logs the
+    decision. Returns the record, or None (run.cfg unchanged) when the config's whole
+    schedule ended within the warm-up.
     """
     cfg = run.cfg
     meter = hooks_lib.SpeedMeter(budget.clock, budget.warmup_seconds,
@@ -139,8 +147,7 @@ def fit_schedule_to_budget(run, budget, input_fn, hooks, distribute=True):
                                  min_steps=time_budget.WARMUP_MIN_STEPS)
     save_timer = hooks_lib.SaveTimer(budget.clock)
     called_at = budget.clock()
-    estimator = make_estimator(cfg, run.model_dir, training_params(run),
-                               distribute=distribute)
+    estimator = make_estimator(training_params(run), run.model_dir, distribute=distribute)
     estimator.train(input_fn, max_steps=cfg.EPOCH_STEPS,
                     hooks=training_hooks(estimator, cfg, [save_timer]) + list(hooks)
                     + [meter])
@@ -162,8 +169,8 @@ def fit_schedule_to_budget(run, budget, input_fn, hooks, distribute=True):
     # will cost. (Its session's close is already spent here; the last run's close is
     # in the margin.)
     save_seconds = save_timer.last_seconds or 0.0
-    record = time_budget.decide_schedule(cfg, budget, rate, step, restart_seconds,
-                                         save_seconds)
+    run.cfg, record = time_budget.decide_schedule(cfg, budget, rate, step, restart_seconds,
+                                                  save_seconds)
     time_budget.write_schedule(run.model_dir, record)
     logging.info("%s", time_budget.describe_decision(record))
     return record
@@ -179,7 +186,6 @@ def train(run, max_steps=None, distribute=True, hooks=None, budget=None):
     global step reached.
     """
 
-    cfg = run.cfg
     task = cluster_task() if distribute else None
     if budget is not None and max_steps:
         raise TrainingError("--max_minutes fits the config's whole schedule into the "
@@ -187,8 +193,9 @@ def train(run, max_steps=None, distribute=True, hooks=None, budget=None):
     if budget is not None and task is not None:
         raise TrainingError("--max_minutes needs one process: under TF_CONFIG every "
                             "worker must follow the same schedule (set SCHEDULE_STEPS)")
-    check_run_split(run, cfg.TRAIN_SPLIT)
+    check_run_split(run, run.cfg.TRAIN_SPLIT)
     recorded = keep_recorded_schedule(run)
+    cfg = run.cfg                   # with the recorded schedule, if there is one
     logging.info("%s", describe_start(cfg, run.model_dir))
     logging.info("%s", describe_schedule(cfg, max_steps))
     reached = checkpoint_step(run.model_dir) or 0
@@ -202,9 +209,10 @@ def train(run, max_steps=None, distribute=True, hooks=None, budget=None):
     with progress:
         if budget is not None and recorded is None:
             fit_schedule_to_budget(run, budget, input_fn, hooks, distribute=distribute)
+            cfg = run.cfg           # the fitted schedule, which the estimator below trains
             progress.total = cfg.MAX_STEPS
         max_steps = int(max_steps or cfg.MAX_STEPS)
-        estimator = make_estimator(cfg, run.model_dir, training_params(run),
+        estimator = make_estimator(training_params(run), run.model_dir,
                                    distribute=distribute)
         hooks = training_hooks(estimator, cfg) + hooks
         if budget is not None:
@@ -247,8 +255,8 @@ def evaluate(run, checkpoint=None, split=None, sink=None):
     split = split or cfg.EVAL_SPLIT
     checkpoint = resolve_checkpoint(run.model_dir, checkpoint)
     total = check_run_split(run, split)
-    params = run.params if sink is None else dict(run.params, evaluation_sink=sink)
-    estimator = make_estimator(cfg, run.model_dir, params, distribute=False)
+    params = model_params(run) if sink is None else model_params(run, evaluation_sink=sink)
+    estimator = make_estimator(params, run.model_dir, distribute=False)
     input_fn = run.dataset.input_fn(cfg, EVAL, split)
     with Progress(total, f"evaluating {split}", unit="images") as progress:
         results = estimator.evaluate(input_fn, checkpoint_path=checkpoint,
@@ -267,16 +275,16 @@ def train_and_evaluate(run, max_steps=None, split=None, throttle_secs=0):
     Returns the last evaluation's results.
     """
 
-    cfg = run.cfg
-    split = split or cfg.EVAL_SPLIT
-    check_run_split(run, cfg.TRAIN_SPLIT)
+    split = split or run.cfg.EVAL_SPLIT
+    check_run_split(run, run.cfg.TRAIN_SPLIT)
     keep_recorded_schedule(run)
+    cfg = run.cfg                   # with the recorded schedule, if there is one
     max_steps = int(max_steps or cfg.MAX_STEPS)
     logging.info("%s", describe_start(cfg, run.model_dir))
     logging.info("%s", describe_schedule(cfg, max_steps))
     logging.info("evaluating each new checkpoint on '%s' (every %d steps)", split,
                  cfg.SAVE_CHECKPOINTS_STEPS)
-    estimator = make_estimator(cfg, run.model_dir, training_params(run))
+    estimator = make_estimator(training_params(run), run.model_dir)
     with Progress(max_steps, "training", unit="steps") as progress:
         train_spec = tf.estimator.TrainSpec(
             run.dataset.input_fn(cfg, TRAIN), max_steps=max_steps,
