@@ -67,7 +67,7 @@ def snapshot_run(name, work, steps):
     if pretrained:
         run_tool("import_backbone.py", "--name", "efficientnet_lite0", "--output_dir",
                  os.path.join(work, "lite0"))
-        overrides = overrides + [f"CHECKPOINT_DIR={os.path.join(work, 'lite0')!r}"]
+        overrides = overrides + [f"BACKBONE_CHECKPOINT={os.path.join(work, 'lite0')!r}"]
     model_dir = os.path.join(work, name)
     sets = [f"--set={item}" for item in overrides + ["SAVE_SUMMARY_STEPS=1", "SEED=0"]]
     common = ["--cfg", cfg, "--data_dir", data, "--reference_dir", references,

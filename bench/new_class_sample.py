@@ -46,7 +46,7 @@ def voc_args(voc, split):
 
 def training_sets(base_classes, backbone_dir, sets=()):
     """The --set flags of build()'s training (and its exports)."""
-    return [f"--set={s}" for s in [f"CHECKPOINT_DIR='{backbone_dir}'",
+    return [f"--set={s}" for s in [f"BACKBONE_CHECKPOINT='{backbone_dir}'",
                                    f"NUM_CLASS={len(base_classes) + 1}",
                                    "DETECTION_MIN_CONFIDENCE=0.05", *sets]]
 

@@ -7,7 +7,7 @@ the library's default, the notebook's: libs/configs/defaults.py). What differs, 
 why, for a short run on a CPU:
 
 - Backbone: EfficientNet-Lite0 with ImageNet weights (cfgs/imagenet_backbone.py:
-  tools/import_backbone.py writes them to CHECKPOINT_DIR from the package setup.py
+  tools/import_backbone.py writes them to BACKBONE_CHECKPOINT from the package setup.py
   installs), input (RGB - 127) / 128 as it was trained, batch norm frozen to the
   checkpoint's statistics (one image per step), stem and stages 1-3 frozen. From
   scratch, as before the weights could be had (a half-width group-norm ResNet-18):
@@ -44,7 +44,7 @@ class Config(EfficientNetLite0, Defaults):
 
     NUM_CLASS = 4                             # background + Platelets, RBC, WBC
 
-    # NET_NAME, CHECKPOINT_DIR, PIXEL_MEANS / PIXEL_STD, frozen batch norm and stages:
+    # NET_NAME, BACKBONE_CHECKPOINT, PIXEL_MEANS / PIXEL_STD, frozen batch norm and stages:
     # EfficientNetLite0 (cfgs/imagenet_backbone.py).
     HEAD_TRAIN_BATCH_NORM = True
     HEAD_BATCH_NORM_DECAY = 0.99

@@ -41,7 +41,7 @@ class Config(EfficientNetLite0, Defaults):
 
     NUM_CLASS = 7                             # background + 6 defect types
 
-    # NET_NAME, CHECKPOINT_DIR, PIXEL_MEANS / PIXEL_STD, frozen batch norm and stages:
+    # NET_NAME, BACKBONE_CHECKPOINT, PIXEL_MEANS / PIXEL_STD, frozen batch norm and stages:
     # EfficientNetLite0 (cfgs/imagenet_backbone.py).
     HEAD_TRAIN_BATCH_NORM = True
     HEAD_BATCH_NORM_DECAY = 0.99

@@ -6,7 +6,7 @@ some classes of the generated sample, a checkpoint exported with references of a
 class detects it without retraining (tests/test_fewshot_e2e.py; measured figures in
 docs/fewshot.md). What differs from tiny_cpu, and why:
 
-- Backbone: Lite0 from CHECKPOINT_DIR (python tools/import_backbone.py --name
+- Backbone: Lite0 from BACKBONE_CHECKPOINT (python tools/import_backbone.py --name
   efficientnet_lite0), every stage frozen: 72 toy images would otherwise pull the
   features towards "the base classes or background", the premise that failed from
   scratch; only the FPN and the heads train.

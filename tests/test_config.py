@@ -211,12 +211,12 @@ DEEPPCB = os.path.join(REPO_ROOT, "cfgs", "deeppcb_cpu.py")
 def test_real_data_configs_start_pretrained_and_scratch_is_one_preset_away(path):
     cfg = load_config(path)
     assert cfg.NET_NAME == "efficientnet_lite0" and cfg.PRESET is None
-    assert cfg.CHECKPOINT_DIR == "output/pretrained/efficientnet_lite0"
+    assert cfg.BACKBONE_CHECKPOINT == "output/pretrained/efficientnet_lite0"
     assert (cfg.PIXEL_MEANS, cfg.PIXEL_STD) == ([127.0] * 3, [128.0] * 3)
     assert cfg.TRAIN_BATCH_NORM is False          # the checkpoint's statistics
     scratch = load_config(path, {"PRESET": "scratch", "LR": 0.02})
     assert scratch.PRESET == "scratch" and scratch.NET_NAME == "small_resnet_gn"
-    assert scratch.CHECKPOINT_DIR is None and scratch.PIXEL_STD == [1.0] * 3
+    assert scratch.BACKBONE_CHECKPOINT is None and scratch.PIXEL_STD == [1.0] * 3
     assert scratch.TRAIN_BATCH_NORM is True and scratch.BACKBONE_FROZEN_STAGES == 0
     assert scratch.LR == 0.02                     # --set after the preset wins
     # everything the preset does not name is the config's
@@ -225,10 +225,10 @@ def test_real_data_configs_start_pretrained_and_scratch_is_one_preset_away(path)
 
 
 def test_fine_tuning_a_pretrained_config_starts_from_the_run_alone():
-    """INIT_CHECKPOINT (a run: backbone included) replaces CHECKPOINT_DIR (ImageNet)."""
-    assert load_config(DEEPPCB).CHECKPOINT_DIR == "output/pretrained/efficientnet_lite0"
+    """INIT_CHECKPOINT (a run: backbone included) replaces BACKBONE_CHECKPOINT (ImageNet)."""
+    assert load_config(DEEPPCB).BACKBONE_CHECKPOINT == "output/pretrained/efficientnet_lite0"
     tuned = load_config(DEEPPCB, {"INIT_CHECKPOINT": "output/deeppcb_cpu"})
-    assert tuned.CHECKPOINT_DIR is None
+    assert tuned.BACKBONE_CHECKPOINT is None
     assert tuned.INIT_CHECKPOINT == "output/deeppcb_cpu"
 
 
@@ -269,3 +269,18 @@ def test_normalize_pixels_matches_numpy():
         means_only = sess.run(normalize_pixels(tf.constant(images), [1.0, 2.0, 3.0]))
     np.testing.assert_allclose(scaled, (images - 127.0) / 128.0, rtol=1e-6)
     np.testing.assert_allclose(means_only, images - np.array([1.0, 2.0, 3.0]), rtol=1e-6)
+
+
+def test_the_old_name_checkpoint_dir_still_sets_backbone_checkpoint(tmp_path):
+    """BACKBONE_CHECKPOINT was CHECKPOINT_DIR: users' configs and --set keep working."""
+    path = tmp_path / "old.py"
+    path.write_text("from libs.configs.defaults import Defaults\n\n\n"
+                    "class Config(Defaults):\n    NAME = 'old'\n    MODEL_DIR = 'out'\n"
+                    "    CHECKPOINT_DIR = 'weights/model.ckpt'\n")
+    assert load_config(str(path)).BACKBONE_CHECKPOINT == "weights/model.ckpt"
+    cfg = load_config(str(path), {"CHECKPOINT_DIR": "other.ckpt"})
+    assert cfg.BACKBONE_CHECKPOINT == "other.ckpt"
+    assert not hasattr(cfg, "CHECKPOINT_DIR")
+    with pytest.raises(ConfigError, match="CHECKPOINT_DIR is the old name of "
+                                          "BACKBONE_CHECKPOINT; give one of them"):
+        load_config(str(path), {"CHECKPOINT_DIR": "a.ckpt", "BACKBONE_CHECKPOINT": "b.ckpt"})

@@ -269,10 +269,10 @@ def test_only_freezable_backbones_take_frozen_stages():
 
 
 def test_checkpoint_dir_loads_the_import_into_the_detector_backbone(imported_lite0):
-    """CHECKPOINT_DIR -> model_fn.init_backbone_from_checkpoint, the training path."""
+    """BACKBONE_CHECKPOINT -> model_fn.init_backbone_from_checkpoint, the training path."""
     from libs.train import model_fn
     cfg = types.SimpleNamespace(NET_NAME="efficientnet_lite0",
-                                CHECKPOINT_DIR=imported_lite0[0])
+                                BACKBONE_CHECKPOINT=imported_lite0[0])
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(imported_lite0[0]))
     with seeded_graph().as_default():
         backbones.build_backbone("efficientnet_lite0", tf.zeros([1, 64, 64, 3]))
@@ -306,7 +306,7 @@ def test_slim_resnet_v1_101_checkpoint_loads_through_checkpoint_dir(tmp_path):
             sess.run([v.initializer for v in variables[40:]])
             saved = {v.op.name: sess.run(v) for v in variables[:40]}
             tf.train.Saver(variables).save(sess, prefix, write_meta_graph=False)
-    cfg = types.SimpleNamespace(NET_NAME="resnet_v1_101", CHECKPOINT_DIR=prefix)
+    cfg = types.SimpleNamespace(NET_NAME="resnet_v1_101", BACKBONE_CHECKPOINT=prefix)
     with seeded_graph().as_default():
         backbones.build_backbone("resnet_v1_101", tf.zeros([1, 64, 64, 3]))
         model_fn.init_backbone_from_checkpoint(cfg)
@@ -322,11 +322,11 @@ def test_slim_resnet_v1_101_checkpoint_loads_through_checkpoint_dir(tmp_path):
 def test_a_missing_import_says_how_to_make_it(tmp_path):
     from libs.train import model_fn
     cfg = types.SimpleNamespace(NET_NAME="efficientnet_lite0",
-                                CHECKPOINT_DIR=str(tmp_path / "not_imported"))
+                                BACKBONE_CHECKPOINT=str(tmp_path / "not_imported"))
     with seeded_graph().as_default():
         backbones.build_backbone("efficientnet_lite0", tf.zeros([1, 64, 64, 3]))
         with pytest.raises(ValueError) as err:
             model_fn.init_backbone_from_checkpoint(cfg)
     assert "\n" not in str(err.value)
     assert (f"python tools/import_backbone.py --name efficientnet_lite0 --output_dir "
-            f"{cfg.CHECKPOINT_DIR}") in str(err.value)
+            f"{cfg.BACKBONE_CHECKPOINT}") in str(err.value)

@@ -111,7 +111,7 @@ def _build_training_graph(cfg, batch_features, batch_labels, params):
 def test_init_from_checkpoint_restores_the_backbone(tmp_path, sample_data):
     from tests.test_model_blocks import fake_batch, reference_images
     prefix = str(tmp_path / "pretrained" / "model.ckpt")
-    cfg = tiny(NUM_TRAIN_IMAGES=4, CHECKPOINT_DIR=str(tmp_path / "pretrained"))
+    cfg = tiny(NUM_TRAIN_IMAGES=4, BACKBONE_CHECKPOINT=str(tmp_path / "pretrained"))
     saved = _save_backbone_checkpoint(prefix, cfg.NET_NAME)
     with seeded_graph().as_default():
         features, labels = fake_batch(cfg, 1)
@@ -149,7 +149,7 @@ def test_init_from_checkpoint_errors_are_one_clear_line(tmp_path, which, message
             with tf.Session() as sess:
                 sess.run(var.initializer)
                 tf.train.Saver([var]).save(sess, path)
-    cfg = tiny(NUM_TRAIN_IMAGES=4, CHECKPOINT_DIR=path)
+    cfg = tiny(NUM_TRAIN_IMAGES=4, BACKBONE_CHECKPOINT=path)
     with seeded_graph().as_default():
         features, labels = fake_batch(cfg, 1)
         with pytest.raises(ValueError) as err:

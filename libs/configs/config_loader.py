@@ -99,6 +99,25 @@ def _unknown_field_message(source, key):
     return f"{source}: unknown field {key}{hint}"
 
 
+# Old field name -> new: accepted in users' configs and --set, so that they keep working
+# (README, "Configs"). BACKBONE_CHECKPOINT was CHECKPOINT_DIR, which read like a run's
+# checkpoints beside INIT_CHECKPOINT (another run's weights).
+RENAMED_FIELDS = {"CHECKPOINT_DIR": "BACKBONE_CHECKPOINT"}
+
+
+def _renamed(fields, source):
+    """fields with old names replaced by the new ones (a copy)."""
+    fields = dict(fields)
+    for old, new in RENAMED_FIELDS.items():
+        if old in fields:
+            value = fields.pop(old)
+            if fields.get(new) is not None and fields[new] != value:
+                raise ConfigError(f"{source}: {old} is the old name of {new}; give one "
+                                  f"of them")
+            fields[new] = value
+    return fields
+
+
 def _check_field_names(settings, source):
     """A misspelt field would otherwise be ignored silently and the default used."""
     known = known_fields()
@@ -119,9 +138,9 @@ def load_config(path, overrides=None):
     config_class = getattr(module, "Config", None)
     if not isinstance(config_class, type):
         raise ConfigError(f"--cfg {path}: the module defines no class `Config`")
-    settings = _settings(config_class)
+    settings = _renamed(_settings(config_class), path)
     _check_field_names(settings, path)
-    overrides = dict(overrides or {})
+    overrides = _renamed(overrides or {}, "--set")
     settings.update(_preset(settings, overrides.pop("PRESET", settings.get("PRESET")),
                             path))
     settings["CONFIG_PATH"] = os.path.abspath(path)
@@ -185,9 +204,9 @@ def _finalize(settings, overrides, source):
     _validate(cfg, source)
     if cfg.INIT_CHECKPOINT:
         # A run of this project holds every weight, its backbone's included (a pretrained
-        # config's run started from CHECKPOINT_DIR and trained on): fine-tuning it must
+        # config's run started from BACKBONE_CHECKPOINT and trained on): fine-tuning it must
         # not put the imported ImageNet backbone back over them.
-        cfg.CHECKPOINT_DIR = None
+        cfg.BACKBONE_CHECKPOINT = None
 
     cfg.NUM_GPUS = len(cfg.GPU_GROUPS)
     cfg.BATCH_SIZE = cfg.NUM_GPUS * cfg.PER_GPU_IMAGE

