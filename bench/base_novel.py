@@ -175,6 +175,7 @@ def diagnose(args, preset, data_dir, reference_dir, model_dir, supports):
     ROIs covering its objects; the objectness of ROIs touching no object (IoU < 0.1)
     and how many distinct objectness values an image's proposals have; and the
     prototypes' pairwise distances (mean squared difference)."""
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from data.io.input_fn import EVAL, make_input_fn
     from libs.base.tf_compat import seeded_graph, tf
     from libs.configs import load_config_from_flags
@@ -295,6 +296,7 @@ def main():
     methods = args.methods.split(",")
 
     if args.dataset == "sample" and not os.path.isdir(args.voc):
+        # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
         from data.sample.generate import generate_voc_dataset
         generate_voc_dataset(args.voc)
     base, full, base_classes = prepare_base(args, preset)

@@ -37,6 +37,7 @@ RUNS = {
 
 def _scalars(model_dir):
     """{step: {tag: value}} of the training events in model_dir (not the eval dirs)."""
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from libs.base.tf_compat import tf
     found = {}
     for path in sorted(glob.glob(os.path.join(model_dir, "events.out.tfevents.*"))):
@@ -91,6 +92,7 @@ def snapshot_run(name, work, steps):
 def _served(export_dir, paths):
     """{image: [{"box", "class_id", "score"}]}: the SavedModel's own outputs, unrounded
     (loaded with plain TensorFlow: no project code between the model and the figures)."""
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from libs.base.tf_compat import tf
     found = {}
     with tf.Graph().as_default(), tf.compat.v1.Session() as session:

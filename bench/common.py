@@ -19,6 +19,7 @@ def run_tool(name, *args):
 def write_json(path, value):
     """Writes `value` as JSON atomically: a rerun after an interruption reads it whole."""
     sys.path.insert(0, REPO)
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from libs.base.io_utils import atomic_write
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_write(path, "w") as handle:

@@ -55,6 +55,7 @@ def main():
 
     import cv2
 
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from data.io import input_fn, tfrecord_format
     from libs.base import images as images_lib
     from libs.base.tf_compat import tf

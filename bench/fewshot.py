@@ -41,6 +41,7 @@ def draw_subset(train_ids, objects_by_id, classes, size, seed):
 
 def prepare(voc, out_dir, ids, classes):
     """TFRecords (subset train + full val) and references of one subset."""
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from data.io import convert, reference_set
     image_dir = os.path.join(voc, "JPEGImages")
     annotations = os.path.join(voc, "Annotations")
@@ -95,6 +96,7 @@ def main():
     parser.add_argument("--out", default=os.path.join(REPO, "output", "fewshot"))
     args = parser.parse_args()
 
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from data.io import convert
     train_file = os.path.join(args.voc, "ImageSets", "Main", "train.txt")
     images, classes = convert.read_annotations(

@@ -98,6 +98,7 @@ def _cpu_seconds():
 
 def make_sample_data(root, num_images):
     """Generates + converts the sample dataset; returns the TFRecord directory."""
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from data.io import convert
     from data.sample.generate import generate_voc_dataset
 
@@ -118,6 +119,7 @@ def _rpn_targets_skipped(input_lib, skip):
     if not skip:
         yield
         return
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from libs.base.tf_compat import tf
 
     def no_targets(anchors, gt_boxes, positive_iou, negative_iou, minibatch_size,
@@ -152,6 +154,7 @@ def count_records(files):
 
 def measure(cfg, data_dir, split, args):
     """Runs the pipeline; returns the dict of figures."""
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from data.io import input_fn as input_lib
     from libs.base.tf_compat import seeded_graph, tf
     from libs.box_utils.anchors import config_anchors

@@ -59,6 +59,7 @@ def build(root, base_classes, new_class, backbone_dir, sets=(), seed=0, cfg=CFG,
     one export "all" with every class under its own name. Returns {"voc": the
     evaluation images' VOC folder, <export name>: its SavedModel folder}.
     """
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from data.sample.generate import generate_voc_dataset
 
     root = str(root)
@@ -117,6 +118,7 @@ def ground_truth(xml_path):
 def average_precision(export_dir, voc, rename):
     """AP@0.5 per exported class over voc's val split; ground truth of the classes the
     export names (`rename`: its class -> the sample's), other objects dropped."""
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from libs.evaluation.detection_evaluator import DetectionEvaluator
     from libs.serving import export
 
@@ -146,6 +148,7 @@ def average_precision(export_dir, voc, rename):
 def named_objects(export_dir, voc, sample_class, min_score=0.5):
     """(how many of voc's val objects of `sample_class` a detection of any class with
     score >= min_score covers at IoU >= 0.5, how many there are)."""
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from libs.evaluation.detection_evaluator import iou_matrix
     from libs.serving import export
 
@@ -197,6 +200,7 @@ def main():
                         help="also export without this class's references and count "
                              "its objects named as a given class")
     args = parser.parse_args()
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from libs.weights import pretrained
 
     row = os.path.join(args.out, args.name)

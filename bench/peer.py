@@ -97,6 +97,7 @@ def ours_serving(args, cfg_path, cfg, side, isa):
 
 
 def _trained_checkpoint(cfg):
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from libs.base.tf_compat import tf
     model_dir = os.path.join(REPO, cfg.MODEL_DIR)
     return tf.train.latest_checkpoint(model_dir) if os.path.isdir(model_dir) else None
@@ -117,6 +118,7 @@ def _spread(values):
 
 
 def compare(args, cfg_path, side, isa):
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from libs.configs import load_config
     cfg = load_config(cfg_path)
     data_dir = args.data_dir or os.path.join(REPO, cfg.DATA_DIR)
@@ -175,6 +177,7 @@ def main():
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
     args.set = [s if s.startswith("--set=") else f"--set={s}" for s in args.set]
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from libs.configs import load_config
     rows = []
     for isa in args.isas.split(","):

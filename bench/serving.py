@@ -48,6 +48,7 @@ flags.DEFINE_bool("json", False, "Print one JSON line.")
 
 def _random_checkpoint(run, directory):
     """A checkpoint of freshly initialised weights (every variable the model has)."""
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from libs.base.tf_compat import seeded_graph, tf
     from libs.serving import export
     params = runs.model_params(run)
@@ -63,6 +64,7 @@ def _random_checkpoint(run, directory):
 def _test_images(count):
     import cv2
 
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from libs.base import images as images_lib
     if FLAGS.image_dir:
         names = sorted(n for n in os.listdir(FLAGS.image_dir)
@@ -76,6 +78,7 @@ def _test_images(count):
 
 def main(argv):
     del argv
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from libs.configs import load_config, parse_overrides
     from libs.serving import export
 

@@ -163,6 +163,7 @@ def step_flops(graph, step_stats, net_name):
 
 def matmul_gflops(tf, size=2048, repeats=10):
     """GFLOP/s of a float32 size x size matmul in this process (best of `repeats`)."""
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from libs.base.tf_compat import seeded_graph
     graph = seeded_graph(0)
     with graph.as_default():
@@ -189,6 +190,7 @@ def _cpu_seconds():
 
 def main(argv):
     del argv
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from libs.base.tf_compat import tf
     from libs.configs import load_config_from_flags
     from libs.train import training
