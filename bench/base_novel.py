@@ -163,8 +163,10 @@ def merged_references(split, base_refs, novel):
 
 def fine_tune_sets(method, init, shots, num_images, steps, lr):
     epochs = steps / max(num_images, 1)
+    # (MIN_STEPS=None: the fine-tuning's own length, `steps`, not the config's floor.)
     sets = [f"INIT_CHECKPOINT='{init}'", f"TRAINABLE_VARIABLES={TRAINABLE[method]}",
             f"LR={lr}", f"EPOCH={epochs}", f"EPOCH_BOUNDARY=[{0.8 * epochs}]",
+            "MIN_STEPS=None",
             f"NUM_SUPPORTS={max(shots, BASE_REFERENCES)}", "SAVE_CHECKPOINTS_STEPS=100000",
             "SAVE_SUMMARY_STEPS=100000"]
     return sets + (FC_SETS if method == "C" else [])

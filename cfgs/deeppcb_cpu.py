@@ -7,8 +7,9 @@ the converter), ~7 defects per image, median box ~34 px (20..129). The model is 
 Comparison Detector of res101_fewshot (the defaults, libs/configs/defaults.py); what
 differs, and why:
 
-- EfficientNet-Lite0 with ImageNet weights, as bccd_cpu (see there); from scratch (the
-  small group-norm ResNet of the last release): --set PRESET=scratch.
+- The CPU settings of cfgs/own_data.py (EfficientNet-Lite0 with ImageNet weights, side
+  512, linear comparison logits, trained head batch norms; why each: there); from
+  scratch (the small group-norm ResNet of the last release): --set PRESET=scratch.
 - Side 512: defects become ~27 px (16..103). Anchors 24..384 on P2..P6: with the
   bccd sizes (16..256) only 32% of the defects had an anchor of IoU >= 0.7 (0.4 per
   defect) and a 4,500-step run found none; with these 61% (1.3 per defect).
@@ -26,57 +27,28 @@ From scratch (PRESET scratch), make deeppcb on a 2-core CPU with AVX2 kernels: 9
 steps (12.3 epochs) in 60 minutes, val mAP@0.5 0.860. Pretrained figures, the FC
 baseline and the failure analysis: docs/results.md.
 """
-from cfgs.imagenet_backbone import SCRATCH_BACKBONE, EfficientNetLite0
-from libs.configs.defaults import Defaults
+from cfgs.imagenet_backbone import SCRATCH_BACKBONE
+from cfgs.own_data import Config as OwnData
 
 
-class Config(EfficientNetLite0, Defaults):
+class Config(OwnData):
     NAME = "deeppcb_cpu"
     MODEL_DIR = "output/deeppcb_cpu"
     DATA_DIR = "output/deeppcb/data"
     REFERENCE_DIR = "output/deeppcb/references"
-    SAVE_CHECKPOINTS_STEPS = 1000
-    SAVE_SUMMARY_STEPS = 100
-    LOG_EVERY_N_STEPS = 100
 
     NUM_CLASS = 7                             # background + 6 defect types
 
-    # NET_NAME, BACKBONE_CHECKPOINT, PIXEL_MEANS / PIXEL_STD, frozen batch norm and stages:
-    # EfficientNetLite0 (cfgs/imagenet_backbone.py).
-    HEAD_TRAIN_BATCH_NORM = True
-    HEAD_BATCH_NORM_DECAY = 0.99
-    COMPARISON_RELU = False
     COMPARISON_SCORE = "distance"
     BACKGROUND_PROTOTYPE = "pooled"
     BOX_REGRESSION = "class_agnostic"
     ROI_POOLING = "by_size"
-    TARGET_SIDE = 512
-    FPN_CHANNELS = 64
-
-    NUM_SUPPORTS = 5
-    REFERENCE_SUPPORTS_PER_STEP = 2
     REFERENCE_SIDE = 64
-
     BASE_ANCHOR_SIZE_LIST = [24, 48, 96, 192, 384]
     RPN_CHANNELS = 128
-    RPN_TOP_K_NMS = 2000
-    RPN_PROPOSALS_TRAIN = 600
-    RPN_PROPOSALS_INFERENCE = 300
 
-    HEAD_CHANNELS = 256
-    ROI_CANONICAL_SIZE = 112                  # 224 scaled by 512 / 1024
-    ADD_GT_TO_PROPOSALS = True
-    FAST_RCNN_MINIBATCH_SIZE = 128
-    FAST_RCNN_MAX_INSTANCES = 40
-    MIN_GT_SIZE = 4
-    DETECTION_NMS_THRESHOLD = 0.5
-    DETECTION_MAX_INSTANCES = 100
-
-    LR = 0.005
     EPOCH = 8
     EPOCH_BOUNDARY = [6, 7]
-    GPU_GROUPS = ["/cpu:0"]
-    PER_GPU_IMAGE = 1
     FLIP_VERTICAL = True
 
     # The from-scratch model of the last release (val 0.860 in 60 minutes, AVX2):

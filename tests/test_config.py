@@ -60,6 +60,25 @@ def test_derived_values_computed_in_one_place():
     assert cfg.NUM_TRAIN_IMAGES == 101 and cfg.BOUNDARY == [35 * 26, 50 * 26]
 
 
+def test_min_steps_lengthens_a_small_datasets_schedule_and_keeps_its_fractions():
+    """20 epochs, LR drops at 15 and 18, at least 2,000 steps: 25 images would train 500
+    steps; they train 2,000 with the drops at 15/20 and 18/20 of them. A dataset whose
+    epochs are more steps than that keeps its own schedule exactly."""
+    own = os.path.join(REPO_ROOT, "cfgs", "own_data.py")
+    small = load_config(own, {"NUM_TRAIN_IMAGES": 25, "MIN_STEPS": 2000})
+    assert (small.EPOCH, small.EPOCH_BOUNDARY) == (20, [15, 18])
+    assert (small.EPOCH_STEPS, small.MAX_STEPS, small.BOUNDARY) == (2000, 2000,
+                                                                   [1500, 1800])
+    large = small.replace(NUM_TRAIN_IMAGES=205)
+    assert (large.MAX_STEPS, large.BOUNDARY) == (4100, [15 * 205, 18 * 205])
+    # a budget's or a bench's SCHEDULE_STEPS still sets the length
+    assert small.replace(SCHEDULE_STEPS=1000).BOUNDARY == [750, 900]
+    assert load_config(own, {"NUM_TRAIN_IMAGES": 25, "MIN_STEPS": None}).MAX_STEPS == 500
+    for bad in (0, -5, 2.5, "2000"):
+        with pytest.raises(ConfigError, match="MIN_STEPS: must be a positive integer"):
+            load_config(own, {"MIN_STEPS": bad})
+
+
 def test_a_loaded_config_is_read_only_and_replace_makes_a_checked_copy():
     cfg = load_config(TINY, {"NUM_TRAIN_IMAGES": 8})
     loaded = copy.deepcopy(vars(cfg))

@@ -115,6 +115,79 @@ def test_a_recorded_schedule_that_the_config_no_longer_gives_is_refused(tmp_path
         time_budget.keep_recorded_schedule(moved, str(tmp_path))
 
 
+def _warmup_decision(rate, minutes=30, step=80, at_seconds=60.0):
+    """The BCCD config (4,100 steps, drops at 3,075 and 3,690) fitted at `rate` after a
+    warm-up that ended at `step`, `at_seconds` into a `minutes` budget."""
+    cfg = load_config(BCCD, {"NUM_TRAIN_IMAGES": 205})
+    clock = [at_seconds]
+    budget = time_budget.TimeBudget(minutes, clock=lambda: clock[0], started_at=0.0)
+    fitted, record = time_budget.decide_schedule(cfg, budget, rate, step,
+                                                 restart_seconds=10.0, save_seconds=1.0)
+    return cfg, budget, clock, fitted, record
+
+
+def test_a_slow_warm_up_is_refitted_longer_once_the_speed_settles():
+    """The newcomer's make bccd: the warm-up minute read 1.4 steps/s (other processes
+    busy), the run then went at 1.8. Re-fitted three minutes later, the schedule grows
+    to what 1.8 steps/s fits in the time left, the LR drops move with it, both
+    decisions are in the record, and the line says so."""
+    cfg, budget, clock, fitted, record = _warmup_decision(1.4)
+    assert fitted.MAX_STEPS < cfg.MAX_STEPS                  # 1.4 steps/s: scaled down
+    assert record["restart_seconds"] == 10.0
+    last = time_budget.refit_last_step(record)
+    assert last == 80 + (fitted.BOUNDARY[0] - 80) // 2       # halfway to the first drop
+    clock[0] = 240.0
+    step = 80 + int(1.8 * 180)
+    assert step < last
+    refitted, new = time_budget.refit_schedule(cfg, record, budget, 1.8, step)
+    seconds = 1800 - 240 - 10 - 36 - 1.0 * -(-(4100 - step) // cfg.SAVE_CHECKPOINTS_STEPS)
+    total = step + int(1.8 * seconds)
+    assert refitted.MAX_STEPS == new["total_steps"] == total > fitted.MAX_STEPS
+    assert refitted.BOUNDARY == new["boundaries"] == [int(total * 15 / 20),
+                                                      int(total * 18 / 20)]
+    assert new["refit"] == {"at_step": step, "steps_per_second": 1.8, "changed": True,
+                            "warmup_steps_per_second": 1.4,
+                            "warmup_total_steps": fitted.MAX_STEPS,
+                            "warmup_boundaries": fitted.BOUNDARY}
+    assert time_budget.describe_refit(new) == (
+        f"speed settled at 1.8 steps/s (the warm-up read 1.4 steps/s): {total:,} steps, "
+        f"LR drops at {total * 15 // 20:,} and {int(total * 18 / 20):,} (was "
+        f"{fitted.MAX_STEPS:,})")
+    # never longer than the config's own schedule
+    longest, _ = time_budget.refit_schedule(cfg, record, budget, 50.0, step)
+    assert longest.MAX_STEPS == cfg.MAX_STEPS == 4100
+
+
+def test_a_fast_warm_up_is_refitted_shorter_and_a_steady_one_stands():
+    cfg, budget, clock, fitted, record = _warmup_decision(1.8)
+    clock[0] = 240.0
+    step = 80 + int(1.4 * 180)
+    shorter, new = time_budget.refit_schedule(cfg, record, budget, 1.4, step)
+    assert shorter.MAX_STEPS < fitted.MAX_STEPS and new["refit"]["changed"]
+    assert shorter.BOUNDARY[0] > step
+    # the warm-up read right (within REFIT_TOLERANCE): the running schedule stands
+    step = 80 + int(1.8 * 180)
+    kept, same = time_budget.refit_schedule(cfg, record, budget, 1.81, step)
+    assert kept is None
+    assert same["total_steps"] == fitted.MAX_STEPS and not same["refit"]["changed"]
+    assert time_budget.describe_refit(same) == (
+        f"speed settled at 1.8 steps/s (the warm-up read 1.8 steps/s): the schedule of "
+        f"{fitted.MAX_STEPS:,} steps stands")
+    # much slower now: never an LR drop before the current step ...
+    late = time_budget.refit_last_step(record)
+    clock[0] = 1000.0
+    fitted_late, late_record = time_budget.refit_schedule(cfg, record, budget, 0.3, late)
+    assert fitted_late.BOUNDARY[0] > late and late_record["refit"]["changed"]
+    # ... and with no time left the schedule stands (the last-stage stop catches it)
+    clock[0] = 1790.0
+    none, stands = time_budget.refit_schedule(cfg, record, budget, 0.3, late)
+    assert none is None and stands["refit"]["reason"] == "no time left"
+    # a given rate (tests, a known machine) is never re-measured
+    assert time_budget.TimeBudget(30, steps_per_second=2.0).refit_seconds == 0.0
+    assert time_budget.TimeBudget(30).refit_seconds == 180.0      # 10% of the budget
+    assert time_budget.TimeBudget(60).refit_seconds == time_budget.REFIT_SECONDS
+
+
 class FakeRunContext:
     stop_requested = False
 
@@ -289,3 +362,68 @@ def test_budget_flag_errors_are_one_line(sample_data, tmp_path):
                                str(tmp_path / "run"))
     with pytest.raises(runs.TrainingError, match="without --max_steps"):
         training.train(run, max_steps=10, budget=time_budget.TimeBudget(1))
+
+
+class SimulatedSpeed(tf.train.SessionRunHook):
+    """A simulated clock that advances one step's time after each step: `warmup_rate`
+    steps/s in the first training session (the warm-up), `rate` in every later one."""
+
+    def __init__(self, warmup_rate, rate):
+        self.now = 0.0
+        self.rates = (warmup_rate, rate)
+        self.sessions = 0
+
+    def clock(self):
+        return self.now
+
+    def after_create_session(self, session, coord):
+        self.sessions += 1
+
+    def after_run(self, run_context, run_values):
+        self.now += 1.0 / self.rates[0 if self.sessions == 1 else 1]
+
+
+def _simulated_run(sample_data, model_dir, warmup_rate, rate):
+    """tiny_cpu for 10 epochs (80 steps, LR drops at 60 and 72) in a 1-minute budget on
+    the simulated clock: (run, step reached, schedule.json's record)."""
+    cfg = load_config(TINY, {"EPOCH": 10, "EPOCH_BOUNDARY": [7.5, 9]})
+    run = open_run(cfg, sample_data["data_dir"], sample_data["reference_dir"], model_dir)
+    speed = SimulatedSpeed(warmup_rate, rate)
+    budget = time_budget.TimeBudget(1.0, clock=speed.clock, started_at=0.0)
+    step = training.train(run, budget=budget, hooks=[speed])
+    with open(os.path.join(model_dir, time_budget.SCHEDULE_FILE)) as handle:
+        return run, step, json.load(handle)
+
+
+def test_budgeted_run_refits_after_a_slow_warm_up(sample_data, tmp_path, caplog):
+    """Warm-up at 1 step/s (a busy minute), then 4: the warm-up ends at step 8 and fits
+    8 + (60 - 8 - 10 margin) = 50 steps (drops at 37, 45); re-measured until step 22
+    (halfway to the first drop), 4 steps/s fit the config's whole 80 steps, which the
+    run then trains, ending in its last LR stage at 80."""
+    caplog.set_level("INFO")
+    model_dir = str(tmp_path / "slow_warmup")
+    run, step, record = _simulated_run(sample_data, model_dir, warmup_rate=1.0, rate=4.0)
+    refit = record["refit"]
+    assert (refit["warmup_total_steps"], refit["warmup_boundaries"]) == (50, [37, 45])
+    assert refit["at_step"] == 22 and refit["steps_per_second"] == pytest.approx(4.0)
+    assert refit["changed"] and record["total_steps"] == 80
+    assert record["boundaries"] == run.cfg.BOUNDARY == [60, 72]
+    assert step == run.cfg.MAX_STEPS == 80
+    assert _lr_at_last_checkpoint(model_dir) == (80, pytest.approx(run.cfg.LR / 100))
+    lines = [r.getMessage() for r in caplog.records if "speed settled" in r.getMessage()]
+    assert lines == ["speed settled at 4.0 steps/s (the warm-up read 1.0 steps/s): 80 "
+                     "steps, LR drops at 60 and 72 (was 50)"]
+
+
+def test_budgeted_run_refits_after_a_fast_warm_up(sample_data, tmp_path):
+    """Warm-up at 4 steps/s, then 1: the config's 80 steps fit at the warm-up's rate;
+    re-measured at step 24, 1 step/s leaves 24 + (60 - 12.75 - 10) = 61 steps, LR
+    drops at 45 and 54 (after step 24), and the run stops there in its last stage."""
+    model_dir = str(tmp_path / "fast_warmup")
+    run, step, record = _simulated_run(sample_data, model_dir, warmup_rate=4.0, rate=1.0)
+    refit = record["refit"]
+    assert (refit["warmup_total_steps"], refit["at_step"]) == (80, 24)
+    assert refit["steps_per_second"] == pytest.approx(1.0) and refit["changed"]
+    assert record["total_steps"] == step == run.cfg.MAX_STEPS == 61
+    assert record["boundaries"] == run.cfg.BOUNDARY == [45, 54]
+    assert _lr_at_last_checkpoint(model_dir) == (61, pytest.approx(run.cfg.LR / 100))

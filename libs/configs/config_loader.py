@@ -18,10 +18,12 @@ Derived values (never set by hand):
     NUM_GPUS           towers = len(GPU_GROUPS)
     BATCH_SIZE         images per step over all towers = NUM_GPUS * PER_GPU_IMAGE
     STEPS_PER_EPOCH    ceil(NUM_TRAIN_IMAGES / BATCH_SIZE) (None while unknown)
-    EPOCH_STEPS        EPOCH * STEPS_PER_EPOCH: the config's own schedule length
+    EPOCH_STEPS        the config's own schedule length: EPOCH * STEPS_PER_EPOCH, or
+                       MIN_STEPS when that is more (a small dataset)
     MAX_STEPS          SCHEDULE_STEPS if set, else EPOCH_STEPS
     BOUNDARY           EPOCH_BOUNDARY converted to steps, scaled by MAX_STEPS /
-                       EPOCH_STEPS (each boundary keeps its fraction of the run)
+                       (EPOCH * STEPS_PER_EPOCH) (each boundary keeps its fraction of
+                       the run)
     LR_VALUES          [LR, LR/10, LR/100, ...] one more than BOUNDARY
     BACKBONE_SHAPES    [[ceil(TARGET_SIDE/s)]*2 for s in BACKBONE_STRIDES]
     NUM_ANCHORS_PER_LOCATION   len(ANCHOR_RATIOS)
@@ -52,7 +54,8 @@ _CHOICES = {"CLASSIFIER": classifiers.names(),
             "BACKGROUND_PROTOTYPE": ("stacked", "pooled"),
             "BOX_REGRESSION": ("per_class", "class_agnostic"),
             "COMPARISON_SCORE": classifiers.score_names(),
-            "ROI_POOLING": ("by_size", "all_levels")}
+            "ROI_POOLING": ("by_size", "all_levels"),
+            "FAST_RCNN_SAMPLER": ("balanced", "fill")}
 
 
 def _import_module(path):
@@ -216,10 +219,12 @@ def _finalize(settings, overrides, source):
                            for s in cfg.BACKBONE_STRIDES]
     if cfg.NUM_TRAIN_IMAGES:
         cfg.STEPS_PER_EPOCH = int(math.ceil(cfg.NUM_TRAIN_IMAGES / cfg.BATCH_SIZE))
-        cfg.EPOCH_STEPS = cfg.EPOCH * cfg.STEPS_PER_EPOCH
+        epochs_steps = cfg.EPOCH * cfg.STEPS_PER_EPOCH
+        cfg.EPOCH_STEPS = max(epochs_steps, cfg.MIN_STEPS or 0)
         cfg.MAX_STEPS = int(cfg.SCHEDULE_STEPS or cfg.EPOCH_STEPS)
-        # Without SCHEDULE_STEPS the factor is exactly 1: b * STEPS_PER_EPOCH, as ever.
-        cfg.BOUNDARY = [int(b * cfg.STEPS_PER_EPOCH * cfg.MAX_STEPS / cfg.EPOCH_STEPS)
+        # Without SCHEDULE_STEPS or MIN_STEPS the factor is exactly 1: b * STEPS_PER_EPOCH,
+        # as ever.
+        cfg.BOUNDARY = [int(b * cfg.STEPS_PER_EPOCH * cfg.MAX_STEPS / epochs_steps)
                         for b in cfg.EPOCH_BOUNDARY]
         _validate_boundaries(cfg, source)
     else:
@@ -326,6 +331,10 @@ def _validate(cfg, source):
             isinstance(p, str) for p in trainable) or not trainable):
         _fail(source, "TRAINABLE_VARIABLES", f"must be None or a non-empty list of "
               f"regular expressions, got {trainable!r}")
+    if cfg.MIN_STEPS is not None and (
+            not isinstance(cfg.MIN_STEPS, int) or cfg.MIN_STEPS < 1):
+        _fail(source, "MIN_STEPS", f"must be a positive integer or None, got "
+              f"{cfg.MIN_STEPS!r}")
     if cfg.SCHEDULE_STEPS is not None and (
             not isinstance(cfg.SCHEDULE_STEPS, int) or cfg.SCHEDULE_STEPS < 1):
         _fail(source, "SCHEDULE_STEPS", f"must be a positive integer or None, got "

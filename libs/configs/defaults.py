@@ -136,6 +136,12 @@ class Defaults:
     FAST_RCNN_POSITIVE_IOU = 0.5
     FAST_RCNN_MINIBATCH_SIZE = 200
     FAST_RCNN_POSITIVE_RATIO = 0.33
+    # Which ROIs train the second stage (libs/model/sampling.py): "balanced" (the
+    # notebook's) takes at most RATIO * MINIBATCH positives and int(1 / RATIO) - 1
+    # negatives per positive (1:2), so an image with 10 positive ROIs trains on 30;
+    # "fill" (Detectron's and torchvision's rule) tops the positives up with negatives
+    # to the full minibatch (an image without positives trains on negatives only).
+    FAST_RCNN_SAMPLER = "balanced"
     FAST_RCNN_MAX_INSTANCES = 100             # GT boxes per image after padding/truncation
     FRCNN_CLS_LOSS_WEIGHT = 5.0
     MIN_GT_SIZE = 5                           # GT smaller than this (px, after resize) dropped
@@ -159,6 +165,10 @@ class Defaults:
     # stretched: every LR boundary keeps its fraction of the run (tools/train.py
     # --max_minutes sets it to fit a time budget; libs/train/time_budget.py).
     SCHEDULE_STEPS = None
+    # None: EPOCH epochs whatever the dataset's size. A number: at least this many steps,
+    # the LR drops at the same fractions: a dataset of 25 images would otherwise train
+    # 500 steps at 20 epochs (docs/small_data.md measured what that costs).
+    MIN_STEPS = None
     CLIP_GRADIENT_NORM = 5.0                  # per gradient tensor (clip_by_norm)
     GPU_GROUPS = ["/gpu:0", "/gpu:1"]         # one tower each; CPU devices without GPUs
     PER_GPU_IMAGE = 1

@@ -5,6 +5,8 @@
                            any checkpoint of that step is written
     SpeedMeter             measures steps per second over a warm-up, then stops
                            training (libs/train/time_budget.py)
+    RefitHook              measures the settled speed after the warm-up and asks a
+                           callback whether the schedule changes (then stops training)
     StopAfterTimeHook      stops when the time budget is spent, in the last LR stage
                            only (train.py --max_minutes)
     ProgressHook           a Progress line: evaluated images, or training steps and loss
@@ -101,19 +103,13 @@ class FiniteLossGuard(StepCounter):
             f"of this step")
 
 
-class SpeedMeter(StepCounter):
-    """Measures training steps per second, then asks training to stop.
-
-    The first `skip_steps` (>= 1) steps of the session are not timed (graph optimisation
-    and first allocations make them slow); then it times steps until `window_seconds`
-    have passed and at least `min_steps` were timed, and requests a stop (the Estimator
-    then saves a checkpoint, which the next train call resumes from). The rate is that
-    of the second half of the timed steps: steps keep speeding up for a while after the
-    first ones (caches, allocator), and the steady rate is the one that lasts.
-    Afterwards: steps_per_second (None if the clock did not move, or training ended
-    first), steady_since (the clock when the untimed first steps had run) and step (the
-    global step reached).
-    """
+class _SteadyRate(StepCounter):
+    """Times the steps of a session after its first `skip_steps` (>= 1): graph
+    optimisation and first allocations make those slow. window_full(): at least
+    `min_steps` timed over at least `window_seconds`; steady_rate(): the rate of the
+    second half of the timed steps (steps keep speeding up for a while after the first
+    ones: caches, allocator; the steady rate is the one that lasts), None if the clock
+    did not move."""
 
     def __init__(self, clock, window_seconds, skip_steps, min_steps):
         super().__init__()
@@ -121,7 +117,6 @@ class SpeedMeter(StepCounter):
         self.window_seconds = window_seconds
         self.skip_steps = skip_steps
         self.min_steps = min_steps
-        self.steps_per_second = None
         self._runs = 0
         self._step_ends = []       # clock at the end of each step from skip_steps on
 
@@ -129,20 +124,81 @@ class SpeedMeter(StepCounter):
     def steady_since(self):
         return self._step_ends[0] if self._step_ends else None
 
+    @property
+    def timed_steps(self):
+        return max(len(self._step_ends) - 1, 0)
+
+    def time_step(self):
+        self._runs += 1
+        if self._runs >= self.skip_steps:
+            self._step_ends.append(self.clock())
+
+    def window_full(self):
+        return (self.timed_steps >= self.min_steps and
+                self._step_ends[-1] - self._step_ends[0] >= self.window_seconds)
+
+    def steady_rate(self):
+        half = (self.timed_steps + 1) // 2
+        seconds = self._step_ends[-1] - self._step_ends[-1 - half]
+        return half / seconds if seconds > 0 else None
+
+
+class SpeedMeter(_SteadyRate):
+    """Measures training steps per second, then asks training to stop.
+
+    Times steps (_SteadyRate) until `window_seconds` have passed and at least
+    `min_steps` were timed, and requests a stop (the Estimator then saves a checkpoint,
+    which the next train call resumes from). Afterwards: steps_per_second (None if the
+    clock did not move, or training ended first), steady_since (the clock when the
+    untimed first steps had run) and step (the global step reached).
+    """
+
+    def __init__(self, clock, window_seconds, skip_steps, min_steps):
+        super().__init__(clock, window_seconds, skip_steps, min_steps)
+        self.steps_per_second = None
+
     def after_run(self, run_context, run_values):
         super().after_run(run_context, run_values)
-        self._runs += 1
-        if self._runs < self.skip_steps:
+        self.time_step()
+        if not self.window_full():
             return
-        self._step_ends.append(self.clock())
-        timed_steps = len(self._step_ends) - 1
-        if timed_steps < self.min_steps or \
-                self._step_ends[-1] - self._step_ends[0] < self.window_seconds:
-            return
-        half = (timed_steps + 1) // 2
-        seconds = self._step_ends[-1] - self._step_ends[-1 - half]
-        self.steps_per_second = half / seconds if seconds > 0 else None
+        self.steps_per_second = self.steady_rate()
         run_context.request_stop()
+
+
+class RefitHook(_SteadyRate):
+    """Measures the settled training speed once, then lets `decide` re-fit the schedule.
+
+    Times steps as SpeedMeter does; once `window_seconds` have been timed (at least
+    `min_steps` steps), or the global step reaches `last_step`, it calls
+    decide(steps_per_second, global step) once. `decide` returns a new config when the
+    schedule changes: the hook keeps it (`fitted`) and requests a stop (the Estimator
+    saves a checkpoint there; training goes on under the new schedule); None lets
+    training go on as it is. With fewer than `min_steps` timed by `last_step` nothing
+    is decided.
+    """
+
+    def __init__(self, clock, window_seconds, skip_steps, min_steps, last_step, decide):
+        super().__init__(clock, window_seconds, skip_steps, min_steps)
+        self.last_step = last_step
+        self.decide = decide
+        self.fitted = None
+        self.done = False
+
+    def after_run(self, run_context, run_values):
+        super().after_run(run_context, run_values)
+        if self.done:
+            return
+        self.time_step()
+        if not self.window_full() and self.step < self.last_step:
+            return
+        self.done = True
+        rate = self.steady_rate() if self.timed_steps >= self.min_steps else None
+        if rate is None:
+            return
+        self.fitted = self.decide(rate, self.step)
+        if self.fitted is not None:
+            run_context.request_stop()
 
 
 class SaveTimer(tf.estimator.CheckpointSaverListener):

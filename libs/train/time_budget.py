@@ -16,8 +16,17 @@ their learning rate ever decayed. With a budget, libs.train.training.train inste
        time budget 55 min at 1.4 steps/s: 4,600 steps, LR drops at 3,345 and 4,181
        (the config's 11,275 steps scaled by 0.408)
    and <model_dir>/schedule.json;
-3. trains on from the warm-up's checkpoint under that schedule, to its final
-   checkpoint.
+3. trains on from the warm-up's checkpoint under that schedule;
+4. re-fits it once the speed has settled (refit_schedule): a warm-up minute is easily
+   fooled (other processes busy in that minute read 1.4 steps/s where the run then
+   went at 1.8, and stopped with 27% of its budget unused), so after REFIT window more
+   (hooks.RefitHook; before the first LR drop: at most halfway to it) the schedule is
+   decided again from the steady rate, lengthened back up to the config's or shortened,
+   the LR drops moving with it. One line says so, e.g.
+       speed settled at 1.8 steps/s (the warm-up read 1.4): 2,950 steps, LR drops at
+       2,212 and 2,655 (was 2,330)
+   and schedule.json records both decisions; a change under REFIT_TOLERANCE keeps the
+   running schedule (a restart costs seconds). Training goes on to the final checkpoint.
 
 A rerun of the command (after a crash or a kill) finds schedule.json and keeps its
 schedule: no new warm-up, the same boundaries. Running out of time stops training only
@@ -43,6 +52,11 @@ WARMUP_SKIP_STEPS = 3
 WARMUP_MIN_STEPS = 5
 WARMUP_SECONDS = 60.0
 WARMUP_FRACTION = 0.05
+# Re-fit: the steady rate over this long after the warm-up (at most REFIT_FRACTION of
+# the budget, never shorter than the warm-up's own window).
+REFIT_SECONDS = 240.0
+REFIT_FRACTION = 0.10
+REFIT_TOLERANCE = 0.02
 # Kept free at the end for the final checkpoint and the measurement's error.
 MARGIN_FRACTION = 0.02
 MARGIN_MIN_SECONDS = 10.0
@@ -90,6 +104,14 @@ class TimeBudget:
         if self.steps_per_second is not None:
             return 0.0
         return min(WARMUP_SECONDS, WARMUP_FRACTION * self.seconds)
+
+    @property
+    def refit_seconds(self):
+        """How long the re-fit measures the settled speed; 0 (no re-fit) with a given
+        rate."""
+        if self.steps_per_second is not None:
+            return 0.0
+        return max(self.warmup_seconds, min(REFIT_SECONDS, REFIT_FRACTION * self.seconds))
 
 
 def fit_total_steps(config_steps, step_now, steps_per_second, seconds_for_steps):
@@ -149,7 +171,7 @@ def decide_schedule(cfg, budget, steps_per_second, step_now, restart_seconds,
     time first (a few seconds each; counting the config's, not the fitted schedule's,
     errs on the safe side).
     """
-    config_steps = int(cfg.EPOCH * cfg.STEPS_PER_EPOCH)
+    config_steps = int(cfg.EPOCH_STEPS)     # the config's own (EPOCH, MIN_STEPS)
     saves = math.ceil(max(config_steps - step_now, 0) / max(cfg.SAVE_CHECKPOINTS_STEPS, 1))
     seconds_for_steps = (budget.remaining() - restart_seconds - budget.margin_seconds
                          - saves * save_seconds)
@@ -170,10 +192,71 @@ def decide_schedule(cfg, budget, steps_per_second, step_now, restart_seconds,
     return fitted, {
         "budget_minutes": budget.minutes, "steps_per_second": steps_per_second,
         "decided_at_step": int(step_now), "seconds_for_steps": seconds_for_steps,
-        "checkpoint_seconds": save_seconds,
+        "checkpoint_seconds": save_seconds, "restart_seconds": restart_seconds,
         "config_steps": config_steps, "total_steps": int(fitted.MAX_STEPS),
         "scaled": scaled, "boundaries": [int(b) for b in fitted.BOUNDARY],
         "lr_values": [float(v) for v in fitted.LR_VALUES]}
+
+
+def refit_last_step(record):
+    """The step by which the re-fit must have measured: halfway from the warm-up's
+    decision to the first LR drop, so the drops can still move."""
+    decided = int(record["decided_at_step"])
+    first = int(record["boundaries"][0]) if record["boundaries"] else int(
+        record["total_steps"])
+    return decided + max(1, (first - decided) // 2)
+
+
+def _first_drop_after(cfg, total, step_now):
+    """The smallest total >= `total` whose first LR drop is after `step_now`."""
+    while True:
+        fitted = apply_total_steps(cfg, total)
+        if not fitted.BOUNDARY or int(fitted.BOUNDARY[0]) > step_now:
+            return fitted
+        total += max(1, total // 100)
+
+
+def refit_schedule(cfg, record, budget, steps_per_second, step_now):
+    """Decides the schedule again from the settled rate: (the re-fitted config, or
+    None when the running schedule stands, and the record to write).
+
+    `cfg` is the config before any fitting (its own schedule bounds the new one);
+    `record` the warm-up's decision (its restart and checkpoint costs are reused). A
+    new schedule never puts its first LR drop at or before `step_now`; when no steps
+    are left (a machine much slower now) the running schedule stands and the time
+    budget's stop in the last LR stage catches the rest.
+    """
+    info = {"at_step": int(step_now), "steps_per_second": steps_per_second,
+            "warmup_steps_per_second": record["steps_per_second"],
+            "warmup_total_steps": int(record["total_steps"]),
+            "warmup_boundaries": [int(b) for b in record["boundaries"]]}
+    try:
+        fitted, new = decide_schedule(cfg, budget, steps_per_second, step_now,
+                                      record.get("restart_seconds", 0.0),
+                                      record.get("checkpoint_seconds", 0.0))
+    except BudgetError:
+        return None, dict(record, refit=dict(info, changed=False, reason="no time left"))
+    fitted = _first_drop_after(cfg, int(fitted.MAX_STEPS), step_now)
+    change = abs(fitted.MAX_STEPS - record["total_steps"]) / record["total_steps"]
+    if change < REFIT_TOLERANCE:
+        return None, dict(record, refit=dict(info, changed=False))
+    new.update(total_steps=int(fitted.MAX_STEPS),
+               boundaries=[int(b) for b in fitted.BOUNDARY],
+               scaled=int(fitted.MAX_STEPS) < new["config_steps"],
+               refit=dict(info, changed=True))
+    return fitted, new
+
+
+def describe_refit(record):
+    """The one line that says what the re-fit decided."""
+    refit = record["refit"]
+    head = (f"speed settled at {format_rate(refit['steps_per_second'], 'steps')} (the "
+            f"warm-up read {format_rate(refit['warmup_steps_per_second'], 'steps')})")
+    if not refit["changed"]:
+        why = f", {refit['reason']}" if refit.get("reason") else ""
+        return f"{head}: the schedule of {record['total_steps']:,} steps stands{why}"
+    return (f"{head}: {record['total_steps']:,} steps, {describe_lr(record['boundaries'])} "
+            f"(was {refit['warmup_total_steps']:,})")
 
 
 def schedule_path(model_dir):

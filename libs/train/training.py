@@ -176,6 +176,36 @@ def fit_schedule_to_budget(run, budget, input_fn, hooks, distribute=True):
     return record
 
 
+def refit_hook(run, unfitted, budget, record):
+    """A RefitHook that re-decides the schedule of `record` once the speed has settled
+    (libs/train/time_budget.py, step 4); it writes schedule.json and logs the line."""
+
+    def decide(steps_per_second, step):
+        fitted, new_record = time_budget.refit_schedule(unfitted, record, budget,
+                                                        steps_per_second, step)
+        time_budget.write_schedule(run.model_dir, new_record)
+        logging.info("%s", time_budget.describe_refit(new_record))
+        return fitted
+
+    return hooks_lib.RefitHook(budget.clock, budget.refit_seconds,
+                               skip_steps=time_budget.WARMUP_SKIP_STEPS,
+                               min_steps=time_budget.WARMUP_MIN_STEPS,
+                               last_step=time_budget.refit_last_step(record), decide=decide)
+
+
+def budget_hooks(estimator, cfg, extra, budget, refit):
+    """The training hooks, `extra`, then a budget's stop in the last LR stage and its
+    re-fit (last: they read the clock after the step's other hooks)."""
+    hooks = training_hooks(estimator, cfg) + list(extra)
+    if budget is not None:
+        hooks.append(hooks_lib.StopAfterTimeHook(
+            budget, last_boundary=cfg.BOUNDARY[-1] if cfg.BOUNDARY else 0,
+            total_steps=cfg.MAX_STEPS))
+    if refit is not None:
+        hooks.append(refit)
+    return hooks
+
+
 def train(run, max_steps=None, distribute=True, hooks=None, budget=None):
     """Trains run.cfg to the end of its schedule (or max_steps); resumes when it can.
 
@@ -207,21 +237,29 @@ def train(run, max_steps=None, distribute=True, hooks=None, budget=None):
     progress = Progress(int(max_steps or cfg.MAX_STEPS), "training", unit="steps")
     hooks = list(hooks or []) + [hooks_lib.ProgressHook(progress, training=True)]
     with progress:
+        refit = None
         if budget is not None and recorded is None:
-            fit_schedule_to_budget(run, budget, input_fn, hooks, distribute=distribute)
+            unfitted = run.cfg
+            record = fit_schedule_to_budget(run, budget, input_fn, hooks,
+                                            distribute=distribute)
             cfg = run.cfg           # the fitted schedule, which the estimator below trains
             progress.total = cfg.MAX_STEPS
+            if record is not None and budget.refit_seconds:
+                refit = refit_hook(run, unfitted, budget, record)
+        if task is None:
+            while True:
+                estimator = make_estimator(training_params(run), run.model_dir,
+                                           distribute=distribute)
+                estimator.train(input_fn, max_steps=int(max_steps or run.cfg.MAX_STEPS),
+                                hooks=budget_hooks(estimator, run.cfg, hooks, budget, refit))
+                if refit is None or refit.fitted is None:
+                    return estimator.get_variable_value("global_step")
+                run.cfg, refit = refit.fitted, None     # on under the re-fitted schedule
+                progress.total = run.cfg.MAX_STEPS
         max_steps = int(max_steps or cfg.MAX_STEPS)
         estimator = make_estimator(training_params(run), run.model_dir,
                                    distribute=distribute)
         hooks = training_hooks(estimator, cfg) + hooks
-        if budget is not None:
-            hooks.append(hooks_lib.StopAfterTimeHook(
-                budget, last_boundary=cfg.BOUNDARY[-1] if cfg.BOUNDARY else 0,
-                total_steps=max_steps))
-        if task is None:
-            estimator.train(input_fn, max_steps=max_steps, hooks=hooks)
-            return estimator.get_variable_value("global_step")
         # Estimator.train refuses a TF_CONFIG cluster; train_and_evaluate runs the
         # distribute coordinator, which trains on every chief/worker task (an EvalSpec
         # is required but only an 'evaluator' task would run it).

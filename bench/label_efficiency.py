@@ -1,0 +1,369 @@
+"""The label-efficiency curve: mAP against the number of labelled training images.
+
+    python bench/label_efficiency.py --dataset bccd --peer_python ../peer-venv/bin/python
+    python bench/label_efficiency.py --dataset deeppcb --peer_python ../peer-venv/bin/python
+    python bench/label_efficiency.py --dataset bccd --table     # print what is done
+    # the training-length pilot (docs/small_data.md): one subset at several lengths
+    python bench/label_efficiency.py --dataset bccd --ns 25 --seeds 0 \
+        --steps 500,1500,3000 --methods comparison,fc
+
+For each N in --ns (default 10, 25, 50, 100, all) and seed (3 seeds for N <= 50, one
+above), N images of the train split (a seeded permutation, redrawn until its first
+min(--ns) images hold every class, so the subsets of one seed are nested: the 10 are
+among the 25), every object of those images kept, converted with the dataset's full
+class list; the reference set is cropped from those N images only (up to 5 per class;
+NUM_SUPPORTS is the rarest class's count when below 5). Then per method, trained for
+the same number of steps (training_steps: one rule for all three) and scored on the
+full val split by our evaluator:
+
+  comparison  the dataset's shipped config (tools/train.py, tools/eval.py);
+  fc          the same config with CLASSIFIER='fc';
+  peer        torchvision's Faster R-CNN on the same ImageNet weights, trained in the
+              peer's own venv (bench/peer_detector.py, --peer_python), its detections
+              scored by libs.evaluation's DetectionEvaluator on the same val records.
+
+Every run is kept in <out>/results.json (a rerun skips what is done, so the curve can be
+built over several sessions), with its steps and the minutes its training took. Prints
+the table (mean +- std over seeds); --plot draws mAP@0.5 against N.
+"""
+import argparse
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import REPO, read_json, run_tool, write_json  # noqa: E402
+
+DATASETS = os.path.join(REPO, "..", "shared", "datasets")
+PRESETS = {
+    "bccd": {"voc": os.path.join(DATASETS, "bccd"), "cfg": "cfgs/bccd_cpu.py"},
+    "deeppcb": {"voc": os.path.join(DATASETS, "deeppcb"), "cfg": "cfgs/deeppcb_cpu.py"},
+    # The generated sample (make demo's): a quick run of the whole protocol (tests).
+    "sample": {"voc": os.path.join(REPO, "output", "sample", "voc"),
+               "cfg": "cfgs/tiny_fewshot.py"},
+}
+METHODS = ("comparison", "fc", "peer")
+SETS = {"comparison": [], "fc": ["CLASSIFIER='fc'"], "peer": []}
+REFERENCES_PER_CLASS = 5
+SEEDS_UP_TO = 50              # N <= this: every seed of --seeds; above: the first only
+# The config values the peer mirrors (bench/peer_detector.py reads them).
+PEER_FIELDS = (
+    "BACKBONE_FROZEN_STAGES", "FPN_CHANNELS", "ANCHOR_RATIOS", "BASE_ANCHOR_SIZE_LIST",
+    "TARGET_SIDE", "RPN_TOP_K_NMS", "RPN_CHANNELS", "RPN_PROPOSALS_TRAIN",
+    "RPN_PROPOSALS_INFERENCE", "RPN_NMS_IOU_THRESHOLD", "RPN_POSITIVE_IOU",
+    "RPN_NEGATIVE_IOU", "RPN_MINIBATCH_SIZE", "RPN_POSITIVE_RATIO", "HEAD_CHANNELS",
+    "FAST_RCNN_POSITIVE_IOU", "FAST_RCNN_MINIBATCH_SIZE", "FAST_RCNN_POSITIVE_RATIO",
+    "EVAL_SCORE_THRESHOLD", "DETECTION_NMS_THRESHOLD", "DETECTION_MAX_INSTANCES",
+    "FLIP_HORIZONTAL", "FLIP_VERTICAL", "MIN_GT_SIZE", "LR_VALUES", "BOUNDARY",
+    "WEIGHT_DECAY", "MOMENTUM", "CLIP_GRADIENT_NORM", "MAX_STEPS")
+
+
+def training_steps(cfg, num_images):
+    """The one rule for every method, the config's own: its epochs over the N images,
+    but at least its MIN_STEPS (the epochs of a small dataset are few steps: the
+    pilot in docs/small_data.md measured what that costs)."""
+    return int(cfg.replace(NUM_TRAIN_IMAGES=num_images).MAX_STEPS)
+
+
+def draw_permutation(train_ids, objects_by_id, classes, smallest, seed):
+    """A seeded order of the train ids whose first `smallest` hold every class."""
+    rng = np.random.default_rng(seed)
+    for _ in range(1000):
+        order = rng.permutation(sorted(train_ids)).tolist()
+        present = {name for image_id in order[:smallest] for name in objects_by_id[image_id]}
+        if set(classes) <= present:
+            return order
+    raise RuntimeError(f"no draw of {smallest} images holds every class {classes}")
+
+
+def prepare_subset(voc, out_dir, ids, classes):
+    """TFRecords (the subset's train + the full val) and references of one subset:
+    (data_dir, reference_dir, supports per class). Kept when already there."""
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
+    from data.io import convert, reference_set
+    data_dir = os.path.join(out_dir, "data")
+    reference_dir = os.path.join(out_dir, "references")
+    manifest = os.path.join(out_dir, "subset.json")
+    done = read_json(manifest)
+    if done and done["ids"] == ids:
+        return data_dir, reference_dir, done["supports"]
+    image_dir, annotations = os.path.join(voc, "JPEGImages"), os.path.join(voc, "Annotations")
+    split_file = os.path.join(out_dir, "train.txt")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(split_file, "w") as handle:
+        handle.write("\n".join(ids) + "\n")
+    quiet = {"progress_every_seconds": 1e9}
+    convert.convert_dataset("voc", image_dir, annotations, data_dir, split_file=split_file,
+                            split="train", classes=classes, **quiet)
+    convert.convert_dataset("voc", image_dir, annotations, data_dir, split="val",
+                            split_file=os.path.join(voc, "ImageSets", "Main", "val.txt"),
+                            classes=classes, **quiet)
+    images, _ = convert.read_annotations("voc", image_dir, annotations, split_file=split_file)
+    summary = reference_set.crop_references(images, reference_dir,
+                                            per_class=REFERENCES_PER_CLASS, classes=classes,
+                                            **quiet)
+    supports = min(REFERENCES_PER_CLASS, min(summary["classes"].values()))
+    write_json(manifest, {"ids": ids, "supports": supports,
+                          "objects": summary["classes"]})
+    return data_dir, reference_dir, supports
+
+
+def run_ours(args, method, data_dir, reference_dir, model_dir, steps, supports, seed):
+    sets = [*SETS[method], *args.set, f"SEED={seed}", f"SCHEDULE_STEPS={steps}",
+            f"NUM_SUPPORTS={supports}", "SAVE_CHECKPOINTS_STEPS=100000",
+            "SAVE_SUMMARY_STEPS=500"]
+    common = ["--cfg", args.cfg, "--data_dir", data_dir, "--reference_dir", reference_dir,
+              "--model_dir", model_dir, *[f"--set={s}" for s in sets]]
+    started = time.monotonic()
+    run_tool("train.py", *common)
+    minutes = (time.monotonic() - started) / 60
+    report = os.path.join(model_dir, "eval_val.json")
+    run_tool("eval.py", *common, "--report", report, "--nohtml")
+    return read_json(report)["results"], minutes
+
+
+def peer_settings(cfg, num_images, steps):
+    """The config's values for the peer, with the schedule of `steps` steps."""
+    fitted = cfg.replace(NUM_TRAIN_IMAGES=num_images, SCHEDULE_STEPS=steps)
+    return {field: getattr(fitted, field) for field in PEER_FIELDS}
+
+
+def val_ground_truth(data_dir):
+    """{file name: (boxes [N, 4], labels [N], difficult [N])} of the val records."""
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
+    from data.io import tfrecord_format as fields
+    from data.io.input_fn import tfrecord_files
+    from libs.base.tf_compat import tf
+    truth = {}
+    for path in tfrecord_files(data_dir, "val"):
+        for serialized in tf.compat.v1.io.tf_record_iterator(path):
+            feature = tf.train.Example.FromString(serialized).features.feature
+            boxes = np.stack([np.array(feature[key].float_list.value, np.float32)
+                              for key in (fields.YMIN, fields.XMIN, fields.YMAX,
+                                          fields.XMAX)], axis=-1).reshape(-1, 4)
+            name = feature[fields.FILENAME].bytes_list.value[0].decode()
+            truth[name] = (boxes, np.array(feature[fields.LABEL].int64_list.value, np.int64),
+                           np.array(feature[fields.DIFFICULT].int64_list.value, np.int64))
+    return truth
+
+
+def score_detections(data_dir, class_names, detections):
+    """Our evaluator's results for detections {file name: {boxes, scores, labels}} of
+    the val split of `data_dir` (an image without an entry has no detection)."""
+    from libs.evaluation.detection_evaluator import DetectionEvaluator
+    evaluator = DetectionEvaluator(class_names)
+    for name, (boxes, labels, difficult) in sorted(val_ground_truth(data_dir).items()):
+        evaluator.add_ground_truth(name, boxes, labels, difficult)
+        found = detections.get(name, {"boxes": [], "scores": [], "labels": []})
+        evaluator.add_detections(name, np.array(found["boxes"], np.float32).reshape(-1, 4),
+                                 np.array(found["scores"], np.float32),
+                                 np.array(found["labels"], np.int64))
+    return evaluator.evaluate()
+
+
+def run_peer(args, cfg, split_dir, data_dir, model_dir, classes, num_images, steps, seed):
+    os.makedirs(model_dir, exist_ok=True)
+    settings = os.path.join(model_dir, "settings.json")
+    write_json(settings, peer_settings(cfg, num_images, steps))
+    command = [args.peer_python, os.path.join(REPO, "bench", "peer_detector.py"),
+               "--voc", args.voc, "--train_list", os.path.join(split_dir, "train.txt"),
+               "--eval_list", os.path.join(args.voc, "ImageSets", "Main", "val.txt"),
+               "--classes", ",".join(classes), "--settings", settings,
+               "--steps", str(steps), "--seed", str(seed), "--out", model_dir]
+    started = time.monotonic()
+    log = os.path.join(model_dir, "peer.log")
+    with open(log, "w", encoding="utf-8") as handle:    # its progress lines
+        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT,
+                                check=False)
+    if result.returncode != 0:
+        with open(log, encoding="utf-8") as handle:
+            raise RuntimeError(f"the peer failed ({log}):\n{handle.read()[-3000:]}")
+    minutes = (time.monotonic() - started) / 60
+    trained = read_json(os.path.join(model_dir, "trained.json"))
+    detections = read_json(os.path.join(model_dir, "detections.json"))
+    # Start-up and training, as for ours (whose evaluation is another command).
+    minutes -= trained["detect_seconds"] / 60
+    return score_detections(data_dir, classes, detections), minutes
+
+
+def subsets(args, train_ids, objects_by_id, classes):
+    """[(N label, N, seed, ids)] in the order they run: by seed, then N."""
+    numbers = [len(train_ids) if n == "all" else int(n) for n in args.ns]
+    smallest = min(numbers)
+    order = {}
+    for seed in args.seeds:
+        order[seed] = draw_permutation(train_ids, objects_by_id, classes, smallest, seed)
+    planned = []
+    for seed in args.seeds:
+        for label, n in zip(args.ns, numbers):
+            if (n > SEEDS_UP_TO or label == "all") and seed != args.seeds[0]:
+                continue        # one run: larger subsets vary less, "all" not at all
+            ids = sorted(train_ids) if label == "all" else sorted(order[seed][:n])
+            planned.append((label, n, seed if label != "all" else 0, ids))
+    return planned
+
+
+def run_key(method, label, seed, steps):
+    return f"{method}/n{label}/s{seed}/steps{steps}"
+
+
+def summarise(results, metric="voc/mAP@0.5"):
+    """{(method, N label, steps): (mean, std, count, coco mean, minutes mean)}."""
+    groups = {}
+    for row in results.values():
+        groups.setdefault((row["method"], row["n"], row["steps"]), []).append(row)
+    table = {}
+    for key, rows in groups.items():
+        values = [r["results"][metric] for r in rows]
+        coco = [r["results"]["coco/mAP"] for r in rows]
+        table[key] = (statistics.mean(values),
+                      statistics.stdev(values) if len(values) > 1 else 0.0, len(values),
+                      statistics.mean(coco), statistics.mean(r["minutes"] for r in rows))
+    return table
+
+
+def method_order(name):
+    """comparison, fc, peer, then variants (comparison+fill, ...) by name."""
+    base = name.split("+")[0]
+    return (METHODS.index(base) if base in METHODS else len(METHODS), "+" in name, name)
+
+
+def n_order(label):
+    return math.inf if label == "all" else int(label)
+
+
+def format_table(results):
+    table = summarise(results)
+    lines = [("| N | method | steps | val mAP@0.5 (mean +- std, seeds) | COCO mAP | "
+              "train minutes |"), "|---|---|---|---|---|---|"]
+    for (method, label, steps), (mean, std, count, coco, minutes) in sorted(
+            table.items(), key=lambda item: (n_order(item[0][1]), item[0][2],
+                                             method_order(item[0][0]))):
+        lines.append(f"| {label} | {method} | {steps:,} | {mean:.3f} +- {std:.3f} ({count}) "
+                     f"| {coco:.3f} | {minutes:.1f} |")
+    return "\n".join(lines)
+
+
+def plot(results, path, title):
+    """mAP@0.5 (mean, std as error bars) against N, one line per method."""
+    # Here, not at the top: matplotlib's import is slow and only this needs it.
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+    # The curve: the three methods as shipped, at the rule's steps (not the pilot's
+    # other lengths, nor the --tag variants).
+    table = summarise({key: row for key, row in results.items()
+                       if row.get("rule") and row["method"] in METHODS})
+    full = max((int(r["num_images"]) for r in results.values()), default=0)
+    figure, axis = pyplot.subplots(figsize=(6, 4))
+    for method in sorted({m for m, _, _ in table}, key=method_order):
+        points = sorted(((full if label == "all" else int(label)), mean, std)
+                        for (m, label, _), (mean, std, *_rest) in table.items()
+                        if m == method)
+        if points:
+            xs, ys, errors = zip(*points)
+            axis.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=method)
+    axis.set_xscale("log")
+    axis.set_xlabel("labelled training images (N)")
+    axis.set_ylabel("val mAP@0.5")
+    axis.set_title(title)
+    axis.grid(True, alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=100)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(PRESETS), required=True)
+    parser.add_argument("--ns", default="10,25,50,100,all")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--steps", default=None,
+                        help="comma-separated training lengths instead of the rule "
+                             "(the pilot); default training_steps(N)")
+    parser.add_argument("--set", action="append", default=[],
+                        help="FIELD=VALUE for our methods (a variant, with --tag)")
+    parser.add_argument("--tag", default=None,
+                        help="names a variant: its runs are <method>+<tag> in the table")
+    parser.add_argument("--peer_python", default=None,
+                        help="the peer venv's python (torch, torchvision, "
+                             "efficientnet-lite-pytorch); without it the peer is skipped")
+    parser.add_argument("--out", default=None,
+                        help="default output/label_efficiency/<dataset>")
+    parser.add_argument("--table", action="store_true", help="print the table, run nothing")
+    parser.add_argument("--plot", default=None, help="PNG of mAP@0.5 against N")
+    args = parser.parse_args()
+    preset = PRESETS[args.dataset]
+    args.voc, args.cfg = preset["voc"], os.path.join(REPO, preset["cfg"])
+    args.out = args.out or os.path.join(REPO, "output", "label_efficiency", args.dataset)
+    args.ns = args.ns.split(",")
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    methods = args.methods.split(",")
+    if args.set and not args.tag:
+        parser.error("--set makes a variant: name it with --tag")
+    if args.tag and "peer" in methods:
+        methods.remove("peer")          # a variant of ours; the peer's runs are shared
+    if "peer" in methods and not args.peer_python and not args.table:
+        print("no --peer_python: the peer is skipped", file=sys.stderr)
+        methods.remove("peer")
+    results_file = os.path.join(args.out, "results.json")
+    results = read_json(results_file, {})
+
+    if not args.table:
+        # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
+        from data.io import convert
+        from libs.configs import load_config_from_flags
+        cfg = load_config_from_flags(args.cfg, [])
+        images, classes = convert.read_annotations(
+            "voc", os.path.join(args.voc, "JPEGImages"),
+            os.path.join(args.voc, "Annotations"),
+            split_file=os.path.join(args.voc, "ImageSets", "Main", "train.txt"))
+        objects_by_id = {os.path.splitext(os.path.basename(i.filename))[0]:
+                         {o.name for o in i.objects} for i in images}
+        planned = subsets(args, sorted(objects_by_id), objects_by_id, classes)
+        for label, n, seed, ids in planned:
+            lengths = ([int(s) for s in args.steps.split(",")] if args.steps
+                       else [training_steps(cfg, n)])
+            split_dir = os.path.join(args.out, "subsets", f"n{label}_s{seed}")
+            named = [(m, f"{m}+{args.tag}" if args.tag else m) for m in methods]
+            todo = [(m, name, s) for s in lengths for m, name in named
+                    if run_key(name, label, seed, s) not in results]
+            if not todo:
+                continue
+            data_dir, reference_dir, supports = prepare_subset(args.voc, split_dir, ids,
+                                                               classes)
+            for method, name, steps in todo:
+                key = run_key(name, label, seed, steps)
+                model_dir = os.path.join(args.out, "runs", key.replace("/", "_"))
+                print(f"{key}: {n} images, {steps} steps ...", file=sys.stderr, flush=True)
+                if method == "peer":
+                    scores, minutes = run_peer(args, cfg, split_dir, data_dir, model_dir,
+                                               classes, n, steps, seed)
+                else:
+                    scores, minutes = run_ours(args, method, data_dir, reference_dir,
+                                               model_dir, steps, supports, seed)
+                results[key] = {
+                    "method": name, "n": label, "num_images": n, "seed": seed,
+                    "steps": steps, "minutes": minutes, "supports": supports,
+                    "sets": args.set if method != "peer" else [],
+                    "rule": steps == training_steps(cfg, n),
+                    "results": {k: v for k, v in scores.items()
+                                if k.startswith(("voc/", "coco/"))}}
+                print(f"{key}: val mAP@0.5 {scores['voc/mAP@0.5']:.3f}, COCO mAP "
+                      f"{scores['coco/mAP']:.3f}, {minutes:.1f} min", flush=True)
+                write_json(results_file, results)
+    print(format_table(results))
+    if args.plot:
+        plot(results, args.plot, f"{args.dataset}: val mAP@0.5 against labelled images")
+
+
+if __name__ == "__main__":
+    main()
