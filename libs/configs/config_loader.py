@@ -54,8 +54,7 @@ _CHOICES = {"CLASSIFIER": classifiers.names(),
             "BACKGROUND_PROTOTYPE": ("stacked", "pooled"),
             "BOX_REGRESSION": ("per_class", "class_agnostic"),
             "COMPARISON_SCORE": classifiers.score_names(),
-            "ROI_POOLING": ("by_size", "all_levels"),
-            "FAST_RCNN_SAMPLER": ("balanced", "fill")}
+            "ROI_POOLING": ("by_size", "all_levels")}
 
 
 def _import_module(path):

@@ -136,12 +136,6 @@ class Defaults:
     FAST_RCNN_POSITIVE_IOU = 0.5
     FAST_RCNN_MINIBATCH_SIZE = 200
     FAST_RCNN_POSITIVE_RATIO = 0.33
-    # Which ROIs train the second stage (libs/model/sampling.py): "balanced" (the
-    # notebook's) takes at most RATIO * MINIBATCH positives and int(1 / RATIO) - 1
-    # negatives per positive (1:2), so an image with 10 positive ROIs trains on 30;
-    # "fill" (Detectron's and torchvision's rule) tops the positives up with negatives
-    # to the full minibatch (an image without positives trains on negatives only).
-    FAST_RCNN_SAMPLER = "balanced"
     FAST_RCNN_MAX_INSTANCES = 100             # GT boxes per image after padding/truncation
     FRCNN_CLS_LOSS_WEIGHT = 5.0
     MIN_GT_SIZE = 5                           # GT smaller than this (px, after resize) dropped
