@@ -56,9 +56,8 @@ def main():
     import cv2
 
     # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
-    from data.io import input_fn, tfrecord_format
+    from data.io import input_fn
     from libs.base import images as images_lib
-    from libs.base.tf_compat import tf
     from libs.configs import load_config_from_flags
     from libs.serving import export
 
@@ -71,33 +70,31 @@ def main():
     confusions = collections.Counter()
     images = []
     with export.Detector.from_checkpoint(run, checkpoint) as detector:
-        for path in input_fn.tfrecord_files(run.data_dir, args.split):
-            for serialized in tf.python_io.tf_record_iterator(path):
-                record = tfrecord_format.decode_example(serialized)
-                found = detector.detect([record["image"]])[0]
-                keep = found["scores"] >= args.min_score
-                result = analyse_image(record["boxes"], record["labels"],
-                                       found["boxes"][keep], found["class_ids"][keep],
-                                       found["scores"][keep], record["difficult"])
-                for label, difficult in zip(record["labels"], result["difficult"]):
-                    per_class[names[label - 1]]["difficult" if difficult
-                                                else "objects"] += 1
-                for d in result["hits"]:
-                    per_class[names[result["labels"][d] - 1]]["found"] += 1
-                for d, kind in result["false_positives"]:
-                    per_class[names[result["labels"][d] - 1]][f"fp_{kind}"] += 1
-                for d in result["ignored"]:
-                    per_class[names[result["labels"][d] - 1]]["ignored"] += 1
-                for miss in result["misses"]:
-                    name = names[record["labels"][miss["index"]] - 1]
-                    counter = per_class[name]
-                    counter["missed"] += 1
-                    counter[f"missed_{miss['size']}"] += 1
-                    counter["missed_touching"] += miss["touching"]
-                    counter["missed_as_other_class"] += miss["seen_as"] is not None
-                    if miss["seen_as"] is not None:
-                        confusions[f"{name} seen as {names[miss['seen_as'] - 1]}"] += 1
-                images.append((record, result))
+        for record in input_fn.read_records(run.data_dir, args.split):
+            found = detector.detect([record["image"]])[0]
+            keep = found["scores"] >= args.min_score
+            result = analyse_image(record["boxes"], record["labels"],
+                                   found["boxes"][keep], found["class_ids"][keep],
+                                   found["scores"][keep], record["difficult"])
+            for label, difficult in zip(record["labels"], result["difficult"]):
+                per_class[names[label - 1]]["difficult" if difficult
+                                            else "objects"] += 1
+            for d in result["hits"]:
+                per_class[names[result["labels"][d] - 1]]["found"] += 1
+            for d, kind in result["false_positives"]:
+                per_class[names[result["labels"][d] - 1]][f"fp_{kind}"] += 1
+            for d in result["ignored"]:
+                per_class[names[result["labels"][d] - 1]]["ignored"] += 1
+            for miss in result["misses"]:
+                name = names[record["labels"][miss["index"]] - 1]
+                counter = per_class[name]
+                counter["missed"] += 1
+                counter[f"missed_{miss['size']}"] += 1
+                counter["missed_touching"] += miss["touching"]
+                counter["missed_as_other_class"] += miss["seen_as"] is not None
+                if miss["seen_as"] is not None:
+                    confusions[f"{name} seen as {names[miss['seen_as'] - 1]}"] += 1
+            images.append((record, result))
     summary = {"checkpoint": checkpoint, "split": args.split, "min_score": args.min_score,
                "per_class": {n: dict(c) for n, c in per_class.items()},
                "missed_confusions": dict(confusions.most_common())}

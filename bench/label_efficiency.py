@@ -137,20 +137,10 @@ def peer_settings(cfg, num_images, steps):
 def val_ground_truth(data_dir):
     """{file name: (boxes [N, 4], labels [N], difficult [N])} of the val records."""
     # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
-    from data.io import tfrecord_format as fields
-    from data.io.input_fn import tfrecord_files
-    from libs.base.tf_compat import tf
-    truth = {}
-    for path in tfrecord_files(data_dir, "val"):
-        for serialized in tf.compat.v1.io.tf_record_iterator(path):
-            feature = tf.train.Example.FromString(serialized).features.feature
-            boxes = np.stack([np.array(feature[key].float_list.value, np.float32)
-                              for key in (fields.YMIN, fields.XMIN, fields.YMAX,
-                                          fields.XMAX)], axis=-1).reshape(-1, 4)
-            name = feature[fields.FILENAME].bytes_list.value[0].decode()
-            truth[name] = (boxes, np.array(feature[fields.LABEL].int64_list.value, np.int64),
-                           np.array(feature[fields.DIFFICULT].int64_list.value, np.int64))
-    return truth
+    from data.io.input_fn import read_records
+    return {record["filename"].decode(): (record["boxes"], record["labels"],
+                                          record["difficult"])
+            for record in read_records(data_dir, "val")}
 
 
 def score_detections(data_dir, class_names, detections):

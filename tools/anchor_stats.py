@@ -45,22 +45,19 @@ def _stats():
 
     # Here, not at the top: these import TensorFlow (seconds), which must come after
     # the flags are parsed and --verbose has set the console (libs/base/console.py).
-    from data.io import input_fn, tfrecord_format
-    from libs.base.tf_compat import tf
+    from data.io import input_fn
     from libs.box_utils.anchors import anchor_coverage, generate_pyramid_anchors
 
     cfg = load_config_from_flags(FLAGS.cfg, FLAGS.set)
     data_dir = FLAGS.data_dir or cfg.DATA_DIR
     split = FLAGS.split or cfg.TRAIN_SPLIT
     boxes = []
-    for path in input_fn.tfrecord_files(data_dir, split):
-        for serialized in tf.python_io.tf_record_iterator(path):
-            record = tfrecord_format.decode_example(serialized)
-            # resize_and_pad: long side -> TARGET_SIDE, centred in the square
-            scale = cfg.TARGET_SIDE / max(record["height"], record["width"])
-            top = (cfg.TARGET_SIDE - round(record["height"] * scale)) // 2
-            left = (cfg.TARGET_SIDE - round(record["width"] * scale)) // 2
-            boxes.append(record["boxes"] * scale + np.array([top, left, top, left]))
+    for record in input_fn.read_records(data_dir, split):
+        # resize_and_pad: long side -> TARGET_SIDE, centred in the square
+        scale = cfg.TARGET_SIDE / max(record["height"], record["width"])
+        top = (cfg.TARGET_SIDE - round(record["height"] * scale)) // 2
+        left = (cfg.TARGET_SIDE - round(record["width"] * scale)) // 2
+        boxes.append(record["boxes"] * scale + np.array([top, left, top, left]))
     boxes = np.concatenate(boxes) if boxes else np.zeros([0, 4])
     heights, widths = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     sizes = np.sqrt(np.maximum(heights * widths, 0))

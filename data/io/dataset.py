@@ -10,8 +10,7 @@ dataset into a run: data/ knows the library, the library only knows the interfac
 """
 from data.io import input_fn as input_lib
 from data.io import label_map as label_map_lib
-from data.io import reference_set, tfrecord_format
-from libs.base.tf_compat import tf
+from data.io import reference_set
 from libs.train import runs
 from libs.train.dataset import Dataset
 
@@ -54,11 +53,9 @@ class RecordDataset(Dataset):
 
     def records(self, split, image_ids):
         wanted, found = {int(i) for i in image_ids}, {}
-        for path in input_lib.tfrecord_files(self.data_dir, split):
-            for serialized in tf.compat.v1.io.tf_record_iterator(path):
-                record = tfrecord_format.decode_example(serialized)
-                if int(record["image_id"]) in wanted:
-                    found[int(record["image_id"])] = record
+        for record in input_lib.read_records(self.data_dir, split):
+            if int(record["image_id"]) in wanted:
+                found[int(record["image_id"])] = record
         return found
 
 

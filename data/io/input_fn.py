@@ -61,6 +61,14 @@ def tfrecord_files(data_dir, split):
     return files
 
 
+def read_records(data_dir, split):
+    """Every record of `split` in `data_dir`, in shard order, decoded to numpy
+    (tfrecord_format.decode_example: no graph, for tools and benches)."""
+    for path in tfrecord_files(data_dir, split):
+        for serialized in tf.compat.v1.io.tf_record_iterator(path):
+            yield tfrecord_format.decode_example(serialized)
+
+
 def check_split(data_dir, split, expected_images=None):
     """Refuses, before a run starts, a split whose TFRecords are cut short or do not
     hold the number of images the label map recorded at conversion. Returns the count.
