@@ -70,6 +70,7 @@ class Config(EfficientNetLite0, Defaults):
     MIN_GT_SIZE = 4
     DETECTION_NMS_THRESHOLD = 0.5
     DETECTION_MAX_INSTANCES = 100
+    DETECTION_CLASSES = "every"
 
     LR = 0.005
     EPOCH = 20

@@ -417,6 +417,69 @@ def test_class_agnostic_box_regression_decodes_every_class_with_one_set_of_delta
     assert det[:2, 5].tolist() == [1, 2]
 
 
+def _numpy_detections(rois, probs, deltas, window, cfg, min_confidence, every):
+    """refine_detections in numpy: candidates, decode, clip, filter, greedy NMS per
+    class, best DETECTION_MAX_INSTANCES by score. Rows (y1, x1, y2, x2, score, class)."""
+    std = np.array(cfg.BBOX_STD_DEV)
+    candidates = []
+    for i, (roi, p) in enumerate(zip(rois, probs)):
+        classes = range(1, len(p)) if every else [int(np.argmax(p))]
+        for c in classes:
+            if c == 0 or p[c] < min_confidence:
+                continue
+            d = deltas[i, c] * std
+            h, w = roi[2] - roi[0], roi[3] - roi[1]
+            cy, cx = roi[0] + h / 2 + d[0] * h, roi[1] + w / 2 + d[1] * w
+            h, w = h * np.exp(d[2]), w * np.exp(d[3])
+            box = np.clip([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2],
+                          [window[0], window[1]] * 2, [window[2], window[3]] * 2)
+            if (box[2] - box[0]) * (box[3] - box[1]) > 0:
+                candidates.append((*box, p[c], c))
+    kept = []
+    for cand in sorted(candidates, key=lambda row: -row[4]):
+        def iou(a, b):
+            inter = (max(0, min(a[2], b[2]) - max(a[0], b[0]))
+                     * max(0, min(a[3], b[3]) - max(a[1], b[1])))
+            area = lambda r: (r[2] - r[0]) * (r[3] - r[1])
+            return inter / (area(a) + area(b) - inter)
+        if all(k[5] != cand[5] or iou(k, cand) <= cfg.DETECTION_NMS_THRESHOLD
+               for k in kept):
+            kept.append(cand)
+    return np.array(kept[:cfg.DETECTION_MAX_INSTANCES], np.float32).reshape(-1, 6)
+
+
+@pytest.mark.parametrize("rule", ["best", "every"])
+def test_detections_equal_numpy_for_each_candidate_rule(rule):
+    """DETECTION_CLASSES: "best" gives each ROI at most one detection, its argmax class;
+    "every" gives it one per object class above the threshold, each with its own deltas;
+    both then NMS per class and keep the best by score."""
+    cfg = tiny_cfg(DETECTION_CLASSES=rule, DETECTION_NMS_THRESHOLD=0.5,
+                   DETECTION_MAX_INSTANCES=40)
+    rng = np.random.RandomState(3)
+    num_rois, num_classes = 16, 4
+    corners = rng.uniform(0, 90, (num_rois, 2))
+    rois = np.concatenate([corners, corners + rng.uniform(8, 40, (num_rois, 2))],
+                          axis=1).astype(np.float32)
+    rois[-2:] = 0.0                                          # padding rows
+    probs = rng.dirichlet(np.ones(num_classes) * 0.7, num_rois).astype(np.float32)
+    deltas = rng.normal(0, 1.0, (num_rois, num_classes, 4)).astype(np.float32)
+    window = np.array([0, 0, 128, 128], np.float32)
+    with seeded_graph().as_default(), tf.Session() as sess:
+        got = sess.run(detection.refine_detections(
+            tf.constant(rois), tf.constant(probs), tf.constant(deltas),
+            tf.constant(window), cfg, 0.05))
+    real = rois.any(axis=1)
+    expected = _numpy_detections(rois[real], probs[real], deltas[real], window, cfg,
+                                 0.05, every=(rule == "every"))
+    got = got[got[:, 4] > 0]
+    assert len(got) == len(expected) > 4
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+    # "every" adds the runner-up classes "best" leaves out (here, more detections).
+    other = _numpy_detections(rois[real], probs[real], deltas[real], window, cfg, 0.05,
+                              every=(rule != "every"))
+    assert (len(expected) > len(other)) == (rule == "every")
+
+
 def test_class_count_independent_head_restores_with_other_class_counts(tmp_path):
     """Trained with C classes, it runs with more: no variable is sized by NUM_CLASS."""
     options = dict(BACKGROUND_PROTOTYPE="pooled", BOX_REGRESSION="class_agnostic")
@@ -648,8 +711,9 @@ def test_fast_rcnn_targets_without_positives_give_an_empty_minibatch():
     assert (roi_labels == -1).all() and not rois.any()
 
 
-def test_fast_rcnn_targets_respect_sampling_rules():
-    cfg = tiny_cfg()
+@pytest.mark.parametrize("sampler", ["balanced", "fill"])
+def test_fast_rcnn_targets_respect_sampling_rules(sampler):
+    cfg = tiny_cfg(FAST_RCNN_SAMPLER=sampler)
     rng = np.random.RandomState(0)
     centres = rng.uniform(10, 110, [300, 2])
     sizes = rng.uniform(8, 40, [300, 2])
@@ -665,8 +729,15 @@ def test_fast_rcnn_targets_respect_sampling_rules():
     positives = roi_labels > 0
     negatives = roi_labels == 0
     assert 0 < positives.sum() <= int(num_rois * cfg.FAST_RCNN_POSITIVE_RATIO)
-    # the notebook's rule: two negatives per positive (ratio 0.33), padding after
-    assert negatives.sum() == min(2 * positives.sum(), num_rois - positives.sum())
+    available = sum(1 for p in proposals if max(_box_iou(p, g) for g in gt[:3]) < 0.5)
+    assert available > num_rois                 # enough negatives for either rule
+    if sampler == "balanced":
+        # the notebook's rule: two negatives per positive (ratio 0.33), padding after
+        assert negatives.sum() == min(2 * positives.sum(), num_rois - positives.sum())
+        assert positives.sum() + negatives.sum() < num_rois
+    else:
+        # Detectron's: the positives, then negatives up to the full minibatch
+        assert positives.sum() + negatives.sum() == num_rois
     assert (roi_labels[positives.sum() + negatives.sum():] == -1).all()
     assert not rois[roi_labels == -1].any()
 
@@ -691,6 +762,13 @@ def test_fast_rcnn_targets_respect_sampling_rules():
             assert abs((cy - gh / 2) - g[0]) < 1e-2 and abs((cy + gh / 2) - g[2]) < 1e-2
         elif label == 0:
             assert max(ious) < 0.5 and not delta.any()
+
+
+def _box_iou(a, b):
+    ih = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iw = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ih * iw
+    return ih * iw / union
 
 
 def test_fast_rcnn_targets_without_sampling_keep_every_proposal_in_its_place():

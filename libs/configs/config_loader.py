@@ -54,7 +54,10 @@ _CHOICES = {"CLASSIFIER": classifiers.names(),
             "BACKGROUND_PROTOTYPE": ("stacked", "pooled"),
             "BOX_REGRESSION": ("per_class", "class_agnostic"),
             "COMPARISON_SCORE": classifiers.score_names(),
-            "ROI_POOLING": ("by_size", "all_levels")}
+            "ROI_POOLING": ("by_size", "all_levels"),
+            "FAST_RCNN_SAMPLER": ("balanced", "fill"),
+            "DETECTION_CLASSES": ("best", "every"),
+            "RPN_NMS": ("across_levels", "per_level")}
 
 
 def _import_module(path):

@@ -97,6 +97,9 @@ class Defaults:
     RPN_POSITIVE_RATIO = 0.5
     RPN_TOP_K_NMS = 6000
     RPN_NMS_IOU_THRESHOLD = 0.7
+    # "across_levels" (the notebook): top-k and NMS over every level's anchors at once.
+    # "per_level": top-k and NMS within each level, then the best over all levels.
+    RPN_NMS = "across_levels"
     RPN_PROPOSALS_TRAIN = 2000
     RPN_PROPOSALS_INFERENCE = 1000
     RPN_BBOX_STD_DEV = [0.1, 0.1, 0.25, 0.27]
@@ -125,6 +128,9 @@ class Defaults:
     # the same feature whatever the class - also one the model never saw.
     ROI_POOLING = "by_size"
     ROI_CANONICAL_SIZE = 224                  # an ROI of this side is pooled from P4
+    # None (the notebook): crop_and_resize samples the ROI's S x S grid edge to edge.
+    # n: ROIAlign's rule, each bin the mean of n x n samples at its sub-bins' centres.
+    ROI_SAMPLES = None
     # The notebook trains the second stage on RPN proposals only. True also adds the
     # GT boxes to them (Detectron-style), which helps a from-scratch run start.
     ADD_GT_TO_PROPOSALS = False
@@ -136,6 +142,12 @@ class Defaults:
     FAST_RCNN_POSITIVE_IOU = 0.5
     FAST_RCNN_MINIBATCH_SIZE = 200
     FAST_RCNN_POSITIVE_RATIO = 0.33
+    # Which ROIs train the second stage (libs/model/sampling.py): "balanced" (the
+    # notebook's) takes at most RATIO * MINIBATCH positives and int(1 / RATIO) - 1
+    # negatives per positive (1:2), so an image with 10 positive ROIs trains on 30;
+    # "fill" (Detectron's and torchvision's rule) tops the positives up with negatives
+    # to the full minibatch (an image without positives trains on negatives only).
+    FAST_RCNN_SAMPLER = "balanced"
     FAST_RCNN_MAX_INSTANCES = 100             # GT boxes per image after padding/truncation
     FRCNN_CLS_LOSS_WEIGHT = 5.0
     MIN_GT_SIZE = 5                           # GT smaller than this (px, after resize) dropped
@@ -143,6 +155,11 @@ class Defaults:
     # ---- detection ---------------------------------------------------------------------
     DETECTION_NMS_THRESHOLD = 0.3
     DETECTION_MAX_INSTANCES = 200
+    # "best" (the notebook): one detection per ROI, its most probable class, none when
+    # that is background. "every": one per ROI and object class whose probability
+    # passes the threshold (Detectron, torchvision): an ROI the head is unsure of still
+    # counts for each class it might be, at its probability.
+    DETECTION_CLASSES = "best"
     DETECTION_MIN_CONFIDENCE = 0.5            # display / export threshold
     EVAL_SCORE_THRESHOLD = 0.05               # evaluation keeps low-score detections
     # Test-time flip merging (libs/model/flip_merging.py): () off, or any of "horizontal",

@@ -31,15 +31,25 @@ def detect(rois, class_probs, box_deltas, image_window, cfg, batch_size,
 def refine_detections(rois, probs, deltas, window, cfg, min_confidence):
     """Detections of one image, [DETECTION_MAX_INSTANCES, 6], zero-padded.
 
-    Best class per ROI; that class's deltas decode the ROI; clipped to the window;
-    background, padding and low scores dropped; NMS per class; the best
+    The candidates (DETECTION_CLASSES): each ROI's best class ("best"), or each ROI with
+    every object class ("every"); the candidate class's deltas decode the ROI; clipped
+    to the window; background, padding and low scores dropped; NMS per class; the best
     DETECTION_MAX_INSTANCES kept by score.
     """
     max_out = cfg.DETECTION_MAX_INSTANCES
-    class_ids = tf.argmax(probs, axis=1, output_type=tf.int32)
-    scores = tf.reduce_max(probs, axis=1)
-    row = tf.range(tf.shape(probs)[0])
-    # deltas [N, NUM_CLASS or 1, 4]: the predicted class's, or the class-agnostic set.
+    num_rois, num_classes = tf.shape(probs)[0], int(probs.shape[1])
+    if cfg.DETECTION_CLASSES == "every":
+        # Each ROI once per object class: columns 1.. of probs, flattened ROI-major.
+        class_ids = tf.tile(tf.range(1, num_classes)[tf.newaxis], [num_rois, 1])
+        class_ids = tf.reshape(class_ids, [-1])
+        scores = tf.reshape(probs[:, 1:], [-1])
+        row = tf.repeat(tf.range(num_rois), num_classes - 1)
+    else:
+        class_ids = tf.argmax(probs, axis=1, output_type=tf.int32)
+        scores = tf.reduce_max(probs, axis=1)
+        row = tf.range(num_rois)
+    rois = tf.gather(rois, row)
+    # deltas [N, NUM_CLASS or 1, 4]: the candidate class's, or the class-agnostic set.
     delta_column = class_ids if int(deltas.shape[1]) > 1 else tf.zeros_like(class_ids)
     class_deltas = tf.gather_nd(deltas, tf.stack([row, delta_column], axis=1))
     boxes = box_ops.decode_boxes(rois, class_deltas, cfg.BBOX_STD_DEV)

@@ -12,8 +12,9 @@ def fast_rcnn_targets(proposals, gt_boxes, gt_labels, cfg, num_rois, sample=True
     `sample` (the notebook's rule): at most FAST_RCNN_POSITIVE_RATIO * num_rois
     positives, and int(1 / ratio) - 1 negatives per positive (1:2 for 0.33), so the
     classifier sees a balanced minibatch; an image with no positive ROI contributes no
-    ROI at all (its losses count 0). Without `sample` (EVAL losses) every proposal is
-    kept in order.
+    ROI at all (its losses count 0). FAST_RCNN_SAMPLER "fill" (Detectron's rule) takes
+    as many negatives as fit in num_rois instead. Without `sample` (EVAL losses) every
+    proposal is kept in order.
     Returns rois [num_rois, 4] (0-padded), labels int32 [num_rois] (-1 = padding),
     deltas [num_rois, 4] (BBOX_STD_DEV-normalised, 0 for negatives).
     `seed` (int [2]) drives the sampling; model_fn passes (image id, global step), so
@@ -38,9 +39,12 @@ def fast_rcnn_targets(proposals, gt_boxes, gt_labels, cfg, num_rois, sample=True
     if sample:
         max_positive = int(num_rois * cfg.FAST_RCNN_POSITIVE_RATIO)
         positive = _shuffle(positive, seed)[:max_positive]
-        negatives_per_positive = int(1.0 / cfg.FAST_RCNN_POSITIVE_RATIO) - 1
-        num_negative = tf.minimum(negatives_per_positive * tf.shape(positive)[0],
-                                  num_rois - tf.shape(positive)[0])
+        room = num_rois - tf.shape(positive)[0]
+        if cfg.FAST_RCNN_SAMPLER == "fill":
+            num_negative = room
+        else:
+            negatives_per_positive = int(1.0 / cfg.FAST_RCNN_POSITIVE_RATIO) - 1
+            num_negative = tf.minimum(negatives_per_positive * tf.shape(positive)[0], room)
         negative = _shuffle(negative, seed + tf.constant([0, 1], seed.dtype))[:num_negative]
     else:
         return _every_proposal_in_order(proposals, safe_gt, safe_labels, best_iou, best_gt,
