@@ -20,6 +20,7 @@ What is BCCD's own:
   --set PRESET=scratch.
 """
 from cfgs.imagenet_backbone import SCRATCH_BACKBONE
+from cfgs.own_data import SCRATCH_SECOND_STAGE
 from cfgs.own_data import Config as OwnData
 
 
@@ -35,6 +36,6 @@ class Config(OwnData):
     # The from-scratch model of the last release (docs/results.md: val 0.853 in 55
     # minutes): --set PRESET=scratch.
     PRESETS = {"scratch": dict(
-        SCRATCH_BACKBONE, PIXEL_MEANS=[115.2, 118.8, 123.0], TARGET_SIDE=384,
+        SCRATCH_BACKBONE, **SCRATCH_SECOND_STAGE, PIXEL_MEANS=[115.2, 118.8, 123.0], TARGET_SIDE=384,
         ROI_CANONICAL_SIZE=84,
         LR=0.01, EPOCH=80, EPOCH_BOUNDARY=[60, 72])}

@@ -28,6 +28,7 @@ steps (12.3 epochs) in 60 minutes, val mAP@0.5 0.860. Pretrained figures, the FC
 baseline and the failure analysis: docs/results.md.
 """
 from cfgs.imagenet_backbone import SCRATCH_BACKBONE
+from cfgs.own_data import SCRATCH_SECOND_STAGE
 from cfgs.own_data import Config as OwnData
 
 
@@ -54,5 +55,6 @@ class Config(OwnData):
     # The from-scratch model of the last release (val 0.860 in 60 minutes, AVX2):
     # --set PRESET=scratch.
     PRESETS = {"scratch": dict(
-        SCRATCH_BACKBONE, PIXEL_MEANS=[182.3, 182.3, 182.3],
+        SCRATCH_BACKBONE, **SCRATCH_SECOND_STAGE, PIXEL_MEANS=[182.3, 182.3, 182.3],
+        ROI_CANONICAL_SIZE=112,
         LR=0.01, EPOCH=24, EPOCH_BOUNDARY=[18, 22])}

@@ -56,8 +56,7 @@ _CHOICES = {"CLASSIFIER": classifiers.names(),
             "COMPARISON_SCORE": classifiers.score_names(),
             "ROI_POOLING": ("by_size", "all_levels"),
             "FAST_RCNN_SAMPLER": ("balanced", "fill"),
-            "DETECTION_CLASSES": ("best", "every"),
-            "RPN_NMS": ("across_levels", "per_level")}
+            "DETECTION_CLASSES": ("best", "every")}
 
 
 def _import_module(path):

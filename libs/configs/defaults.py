@@ -97,9 +97,6 @@ class Defaults:
     RPN_POSITIVE_RATIO = 0.5
     RPN_TOP_K_NMS = 6000
     RPN_NMS_IOU_THRESHOLD = 0.7
-    # "across_levels" (the notebook): top-k and NMS over every level's anchors at once.
-    # "per_level": top-k and NMS within each level, then the best over all levels.
-    RPN_NMS = "across_levels"
     RPN_PROPOSALS_TRAIN = 2000
     RPN_PROPOSALS_INFERENCE = 1000
     RPN_BBOX_STD_DEV = [0.1, 0.1, 0.25, 0.27]
@@ -128,9 +125,6 @@ class Defaults:
     # the same feature whatever the class - also one the model never saw.
     ROI_POOLING = "by_size"
     ROI_CANONICAL_SIZE = 224                  # an ROI of this side is pooled from P4
-    # None (the notebook): crop_and_resize samples the ROI's S x S grid edge to edge.
-    # n: ROIAlign's rule, each bin the mean of n x n samples at its sub-bins' centres.
-    ROI_SAMPLES = None
     # The notebook trains the second stage on RPN proposals only. True also adds the
     # GT boxes to them (Detectron-style), which helps a from-scratch run start.
     ADD_GT_TO_PROPOSALS = False

@@ -57,8 +57,7 @@ class FastRCNN:
             else:
                 self.roi_features = roi_align(
                     feature_pyramid, flat_rois, self.level_of_rois, self.batch_size,
-                    int(self.rois.shape[1]), cfg.ROI_SIZE, cfg.TARGET_SIDE,
-                    cfg.ROI_SAMPLES)
+                    int(self.rois.shape[1]), cfg.ROI_SIZE, cfg.TARGET_SIDE)
             box_features = self._box_branch(self.roi_features)
             # Per class (the notebook) or one set for every class (BOX_REGRESSION).
             self.num_box_classes = (cfg.NUM_CLASS if cfg.BOX_REGRESSION == "per_class"

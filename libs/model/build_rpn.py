@@ -11,7 +11,6 @@ i-th output belongs to the i-th anchor.
 """
 from libs.base.tf_compat import slim, tf
 from libs.box_utils import box_ops
-from libs.box_utils.anchors import pyramid_anchor_counts
 from libs.model import losses
 
 
@@ -25,8 +24,6 @@ class RPN:
         self.rpn_labels = rpn_labels
         self.rpn_bbox = rpn_bbox
         self.levels = [f"P{i}" for i in range(2, 7)]
-        self.level_counts = pyramid_anchor_counts(cfg.ANCHOR_RATIOS, cfg.BACKBONE_SHAPES,
-                                                  cfg.ANCHOR_STRIDE)
         self.rpn_class_logits, self.rpn_deltas = self._build_head(feature_pyramid, scope)
         self.rpn_probs = tf.nn.softmax(self.rpn_class_logits, name="rpn_probs")
 
@@ -62,43 +59,18 @@ class RPN:
         Returns (proposals float32 [B, N, 4], scores float32 [B, N]).
         """
         cfg = self.cfg
+        num_anchors = int(self.anchors.shape[0])
+        top_k = min(cfg.RPN_TOP_K_NMS, num_anchors)
         # None in the exported model (any number of images per call).
         batch_size = tf.compat.dimension_value(self.rpn_probs.shape[0])
 
-        def best_after_nms(scores, deltas, anchors, count):
-            k = min(cfg.RPN_TOP_K_NMS, int(anchors.shape[0]))
-            scores, order = tf.nn.top_k(scores, k=k, sorted=True)
-            boxes = box_ops.decode_boxes(tf.gather(anchors, order),
-                                         tf.gather(deltas, order), cfg.RPN_BBOX_STD_DEV)
-            boxes, scores, _, _ = box_ops.nms_padded(
-                boxes, scores, count, cfg.RPN_NMS_IOU_THRESHOLD)
-            return boxes, scores
-
-        def per_level(scores, deltas):
-            boxes, kept = [], []
-            start = 0
-            for count in self.level_counts:
-                level = slice(start, start + count)
-                b, s = best_after_nms(scores[level], deltas[level], self.anchors[level],
-                                      min(self.num_proposals, count))
-                boxes.append(b)
-                kept.append(s)
-                start += count
-            boxes, kept = tf.concat(boxes, 0), tf.concat(kept, 0)
-            valid = tf.reduce_any(tf.not_equal(boxes, 0.0), axis=1)
-            ranked = tf.where(valid, kept, -tf.ones_like(kept))
-            k = min(self.num_proposals, int(ranked.shape[0]))
-            ranked, order = tf.nn.top_k(ranked, k=k, sorted=True)
-            pad = self.num_proposals - k
-            boxes = tf.pad(tf.gather(boxes, order), [[0, pad], [0, 0]])
-            return boxes, tf.pad(tf.maximum(ranked, 0.0), [[0, pad]])
-
         def one_image(scores, deltas, window):
-            if cfg.RPN_NMS == "per_level":
-                boxes, scores = per_level(scores, deltas)
-            else:
-                boxes, scores = best_after_nms(scores, deltas, self.anchors,
-                                               self.num_proposals)
+            scores, order = tf.nn.top_k(scores, k=top_k, sorted=True)
+            anchors = tf.gather(self.anchors, order)
+            deltas = tf.gather(deltas, order)
+            boxes = box_ops.decode_boxes(anchors, deltas, cfg.RPN_BBOX_STD_DEV)
+            boxes, scores, _, _ = box_ops.nms_padded(
+                boxes, scores, self.num_proposals, cfg.RPN_NMS_IOU_THRESHOLD)
             valid = tf.cast(tf.reduce_any(tf.not_equal(boxes, 0.0), axis=1), tf.float32)
             # Clipping keeps padding rows at zero (they are multiplied back to 0).
             boxes = box_ops.clip_boxes(boxes, window) * valid[:, tf.newaxis]

@@ -70,28 +70,8 @@ def roi_align_all_levels(pyramid, rois, batch_size, rois_per_image, crop_size,
                            name="roi_features")
 
 
-def bin_sample_boxes(rois, crop_size, samples):
-    """Boxes whose crop_and_resize grid of crop_size * samples points falls on the
-    centres of the ROI's sub-bins (ROIAlign's sampling; crop_and_resize of the ROI
-    itself samples its edges). Returns (boxes [M, 4], grid side)."""
-    grid = crop_size * samples
-    inset_y = (rois[:, 2] - rois[:, 0]) / (2.0 * grid)
-    inset_x = (rois[:, 3] - rois[:, 1]) / (2.0 * grid)
-    inset = tf.stack([inset_y, inset_x, -inset_y, -inset_x], axis=1)
-    return rois + inset, grid
-
-
-def roi_align(pyramid, rois, levels, batch_size, rois_per_image, crop_size, image_side,
-              samples=None):
-    """Pools each ROI [M, 4] (image pixels) from its level: crop_and_resize to S x S.
-
-    samples None: crop_and_resize of the ROI (the notebook). A number n: ROIAlign's
-    rule, the mean of n x n bilinear samples at the centres of each bin's sub-bins.
-    """
-    if samples:
-        rois, grid = bin_sample_boxes(rois, crop_size, samples)
-    else:
-        grid = crop_size
+def roi_align(pyramid, rois, levels, batch_size, rois_per_image, crop_size, image_side):
+    """Pools each ROI [M, 4] (image pixels) from its level: crop_and_resize to S x S."""
     with tf.name_scope("roi_align"):
         if batch_size is None:
             batch_size = tf.shape(pyramid["P2"])[0]
@@ -103,11 +83,10 @@ def roi_align(pyramid, rois, levels, batch_size, rois_per_image, crop_size, imag
             boxes = feature_boxes(tf.gather(rois, chosen), stride, image_side)
             crops.append(tf.image.crop_and_resize(
                 pyramid[f"P{level}"], tf.stop_gradient(boxes),
-                tf.gather(box_indices, chosen), [grid, grid], method="bilinear"))
+                tf.gather(box_indices, chosen), [crop_size, crop_size],
+                method="bilinear"))
             order.append(chosen)
         order = tf.concat(order, axis=0)
         crops = tf.concat(crops, axis=0)
-        if samples:
-            crops = tf.nn.avg_pool2d(crops, samples, samples, "VALID")
         # Back to the ROIs' order: row i of the result is the crop of rois[i].
         return tf.gather(crops, tf.argsort(order), name="roi_features")
