@@ -29,6 +29,7 @@ the table (mean +- std over seeds); --plot draws mAP@0.5 against N.
 import argparse
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -132,6 +133,8 @@ def evaluate_ours(flags, model_dir):
 def run_ours(args, method, data_dir, reference_dir, model_dir, steps, supports, seed):
     flags = ours_flags(args, method, args.set, data_dir, reference_dir, model_dir, steps,
                        supports, seed)
+    # A directory left by an interrupted run (maybe of another config) would be resumed.
+    shutil.rmtree(model_dir, ignore_errors=True)
     started = time.monotonic()
     run_tool("train.py", *flags)
     minutes = (time.monotonic() - started) / 60

@@ -104,6 +104,42 @@ def _peer_available():
     return None
 
 
+def test_rescore_replaces_our_figures_keeps_the_peer_and_what_fails(tmp_path, monkeypatch):
+    """--rescore evaluates each of our runs again from its own subset, steps, supports,
+    seed and variant settings; the peer's rows (detections scored once) stay; a run that
+    cannot be evaluated keeps its figures and says why."""
+    def row(method, sets, value):
+        return {"method": method, "n": "25", "num_images": 25, "seed": 1, "steps": 2000,
+                "minutes": 8.0, "supports": 4, "sets": sets, "rule": True,
+                "results": {"voc/mAP@0.5": value, "coco/mAP": value / 2}}
+    results = {"comparison/n25/s1/steps2000": row("comparison", [], 0.5),
+               "fc+old/n25/s1/steps2000": row("fc+old", ["LR=0.1"], 0.4),
+               "comparison+gone/n25/s1/steps2000": row("comparison+gone", ["X=1"], 0.3),
+               "peer/n25/s1/steps2000": row("peer", [], 0.6)}
+    calls = []
+
+    def evaluate(flags, model_dir):
+        calls.append((flags, model_dir))
+        if "--set=X=1" in flags:
+            raise RuntimeError("tools/eval.py failed:\nconfig: unknown field X")
+        return {"voc/mAP@0.5": 0.9, "coco/mAP": 0.45, "other": 1.0}
+
+    monkeypatch.setattr(label_efficiency, "evaluate_ours", evaluate)
+    args = types.SimpleNamespace(out=str(tmp_path), cfg="cfgs/bccd_cpu.py")
+    label_efficiency.rescore(args, results)
+    assert [r["results"]["voc/mAP@0.5"] for r in results.values()] == [0.9, 0.9, 0.3, 0.6]
+    assert "other" not in results["comparison/n25/s1/steps2000"]["results"]
+    assert len(calls) == 3
+    by_dir = {os.path.basename(d): f for f, d in calls}
+    fc = by_dir["fc+old_n25_s1_steps2000"]
+    assert fc[fc.index("--data_dir") + 1] == os.path.join(str(tmp_path), "subsets",
+                                                          "n25_s1", "data")
+    assert {"--set=CLASSIFIER='fc'", "--set=LR=0.1", "--set=SEED=1",
+            "--set=SCHEDULE_STEPS=2000", "--set=NUM_SUPPORTS=4"} <= set(fc)
+    saved = json.load(open(tmp_path / "results.json"))
+    assert saved["fc+old/n25/s1/steps2000"]["results"]["voc/mAP@0.5"] == 0.9
+
+
 def test_the_peer_trains_on_our_data_and_our_evaluator_scores_it(sample_data, tmp_path):
     """torchvision's Faster R-CNN on the same Lite0 weights, with tiny_fewshot's settings,
     trained 300 steps on the sample's 8 train images: its detections of the 4 val images
