@@ -33,7 +33,7 @@ and why:
   (REFERENCE_SUPPORTS_PER_STEP; all 5 at evaluation and export), FPN and RPN 64 wide.
 - Schedule: 20 epochs, LR 0.005 dropping at epochs 15 and 18, and at least 2,000 steps
   (MIN_STEPS; the drops at the same fractions): 25 images would otherwise train 500
-  steps, which cost 0.03 mAP@0.5 and 0.08 COCO mAP on BCCD (docs/small_data.md). On a
+  steps, which cost 0.02 mAP@0.5 and 0.08 COCO mAP on BCCD (docs/small_data.md). On a
   slower CPU, --max_minutes fits the schedule into a time budget.
 - Flips: horizontal only. Objects with no up or down (cells, circuit boards, aerial
   views): --set FLIP_VERTICAL=True, as cfgs/bccd_cpu.py does.
