@@ -53,6 +53,7 @@ METHODS = ("comparison", "fc", "peer")
 SETS = {"comparison": [], "fc": ["CLASSIFIER='fc'"], "peer": []}
 REFERENCES_PER_CLASS = 5
 SEEDS_UP_TO = 50              # N <= this: every seed of --seeds; above: the first only
+EVERY_CLASS_IN_FIRST = 10     # a seed's first 10 images hold every class (smaller N: theirs)
 # The config values the peer mirrors (bench/peer_detector.py reads them).
 PEER_FIELDS = (
     "BACKBONE_FROZEN_STAGES", "FPN_CHANNELS", "ANCHOR_RATIOS", "BASE_ANCHOR_SIZE_LIST",
@@ -224,7 +225,9 @@ def run_peer(args, cfg, split_dir, data_dir, model_dir, classes, num_images, ste
 def subsets(args, train_ids, objects_by_id, classes):
     """[(N label, N, seed, ids)] in the order they run: by seed, then N."""
     numbers = [len(train_ids) if n == "all" else int(n) for n in args.ns]
-    smallest = min(numbers)
+    # Fixed, not the smallest N asked for: `--ns 50` alone must draw the same images as
+    # the full curve (its runs are resumed and compared with the others).
+    smallest = min([EVERY_CLASS_IN_FIRST, *numbers])
     order = {}
     for seed in args.seeds:
         order[seed] = draw_permutation(train_ids, objects_by_id, classes, smallest, seed)

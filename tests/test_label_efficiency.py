@@ -79,6 +79,19 @@ def test_subsets_are_nested_seeded_and_hold_every_class():
     assert planned == label_efficiency.subsets(args, ids, objects, ["a", "b"])
 
 
+def test_a_seeds_draw_does_not_depend_on_the_ns_asked_for():
+    # Only image 39 holds "b": most permutations lack it in their first 10 images (so
+    # the draw is redone) but hold it in their first 30.
+    ids = [f"im{i:03d}" for i in range(40)]
+    objects = {image_id: ({"a", "b"} if i == 39 else {"a"}) for i, image_id in
+               enumerate(ids)}
+    curve = types.SimpleNamespace(ns=["10", "25", "30"], seeds=[0, 1, 2])
+    alone = types.SimpleNamespace(ns=["30"], seeds=[0, 1, 2])
+    whole = [row for row in label_efficiency.subsets(curve, ids, objects, ["a", "b"])
+             if row[0] == "30"]
+    assert whole == label_efficiency.subsets(alone, ids, objects, ["a", "b"])
+
+
 def test_one_steps_rule_and_the_peer_settings_follow_the_config():
     cfg = load_config(os.path.join(REPO_ROOT, "cfgs", "bccd_cpu.py"))
     # the config's own rule: its epochs, at least MIN_STEPS
