@@ -117,6 +117,39 @@ def test_iou_matrix_random_matches_brute_force(seed):
     assert got.max() > 0.0  # the data must contain overlaps for the test to mean much
 
 
+def _np_covered(boxes, regions, min_fraction):
+    """Brute force: some region holds >= min_fraction of the box's (non-zero) area."""
+    out = []
+    for a in boxes.astype(np.float64):
+        area = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
+        covered = False
+        for b in regions.astype(np.float64):
+            inter = (max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+                     * max(0.0, min(a[3], b[3]) - max(a[1], b[1])))
+            covered |= inter > 0 and inter / area >= min_fraction
+        out.append(covered)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("min_fraction", [0.3, 0.5, 0.9])
+def test_covered_by_matches_brute_force(min_fraction):
+    rng = np.random.default_rng(3)
+    boxes = _random_boxes(rng, 60, max_side=30.0)
+    boxes[5] = 0                                       # a zero-area box: never covered
+    regions = np.concatenate([_random_boxes(rng, 4, min_side=20.0),
+                              np.zeros([2, 4], np.float32)])   # padding rows cover nothing
+    got = _run(lambda: box_ops.covered_by(boxes, regions, min_fraction))
+    want = _np_covered(boxes, regions, min_fraction)
+    np.testing.assert_array_equal(got, want)
+    assert 0 < want.sum() < len(boxes) and not got[5]
+    # A box inside a region is covered whatever their IoU (a part of an object).
+    inside = np.array([[10, 10, 12, 12]], np.float32)
+    big = np.array([[0, 0, 100, 100]], np.float32)
+    assert _run(lambda: box_ops.covered_by(inside, big, 0.99)).tolist() == [True]
+    assert _run(lambda: box_ops.covered_by(big, inside, 0.5)).tolist() == [False]
+    assert _run(lambda: box_ops.covered_by(boxes, np.zeros([0, 4]), 0.5)).sum() == 0
+
+
 def test_iou_matrix_special_cases():
     boxes1 = np.array([
         [10, 10, 20, 20],   # reference box

@@ -528,13 +528,54 @@ def test_coco_specific_rules(tmp_path):
     assert counts_of(summary) == {"duplicate_image": 1, "annotation_invalid": 1,
                                   "image_missing": 1, "box_unknown_class": 1,
                                   "box_degenerate": 1, "box_not_finite": 1,
-                                  "object_difficult": 1}
+                                  "object_difficult": 1, "object_ignored": 1}
     (record,) = read_records(output_dir, "val")
     assert record["image_id"] == 5 and record["filename"] == "x.png"
     # Class ids: category names sorted (a=1, b=2), not the COCO category ids.
     assert label_map.read_label_map(output_dir).class_names == ["a", "b"]
     np.testing.assert_array_equal(record["boxes"], [[2, 1, 22, 11], [5, 5, 10, 10]])
     assert record["labels"].tolist() == [2, 1] and record["difficult"].tolist() == [0, 1]
+    # A crowd is an ignore region in training, as in Detectron.
+    assert record["ignore"].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("difficult_as_ignore", [False, True])
+def test_ignore_regions_are_flagged_in_the_records(tmp_path, difficult_as_ignore):
+    image_dir, xml_dir = tmp_path / "images", tmp_path / "xml"
+    image_dir.mkdir()
+    xml_dir.mkdir()
+    cv2.imwrite(str(image_dir / "a.png"), np.zeros((60, 80, 3), np.uint8))
+    write_voc_xml(str(xml_dir / "a.xml"), "a.png", (60, 80), [
+        ("RBC", (5, 5, 20, 20), 0), ("RBC", (30, 5, 50, 25), 1), ("WBC", (40, 30, 70, 55), 0)])
+    # This project's tag for a doubtful (mined) box: <ignore>1</ignore>.
+    text = (xml_dir / "a.xml").read_text()
+    last = text.rindex("<difficult>0</difficult>")
+    (xml_dir / "a.xml").write_text(
+        text[:last] + "<difficult>0</difficult><ignore>1</ignore>" + text[last + 24:])
+    output_dir = str(tmp_path / "out")
+    summary = convert.convert_dataset("voc", str(image_dir), str(xml_dir), output_dir,
+                                      progress_every_seconds=1e9,
+                                      difficult_as_ignore=difficult_as_ignore)
+    (record,) = read_records(output_dir, "train")
+    assert record["labels"].tolist() == [1, 1, 2]
+    ignored = [0, int(difficult_as_ignore), 1]
+    assert record["ignore"].tolist() == ignored
+    # An ignore region is also difficult: evaluation leaves it out like VOC difficult.
+    assert record["difficult"].tolist() == [0, 1, 1]
+    assert summary["object_ignored"] == sum(ignored)
+    # Per class: the objects that train.
+    assert summary["objects_per_class"] == {"RBC": 2 - int(difficult_as_ignore), "WBC": 0}
+
+
+def test_records_without_the_ignore_key_read_as_no_ignore_region():
+    example = tfrecord_format.make_example(b"x", "png", 10, 10, "a.png", 1,
+                                           [[1, 1, 5, 5]], [1], ["a"])
+    del example.features.feature[tfrecord_format.IGNORE]
+    serialized = example.SerializeToString()
+    assert tfrecord_format.decode_example(serialized)["ignore"].tolist() == [0]
+    with seeded_graph().as_default(), tf.Session() as sess:
+        parsed = sess.run(tfrecord_format.parse_example(tf.constant(serialized)))
+    assert parsed["ignore"].tolist() == [0] and parsed["difficult"].tolist() == [0]
 
 
 def test_report_lists_a_rule_at_most_so_often_and_counts_every_record(caplog):

@@ -25,7 +25,7 @@ TINY = os.path.join(REPO_ROOT, "cfgs", "tiny_cpu.py")
 RES101 = os.path.join(REPO_ROOT, "cfgs", "res101_fewshot.py")
 FEATURE_KEYS = {"image", "image_window", "image_scale", "original_size", "image_id",
                 "filename"}
-LABEL_KEYS = {"gt_boxes", "gt_labels", "rpn_labels", "rpn_bbox"}
+LABEL_KEYS = {"gt_boxes", "gt_labels", "ignore_boxes", "rpn_labels", "rpn_bbox"}
 # EVAL also carries every GT in original pixels for the metrics
 EVAL_LABEL_KEYS = LABEL_KEYS | {"eval_gt_boxes", "eval_gt_labels", "eval_gt_difficult",
                                 "eval_num_gt"}
@@ -86,7 +86,8 @@ def write_records(data_dir, split, images):
             labels = list(image["labels"])
             example = tfrecord_format.make_example(
                 encode_png(image["rgb"]), "png", height, width, f"img_{index}.png",
-                index + 1, image["boxes"], labels, [f"c{label}" for label in labels])
+                index + 1, image["boxes"], labels, [f"c{label}" for label in labels],
+                ignore=image.get("ignore"))
             writer.write(example.SerializeToString())
     return data_dir
 
@@ -498,6 +499,85 @@ def test_rpn_targets_in_the_pipeline(sample):
 # ---------------------------------------------------------------------------------------
 # Small-GT filter, padding and truncation to FAST_RCNN_MAX_INSTANCES
 # ---------------------------------------------------------------------------------------
+
+def np_covered(boxes, regions, min_fraction):
+    """[N] bool: some region holds >= min_fraction of box i's area (numpy)."""
+    boxes = np.asarray(boxes, np.float64)[:, None, :]
+    regions = np.asarray(regions, np.float64)[None, :, :]
+    inter = (np.clip(np.minimum(boxes[..., 2], regions[..., 2])
+                     - np.maximum(boxes[..., 0], regions[..., 0]), 0, None)
+             * np.clip(np.minimum(boxes[..., 3], regions[..., 3])
+                       - np.maximum(boxes[..., 1], regions[..., 1]), 0, None))
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    return ((inter > 0) & (inter >= min_fraction * area)).any(axis=1)
+
+
+def test_rpn_targets_with_ignore_regions_equal_numpy():
+    # Hand-made anchors, and a minibatch that takes every candidate, so the labels are
+    # the rule itself: positive by IoU (or a GT's best anchor), negative below 0.3 and
+    # less than half inside the ignore region, else neither.
+    anchors = np.array([
+        [10, 10, 40, 40], [12, 12, 42, 42],     # on the GT
+        [60, 60, 90, 90],                       # the ignore region itself
+        [62, 62, 72, 72],                       # small, inside it (IoU 0.11)
+        [50, 50, 70, 70],                       # a quarter inside: still background
+        [55, 55, 80, 80],                       # 0.64 inside
+        [0, 90, 20, 128], [100, 0, 128, 30],    # far away: background
+        [45, 60, 75, 90],                       # exactly half inside
+    ], np.float32)
+    gt = np.array([[10, 10, 40, 40]], np.float32)
+    ignore = np.array([[60, 60, 90, 90], [0, 0, 0, 0]], np.float32)   # one padding row
+    with seeded_graph().as_default(), tf.Session() as sess:
+        labels, _ = sess.run(rpn_targets.build_rpn_targets(
+            anchors, tf.constant(gt), 0.7, 0.3, len(anchors), 1.0, [0.1, 0.1, 0.2, 0.2],
+            seed=tf.constant([0, 0], tf.int64), ignore_boxes=tf.constant(ignore),
+            ignore_overlap=0.5))
+        plain, _ = sess.run(rpn_targets.build_rpn_targets(
+            anchors, tf.constant(gt), 0.7, 0.3, len(anchors), 1.0, [0.1, 0.1, 0.2, 0.2],
+            seed=tf.constant([0, 0], tf.int64)))
+    iou = np_iou(anchors, gt).max(axis=1)
+    positive = (iou >= 0.7) | (iou == iou.max())
+    negative = (iou < 0.3) & ~positive & ~np_covered(anchors, ignore, 0.5)
+    want = np.where(positive, 1, np.where(negative, 0, -1))
+    np.testing.assert_array_equal(labels, want)
+    np.testing.assert_array_equal(labels, [1, 1, -1, -1, 0, -1, 0, 0, -1])
+    # Without the region the same anchors are background (the test can fail).
+    np.testing.assert_array_equal(plain, [1, 1, 0, 0, 0, 0, 0, 0, 0])
+
+
+def test_ignore_regions_leave_the_gt_and_follow_the_image(tmp_path):
+    # 128 x 256 at side 128: scale 0.5, window [32, 0, 96, 128].
+    cfg = tiny_config(FLIP_HORIZONTAL=True)
+    rgb = np.full((128, 256, 3), 100, np.uint8)
+    boxes = np.array([[10, 10, 60, 80], [20, 150, 90, 250], [70, 100, 120, 140]],
+                     np.float32)
+    data_dir = write_records(str(tmp_path), "train", [
+        {"rgb": rgb, "boxes": boxes, "labels": [1, 2, 1], "ignore": [0, 1, 0]}])
+    ((_, labels),) = run_pipeline(cfg, input_fn.EVAL, data_dir, 1)
+    window, scale = expected_geometry(128, 256, cfg.TARGET_SIDE)
+    want = expected_boxes(boxes, window, scale)
+    np.testing.assert_allclose(labels["gt_boxes"][0, :2], want[[0, 2]], atol=1e-4)
+    np.testing.assert_array_equal(labels["gt_labels"][0, :3], [1, 1, 0])
+    np.testing.assert_allclose(labels["ignore_boxes"][0, 0], want[1], atol=1e-4)
+    assert labels["ignore_boxes"].shape == (1, cfg.IGNORE_MAX_REGIONS, 4)
+    assert not labels["ignore_boxes"][0, 1:].any()
+    anchors = config_anchors(cfg)
+    rpn = labels["rpn_labels"][0]
+    covered = np_covered(anchors, want[[1]], cfg.IGNORE_OVERLAP)
+    assert covered.any() and not (rpn[covered] == 0).any()
+    # TRAIN: a flipped image flips its ignore regions with its objects.
+    flipped = 0
+    for _, train in run_pipeline(cfg, input_fn.TRAIN, data_dir, 12):
+        gt, region = sorted_rows(train["gt_boxes"][0, :2]), train["ignore_boxes"][0, 0]
+        mirror = np.array([1, -1, 1, -1]) * want[:, [0, 3, 2, 1]] + [0, 128, 0, 128]
+        if np.allclose(gt, sorted_rows(want[[0, 2]]), atol=1e-3):
+            np.testing.assert_allclose(region, want[1], atol=1e-3)
+        else:
+            np.testing.assert_allclose(gt, sorted_rows(mirror[[0, 2]]), atol=1e-3)
+            np.testing.assert_allclose(region, mirror[1], atol=1e-3)
+            flipped += 1
+    assert 0 < flipped < 12
+
 
 def test_small_gt_are_dropped(tmp_path):
     # 128 x 256 at side 128: scale exactly 0.5, window [32, 0, 96, 128].

@@ -793,6 +793,52 @@ def test_fast_rcnn_targets_without_sampling_keep_every_proposal_in_its_place():
                                rtol=1e-4, atol=1e-6)
 
 
+def _np_inside_fraction(box, region):
+    ih = max(0, min(box[2], region[2]) - max(box[0], region[0]))
+    iw = max(0, min(box[3], region[3]) - max(box[1], region[1]))
+    return ih * iw / ((box[2] - box[0]) * (box[3] - box[1]))
+
+
+def test_fast_rcnn_targets_take_no_roi_inside_an_ignore_region():
+    cfg = tiny_cfg(FAST_RCNN_SAMPLER="fill", IGNORE_OVERLAP=0.5, ADD_GT_TO_PROPOSALS=False)
+    proposals = np.array([
+        [10, 10, 40, 40], [11, 11, 41, 41],          # positives of the GT
+        [60, 60, 90, 90],                            # the region, on a real object: positive
+        [65, 65, 80, 80],                            # a part of the region: ignored
+        [45, 60, 75, 90],                            # exactly half inside: ignored
+        [40, 40, 70, 70],                            # a ninth inside: background
+        [0, 90, 20, 120], [100, 0, 120, 30],         # background
+        [58, 58, 92, 92],                            # on the real object: positive
+    ], np.float32)
+    gt = np.zeros([cfg.FAST_RCNN_MAX_INSTANCES, 4], np.float32)
+    gt[:2] = [[10, 10, 40, 40], [59, 59, 91, 91]]
+    labels = np.zeros([cfg.FAST_RCNN_MAX_INSTANCES], np.int32)
+    labels[:2] = [1, 2]
+    region = [60, 60, 90, 90]
+    ignore = np.zeros([4, 4], np.float32)
+    ignore[0] = region
+    inside = np.array([_np_inside_fraction(p, region) >= 0.5 for p in proposals])
+    best_iou = np.array([max(_box_iou(p, g) for g in gt[:2]) for p in proposals])
+    want_negative = {tuple(p) for p, i, b in zip(proposals, inside, best_iou)
+                     if b < 0.5 and not i}
+    want_positive = {tuple(p) for p, b in zip(proposals, best_iou) if b >= 0.5}
+    assert want_negative == {tuple(proposals[i]) for i in (5, 6, 7)}
+    with seeded_graph().as_default(), tf.Session() as sess:
+        rois, roi_labels, _ = sess.run(sampling.fast_rcnn_targets(
+            tf.constant(proposals), tf.constant(gt), tf.constant(labels), cfg, 32,
+            ignore_boxes=tf.constant(ignore)))
+        plain = sess.run(sampling.fast_rcnn_targets(
+            tf.constant(proposals), tf.constant(gt), tf.constant(labels), cfg, 32)[1])
+        # EVAL: every proposal in its place; an ignored one carries no loss (-1).
+        _, eval_labels, _ = sess.run(sampling.fast_rcnn_targets(
+            tf.constant(proposals), tf.constant(gt), tf.constant(labels), cfg,
+            len(proposals), sample=False, ignore_boxes=tf.constant(ignore)))
+    assert {tuple(r) for r in rois[roi_labels == 0]} == want_negative
+    assert {tuple(r) for r in rois[roi_labels > 0]} == want_positive
+    assert (plain == 0).sum() == 5          # without the region: two more negatives
+    np.testing.assert_array_equal(eval_labels, [1, 1, 2, -1, -1, 0, 0, 0, 2])
+
+
 def test_refine_detections_nms_per_class_and_drops():
     cfg = tiny_cfg(DETECTION_NMS_THRESHOLD=0.3)
     rois = np.array([[10, 10, 50, 50], [12, 12, 52, 52], [11, 11, 51, 51],

@@ -48,6 +48,11 @@ def _define_flags():
                         "sorted names found. YOLO's class ids 0, 1, ... are named by "
                         "--class_names or data.yaml / classes.txt, not by this flag.")
     flags.DEFINE_integer("num_shards", 1, "Number of .tfrecord files for this split.")
+    flags.DEFINE_bool("difficult_as_ignore", False,
+                      "VOC difficult objects become ignore regions (no anchor or ROI "
+                      "overlapping one trains as background or object) instead of "
+                      "training as objects. COCO crowds and VOC <ignore>1</ignore> "
+                      "objects always are.")
 
 
 def main(argv):
@@ -65,7 +70,8 @@ def main(argv):
             FLAGS.format, FLAGS.image_dir, FLAGS.annotations, FLAGS.output_dir,
             split_file=FLAGS.split_file, split=FLAGS.split,
             classes=convert.parse_classes(FLAGS.classes), num_shards=FLAGS.num_shards,
-            class_names=convert.parse_classes(FLAGS.class_names))
+            class_names=convert.parse_classes(FLAGS.class_names),
+            difficult_as_ignore=FLAGS.difficult_as_ignore)
     except (UserError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

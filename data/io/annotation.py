@@ -53,12 +53,15 @@ RULES = collections.OrderedDict([
     ("box_outside", "box entirely outside the image -> box dropped"),
     ("box_clipped", "box partly outside the image -> clipped to the image"),
     ("object_difficult", "VOC difficult / COCO iscrowd -> kept, flagged difficult"),
+    ("object_ignored", "ignore region (COCO iscrowd, VOC <ignore>1</ignore>, difficult "
+                       "with --difficult_as_ignore) -> kept, trains neither as object "
+                       "nor as background"),
     # An image without objects has no positive anchor or ROI: it adds nothing to the
     # RPN and Fast R-CNN targets as this pipeline builds them.
     ("image_no_objects", "no valid object left -> image skipped"),
 ])
 # Counted, but not worth a warning line each: nothing is wrong with them.
-_QUIET_RULES = ("object_difficult", "polygon_to_box")
+_QUIET_RULES = ("object_difficult", "object_ignored", "polygon_to_box")
 
 
 class ConversionError(UserError):
@@ -70,6 +73,8 @@ class ObjectAnnotation:
     name: str
     box: tuple            # (y1, x1, y2, x2) as annotated; may be NaN/degenerate/outside
     difficult: bool = False
+    # An ignore region (data/io/tfrecord_format.py): a crowd, a doubtful mined box.
+    ignore: bool = False
     index: int = 0        # position in the image's annotation, for messages and names
     problem: str = None   # set by a reader when the coordinates could not be read
 

@@ -27,6 +27,7 @@ class CleanObject:
     difficult: bool
     index: int
     clipped: bool         # the annotated box reached outside the image
+    ignore: bool = False  # an ignore region: neither object nor background in training
 
 
 def _fmt_box(box):
@@ -80,7 +81,10 @@ def clean_objects(image, height, width, known_classes, report):
                        f"{width}x{height} image, clipped to {_fmt_box(clipped)}")
         if obj.difficult:
             report.add("object_difficult", where, "difficult")
-        kept.append(CleanObject(obj.name, clipped, obj.difficult, obj.index, was_clipped))
+        if obj.ignore:
+            report.add("object_ignored", where, "ignore region")
+        kept.append(CleanObject(obj.name, clipped, obj.difficult, obj.index, was_clipped,
+                                obj.ignore))
     return kept
 
 

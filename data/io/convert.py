@@ -113,7 +113,7 @@ def _check_output_names(split, num_shards):
 
 def convert_dataset(fmt, image_dir, annotations, output_dir, split_file=None, split=None,
                     classes=None, num_shards=1, progress_every_seconds=None,
-                    class_names=None):
+                    class_names=None, difficult_as_ignore=False):
     """Converts one split; see the module docstring. Returns the summary dict:
 
     split, output_dir, files, classes (id order), images_read (annotations read),
@@ -121,6 +121,8 @@ def convert_dataset(fmt, image_dir, annotations, output_dir, split_file=None, sp
     Raises ConversionError for fatal problems (nothing is written then). YOLO's class
     ids are named by class_names (--class_names), else by data.yaml / classes.txt;
     `classes` (--classes) only gives the label map's ids and which classes are kept.
+    difficult_as_ignore (--difficult_as_ignore): VOC difficult objects (COCO crowds
+    always are) become ignore regions instead of training as objects.
     """
     check_inputs(fmt, image_dir, annotations, split_file)
     split = split or default_split(split_file)
@@ -129,6 +131,10 @@ def convert_dataset(fmt, image_dir, annotations, output_dir, split_file=None, sp
     report = annotation.Report()
     images, found_names = read_annotations(fmt, image_dir, annotations, split_file, report,
                                            class_names=class_names)
+    if difficult_as_ignore:
+        for image in images:
+            for obj in image.objects:
+                obj.ignore = obj.ignore or obj.difficult
     os.makedirs(output_dir, exist_ok=True)
     map_path = label_map_lib.label_map_path(output_dir)
     existing = None
@@ -190,11 +196,13 @@ def write_records(images, labels, output_dir, split, num_shards=1, report=None,
                     image_id=image.image_id, boxes=[o.box for o in objects],
                     labels=[labels.id_of(o.name) for o in objects],
                     class_texts=[o.name for o in objects],
-                    difficult=[o.difficult for o in objects])
+                    difficult=[o.difficult for o in objects],
+                    ignore=[o.ignore for o in objects])
                 writers[images_written % num_shards].write(example.SerializeToString())
                 images_written += 1
                 objects_written += len(objects)
-                per_class.update(o.name for o in objects)
+                # Per class: the objects that train (ignore regions: the rule's count).
+                per_class.update(o.name for o in objects if not o.ignore)
         for writer in writers:
             writer.close()
         writers = []

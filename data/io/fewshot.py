@@ -143,7 +143,7 @@ class KShotSet:
 def shot_objects(image, class_name):
     """The objects of `class_name` in `image` that count as shots (see the rule)."""
     return [obj for obj in image.objects if obj.name == class_name and not obj.difficult
-            and cleaning.box_problem(obj) is None]
+            and not obj.ignore and cleaning.box_problem(obj) is None]
 
 
 def draw_order(images, class_name, seed):

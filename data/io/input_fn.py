@@ -12,7 +12,9 @@ features (batched):
 labels (TRAIN and EVAL):
     gt_boxes       float32 [B, MAX, 4]   network-input pixels, zero-padded
     gt_labels      int32   [B, MAX]      1..NUM_CLASS-1, 0 = padding
-    rpn_labels     int32   [B, A]        1 positive, 0 negative, -1 ignored
+    ignore_boxes   float32 [B, IGNORE_MAX_REGIONS, 4]  ignore regions (records' `ignore`
+                                         objects), network-input pixels, zero-padded
+    rpn_labels     int32   [B, A]        1 positive, 0 negative, -1 not sampled
     rpn_bbox       float32 [B, RPN_MINIBATCH_SIZE, 4]
 labels (EVAL only, for the metrics: every GT, unfiltered, in ORIGINAL pixels):
     eval_gt_boxes      float32 [B, EVAL_MAX_GT, 4]  zero-padded
@@ -129,6 +131,11 @@ def preprocess_record(cfg, record, mode, index, anchors):
             coin < 0.5,
             lambda flip=flip: flip(image, boxes, window),
             lambda: (image, boxes, window))
+    # Ignore regions go their own way: never objects, only what the samplers avoid.
+    is_ignore = tf.cast(record["ignore"], tf.bool)
+    ignore_boxes = tf.boolean_mask(boxes, is_ignore)[:cfg.IGNORE_MAX_REGIONS]
+    boxes = tf.boolean_mask(boxes, tf.logical_not(is_ignore))
+    labels = tf.boolean_mask(labels, tf.logical_not(is_ignore))
     boxes, labels = preprocessing.filter_small_boxes(boxes, labels, cfg.MIN_GT_SIZE)
     if mode == TRAIN:
         # Truncation keeps a random subset when an image has more than MAX objects.
@@ -140,11 +147,13 @@ def preprocess_record(cfg, record, mode, index, anchors):
     rpn_labels, rpn_bbox = rpn_targets.build_rpn_targets(
         anchors, boxes, cfg.RPN_POSITIVE_IOU, cfg.RPN_NEGATIVE_IOU,
         cfg.RPN_MINIBATCH_SIZE, cfg.RPN_POSITIVE_RATIO, cfg.RPN_BBOX_STD_DEV,
-        seed=_element_seed(cfg, index, 3))
+        seed=_element_seed(cfg, index, 3), ignore_boxes=ignore_boxes,
+        ignore_overlap=cfg.IGNORE_OVERLAP)
     features.update(image=image, image_window=window)
     targets = {
         "gt_boxes": preprocessing.pad_or_truncate(boxes, cfg.FAST_RCNN_MAX_INSTANCES),
         "gt_labels": preprocessing.pad_or_truncate(labels, cfg.FAST_RCNN_MAX_INSTANCES),
+        "ignore_boxes": preprocessing.pad_or_truncate(ignore_boxes, cfg.IGNORE_MAX_REGIONS),
         "rpn_labels": rpn_labels,
         "rpn_bbox": rpn_bbox,
     }

@@ -8,7 +8,7 @@
         -> uint8 [num_classes, num_supports, side, side, 3] RGB
 
 Which objects become references (crop_references), deterministically:
-    an object qualifies when it is not difficult, its box is finite, non-degenerate,
+    an object qualifies when it is not difficult (nor an ignore region), its box is finite, non-degenerate,
     inside the image (a box reaching outside shows a cut-off object) and at least
     `min_size` pixels high and wide. Images are taken in sorted file-name order, one
     object per image per pass: the first pass takes the largest qualifying object of
@@ -77,7 +77,7 @@ def _candidates(images, wanted, min_size, skipped):
                 skipped["invalid_box"] += 1
                 continue
             y1, x1, y2, x2 = obj.box
-            if obj.difficult:
+            if obj.difficult or obj.ignore:
                 skipped["difficult"] += 1
                 continue
             if y2 - y1 < min_size or x2 - x1 < min_size:

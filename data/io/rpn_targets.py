@@ -1,7 +1,8 @@
 """RPN training targets, computed in the input pipeline (DESIGN.md section 4.3).
 
 For one image: label every anchor positive (IoU >= positive_iou with some GT, or the
-best anchor of a GT), negative (max IoU < negative_iou) or ignored; sample a minibatch
+best anchor of a GT), negative (max IoU < negative_iou, and less than `ignore_overlap`
+of it inside an ignore region: box_ops.covered_by) or neither; sample a minibatch
 of at most `minibatch_size` anchors with at most `positive_ratio` positives; encode the
 positives' GT boxes as deltas divided by the RPN std-devs.
 
@@ -22,8 +23,10 @@ def _sample(indices, max_count, seed):
 
 
 def build_rpn_targets(anchors, gt_boxes, positive_iou, negative_iou, minibatch_size,
-                      positive_ratio, std_dev, seed):
-    """Targets for one image. `gt_boxes` [G, 4] holds only real boxes (G may be 0).
+                      positive_ratio, std_dev, seed, ignore_boxes=None, ignore_overlap=0.5):
+    """Targets for one image. `gt_boxes` [G, 4] holds only real boxes (G may be 0);
+    `ignore_boxes` [I, 4] the image's ignore regions (zero rows allowed; None: none):
+    they make no positive, and the anchors they cover make no negative.
 
     `anchors` is a float32 [A, 4] constant; `seed` an int32 [2] tensor.
     """
@@ -47,6 +50,9 @@ def build_rpn_targets(anchors, gt_boxes, positive_iou, negative_iou, minibatch_s
 
         positive = tf.logical_or(best_iou >= positive_iou, is_gt_best)
         negative = tf.logical_and(best_iou < negative_iou, tf.logical_not(positive))
+        if ignore_boxes is not None:
+            ignored = box_ops.covered_by(anchors, ignore_boxes, ignore_overlap)
+            negative = tf.logical_and(negative, tf.logical_not(ignored))
 
         seed_pos = seed
         seed_neg = seed + tf.constant([0, 1], seed.dtype)

@@ -17,6 +17,9 @@ evaluation, reference cropping) works in pixels.
     image/object/class/label   int64[]  1-based class ids (0 is background, never stored)
     image/object/class/text    bytes[]  class names, same order
     image/object/difficult     int64[]  1 = VOC "difficult" (COCO "iscrowd"); 0 otherwise
+    image/object/ignore        int64[]  1 = an ignore region: trains neither as object nor
+                                        as background (rpn_targets, sampling); always
+                                        also difficult, so evaluation skips it too
 
 `make_example` builds one record from Python values, `parse_example` is its inverse as a
 graph function (for tf.data), and `decode_example` its inverse in plain Python/numpy
@@ -43,6 +46,7 @@ XMAX = "image/object/bbox/xmax"
 LABEL = "image/object/class/label"
 TEXT = "image/object/class/text"
 DIFFICULT = "image/object/difficult"
+IGNORE = "image/object/ignore"
 
 IMAGE_FORMATS = ("jpeg", "png")
 
@@ -64,11 +68,12 @@ def _to_bytes(text):
 
 
 def make_example(encoded, image_format, height, width, filename, image_id, boxes, labels,
-                 class_texts, difficult=None):
+                 class_texts, difficult=None, ignore=None):
     """One image as a tf.train.Example.
 
     boxes: [N, 4] pixels [y1, x1, y2, x2]; labels: [N] ints >= 1; class_texts: [N] str;
-    difficult: [N] bools/ints or None (all 0).
+    difficult, ignore: [N] bools/ints or None (all 0). An ignored object is stored as
+    difficult too (evaluation leaves both out).
     """
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
@@ -76,10 +81,12 @@ def make_example(encoded, image_format, height, width, filename, image_id, boxes
     labels = [int(label) for label in labels]
     class_texts = list(class_texts)
     difficult = [0] * len(labels) if difficult is None else [int(bool(d)) for d in difficult]
-    if not len(boxes) == len(labels) == len(class_texts) == len(difficult):
+    ignore = [0] * len(labels) if ignore is None else [int(bool(i)) for i in ignore]
+    if not len(boxes) == len(labels) == len(class_texts) == len(difficult) == len(ignore):
         raise ValueError(f"{filename}: {len(boxes)} boxes, {len(labels)} labels, "
-                         f"{len(class_texts)} class texts, {len(difficult)} difficult flags "
-                         f"(must be equal)")
+                         f"{len(class_texts)} class texts, {len(difficult)} difficult flags, "
+                         f"{len(ignore)} ignore flags (must be equal)")
+    difficult = [max(d, i) for d, i in zip(difficult, ignore)]
     if any(label < 1 for label in labels):
         raise ValueError(f"{filename}: class labels are 1-based (0 is background), "
                          f"got {labels}")
@@ -97,6 +104,7 @@ def make_example(encoded, image_format, height, width, filename, image_id, boxes
         LABEL: _ints(labels),
         TEXT: _bytes([_to_bytes(text) for text in class_texts]),
         DIFFICULT: _ints(difficult),
+        IGNORE: _ints(ignore),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
@@ -116,6 +124,7 @@ def _feature_spec():
         LABEL: tf.io.VarLenFeature(tf.int64),
         TEXT: tf.io.VarLenFeature(tf.string),
         DIFFICULT: tf.io.VarLenFeature(tf.int64),
+        IGNORE: tf.io.VarLenFeature(tf.int64),
     }
 
 
@@ -132,20 +141,23 @@ def parse_example(serialized):
         labels       int64   [N]     1-based
         class_texts  string  [N]
         difficult    int64   [N]     0/1 (all 0 for records written without the key)
+        ignore       int64   [N]     0/1 (the same)
     """
     with tf.name_scope("parse_example"):
         parsed = tf.io.parse_single_example(serialized, _feature_spec())
         dense = {key: tf.sparse.to_dense(parsed[key])
-                 for key in (YMIN, XMIN, YMAX, XMAX, LABEL, DIFFICULT)}
+                 for key in (YMIN, XMIN, YMAX, XMAX, LABEL, DIFFICULT, IGNORE)}
         texts = tf.sparse.to_dense(parsed[TEXT], default_value="")
         boxes = tf.stack([dense[YMIN], dense[XMIN], dense[YMAX], dense[XMAX]], axis=1)
         labels = dense[LABEL]
         num_objects = tf.shape(labels)[0]
-        difficult = dense[DIFFICULT]
-        # Records from other writers may lack the flag: treat every object as normal.
-        difficult = tf.cond(tf.equal(tf.shape(difficult)[0], num_objects),
-                            lambda: difficult,
-                            lambda: tf.zeros([num_objects], tf.int64))
+
+        def flag(key):
+            # Records from other writers (or older ones) may lack a flag: every object
+            # is then a normal one.
+            values = dense[key]
+            return tf.cond(tf.equal(tf.shape(values)[0], num_objects),
+                           lambda: values, lambda: tf.zeros([num_objects], tf.int64))
         return {
             "image": parsed[ENCODED],
             "format": parsed[FORMAT],
@@ -156,7 +168,8 @@ def parse_example(serialized):
             "boxes": tf.reshape(boxes, [-1, 4]),
             "labels": labels,
             "class_texts": texts,
-            "difficult": difficult,
+            "difficult": flag(DIFFICULT),
+            "ignore": flag(IGNORE),
         }
 
 
@@ -177,9 +190,11 @@ def decode_example(serialized):
 
     labels = ints(LABEL)
     image_id = ints(IMAGE_ID)
-    difficult = ints(DIFFICULT)
-    if len(difficult) != len(labels):
-        difficult = np.zeros(len(labels), np.int64)
+
+    def flag(key):
+        values = ints(key)
+        return values if len(values) == len(labels) else np.zeros(len(labels), np.int64)
+
     return {
         "image": first_bytes(ENCODED),
         "format": first_bytes(FORMAT),
@@ -191,7 +206,8 @@ def decode_example(serialized):
                           axis=1).reshape(-1, 4),
         "labels": labels,
         "class_texts": list(feature[TEXT].bytes_list.value),
-        "difficult": difficult,
+        "difficult": flag(DIFFICULT),
+        "ignore": flag(IGNORE),
     }
 
 

@@ -36,6 +36,21 @@ def _as_std_dev(std_dev):
     return tf.reshape(tf.convert_to_tensor(std_dev, tf.float32), [4])
 
 
+def _intersections_and_areas(boxes1, boxes2):
+    """(intersection [N, M], area1 [N, 1], area2 [M]) of two box lists."""
+    boxes1 = tf.convert_to_tensor(boxes1, tf.float32)
+    boxes2 = tf.convert_to_tensor(boxes2, tf.float32)
+    # Columns [N, 1] against rows [M] broadcast to [N, M].
+    y1a, x1a, y2a, x2a = tf.split(boxes1, 4, axis=1)
+    y1b, x1b, y2b, x2b = tf.unstack(boxes2, num=4, axis=1)
+    inter_h = tf.maximum(tf.minimum(y2a, y2b) - tf.maximum(y1a, y1b), 0.0)
+    inter_w = tf.maximum(tf.minimum(x2a, x2b) - tf.maximum(x1a, x1b), 0.0)
+    # Inverted boxes (y2 < y1) count as empty rather than as negative area.
+    area1 = tf.maximum(y2a - y1a, 0.0) * tf.maximum(x2a - x1a, 0.0)
+    area2 = tf.maximum(y2b - y1b, 0.0) * tf.maximum(x2b - x1b, 0.0)
+    return inter_h * inter_w, area1, area2
+
+
 def iou_matrix(boxes1, boxes2, name=None):
     """Pairwise intersection-over-union.
 
@@ -49,19 +64,24 @@ def iou_matrix(boxes1, boxes2, name=None):
         against any box gives 0 because the intersection is empty.
     """
     with tf.name_scope(name, "iou_matrix", [boxes1, boxes2]):
-        boxes1 = tf.convert_to_tensor(boxes1, tf.float32)
-        boxes2 = tf.convert_to_tensor(boxes2, tf.float32)
-        # Columns [N, 1] against rows [M] broadcast to [N, M].
-        y1a, x1a, y2a, x2a = tf.split(boxes1, 4, axis=1)
-        y1b, x1b, y2b, x2b = tf.unstack(boxes2, num=4, axis=1)
-        inter_h = tf.maximum(tf.minimum(y2a, y2b) - tf.maximum(y1a, y1b), 0.0)
-        inter_w = tf.maximum(tf.minimum(x2a, x2b) - tf.maximum(x1a, x1b), 0.0)
-        intersection = inter_h * inter_w
-        # Inverted boxes (y2 < y1) count as empty rather than as negative area.
-        area1 = tf.maximum(y2a - y1a, 0.0) * tf.maximum(x2a - x1a, 0.0)
-        area2 = tf.maximum(y2b - y1b, 0.0) * tf.maximum(x2b - x1b, 0.0)
+        intersection, area1, area2 = _intersections_and_areas(boxes1, boxes2)
         union = area1 + area2 - intersection
         return tf.math.divide_no_nan(intersection, union)
+
+
+def covered_by(boxes, regions, min_fraction, name=None):
+    """bool [N]: at least `min_fraction` of box i's area lies inside one of `regions`.
+
+    The ignore-region test of the samplers (Detectron's crowd rule): an anchor or ROI
+    mostly inside an ignored box is no negative, however small it is beside the box
+    (IoU would call a proposal on half an unlabelled object background). Zero-area
+    regions (padding rows) and zero-area boxes cover nothing; M = 0 gives all False.
+    """
+    with tf.name_scope(name, "covered_by", [boxes, regions]):
+        intersection, area1, _ = _intersections_and_areas(boxes, regions)
+        fraction = tf.math.divide_no_nan(intersection, area1)
+        covered = fraction >= min_fraction
+        return tf.reduce_any(tf.logical_and(covered, intersection > 0), axis=1)
 
 
 def encode_boxes(boxes, gt_boxes, std_dev, name=None):

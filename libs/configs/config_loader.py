@@ -310,13 +310,17 @@ def _validate(cfg, source):
             or any(f not in FLIP_DIRECTIONS for f in flips)):
         _fail(source, "TEST_FLIPS", f"must list distinct 'horizontal' / 'vertical' "
               f"(or be empty), got {flips!r}")
+    for field in ("FAST_RCNN_MAX_INSTANCES", "IGNORE_MAX_REGIONS"):
+        value = getattr(cfg, field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            _fail(source, field, f"must be a positive integer, got {value!r}")
     if not isinstance(cfg.NUM_SUPPORTS, int) or cfg.NUM_SUPPORTS < 1:
         _fail(source, "NUM_SUPPORTS", f"must be a positive integer, got {cfg.NUM_SUPPORTS!r}")
     per_step = cfg.REFERENCE_SUPPORTS_PER_STEP
     if per_step is not None and (not isinstance(per_step, int) or per_step < 1):
         _fail(source, "REFERENCE_SUPPORTS_PER_STEP",
               f"must be None or a positive integer, got {per_step!r}")
-    for field in ("RPN_POSITIVE_RATIO", "FAST_RCNN_POSITIVE_RATIO"):
+    for field in ("RPN_POSITIVE_RATIO", "FAST_RCNN_POSITIVE_RATIO", "IGNORE_OVERLAP"):
         if not 0 < getattr(cfg, field) <= 1:
             _fail(source, field, "must be in (0, 1]")
     if not cfg.RPN_NEGATIVE_IOU <= cfg.RPN_POSITIVE_IOU:

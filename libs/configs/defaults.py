@@ -143,6 +143,12 @@ class Defaults:
     # to the full minibatch (an image without positives trains on negatives only).
     FAST_RCNN_SAMPLER = "balanced"
     FAST_RCNN_MAX_INSTANCES = 100             # GT boxes per image after padding/truncation
+    # Ignore regions (objects flagged `ignore` in the records: COCO crowds, mined
+    # doubtful boxes, VOC difficult with convert's --difficult_as_ignore) train nothing:
+    # an anchor or ROI with at least this fraction of its area inside one is no
+    # negative (nor positive, unless a real object makes it one).
+    IGNORE_OVERLAP = 0.5
+    IGNORE_MAX_REGIONS = 100                  # ignore regions per image kept in training
     FRCNN_CLS_LOSS_WEIGHT = 5.0
     MIN_GT_SIZE = 5                           # GT smaller than this (px, after resize) dropped
 

@@ -27,7 +27,7 @@ from libs.model.sampling import fast_rcnn_targets
 class FastRCNN:
     def __init__(self, feature_pyramid, rpn_proposals, prototypes, image_window, cfg,
                  mode, gt_boxes=None, gt_labels=None, sampling_seeds=None,
-                 scope="fast_rcnn"):
+                 ignore_boxes=None, scope="fast_rcnn"):
         self.cfg = cfg
         self.mode = mode
         self.image_window = image_window
@@ -43,7 +43,8 @@ class FastRCNN:
         with tf.variable_scope(scope, reuse=tf.AUTO_REUSE):
             if gt_boxes is not None and mode != tf.estimator.ModeKeys.PREDICT:
                 self.rois, roi_labels, self.roi_deltas = self._sample_targets(
-                    rpn_proposals, gt_boxes, gt_labels, sampling_seeds, sample=training)
+                    rpn_proposals, gt_boxes, gt_labels, sampling_seeds, ignore_boxes,
+                    sample=training)
                 # Named for benchmarks: labels >= 0 are the ROIs the head trains on.
                 self.roi_labels = tf.identity(roi_labels, name="roi_labels")
             else:
@@ -75,18 +76,23 @@ class FastRCNN:
 
     # -- targets --------------------------------------------------------------------
 
-    def _sample_targets(self, proposals, gt_boxes, gt_labels, seeds, sample):
+    def _sample_targets(self, proposals, gt_boxes, gt_labels, seeds, ignore_boxes, sample):
         cfg = self.cfg
         num_rois = cfg.FAST_RCNN_MINIBATCH_SIZE if sample else int(proposals.shape[1])
         if seeds is None:
             seeds = tf.zeros([self.batch_size, 2], tf.int64)
+        if ignore_boxes is None:
+            # One zero row per image: it covers nothing (box_ops.covered_by).
+            ignore_boxes = tf.zeros([self.batch_size, 1, 4])
 
-        def one_image(props, boxes, labels, seed):
-            return fast_rcnn_targets(props, boxes, labels, cfg, num_rois, sample, seed)
+        def one_image(props, boxes, labels, seed, ignore):
+            return fast_rcnn_targets(props, boxes, labels, cfg, num_rois, sample, seed,
+                                     ignore)
 
         with tf.name_scope("fast_rcnn_targets"):
             rois, labels, deltas = box_ops.batch_slice(
-                [proposals, gt_boxes, gt_labels, seeds], one_image, self.batch_size)
+                [proposals, gt_boxes, gt_labels, seeds, ignore_boxes], one_image,
+                self.batch_size)
         return (tf.stop_gradient(rois), tf.stop_gradient(labels),
                 tf.stop_gradient(deltas))
 

@@ -5,7 +5,7 @@ from libs.box_utils import box_ops
 
 
 def fast_rcnn_targets(proposals, gt_boxes, gt_labels, cfg, num_rois, sample=True,
-                      seed=None):
+                      seed=None, ignore_boxes=None):
     """Minibatch of ROIs with class and delta targets for one image.
 
     Positives: IoU >= FAST_RCNN_POSITIVE_IOU with a GT; negatives: below it. With
@@ -15,6 +15,10 @@ def fast_rcnn_targets(proposals, gt_boxes, gt_labels, cfg, num_rois, sample=True
     ROI at all (its losses count 0). FAST_RCNN_SAMPLER "fill" (Detectron's rule) takes
     as many negatives as fit in num_rois instead. Without `sample` (EVAL losses) every
     proposal is kept in order.
+    `ignore_boxes` [I, 4] (zero rows allowed): the image's ignore regions (mined
+    doubtful boxes, crowds). A proposal below the positive IoU with at least
+    IGNORE_OVERLAP of its area inside one is neither background nor foreground: never
+    sampled, and labelled -1 (no loss) in the unsampled EVAL rows.
     Returns rois [num_rois, 4] (0-padded), labels int32 [num_rois] (-1 = padding),
     deltas [num_rois, 4] (BBOX_STD_DEV-normalised, 0 for negatives).
     `seed` (int [2]) drives the sampling; model_fn passes (image id, global step), so
@@ -34,8 +38,14 @@ def fast_rcnn_targets(proposals, gt_boxes, gt_labels, cfg, num_rois, sample=True
     best_gt = tf.argmax(iou, axis=1, output_type=tf.int32)
     safe_gt = tf.cond(num_gt > 0, lambda: gt_boxes, lambda: tf.zeros([1, 4]))
     safe_labels = tf.cond(num_gt > 0, lambda: gt_labels, lambda: tf.zeros([1], tf.int32))
+    is_negative = best_iou < cfg.FAST_RCNN_POSITIVE_IOU
+    if ignore_boxes is None:
+        ignored = tf.zeros_like(is_negative)
+    else:
+        ignored = tf.logical_and(
+            is_negative, box_ops.covered_by(proposals, ignore_boxes, cfg.IGNORE_OVERLAP))
     positive = tf.where(best_iou >= cfg.FAST_RCNN_POSITIVE_IOU)[:, 0]
-    negative = tf.where(best_iou < cfg.FAST_RCNN_POSITIVE_IOU)[:, 0]
+    negative = tf.where(tf.logical_and(is_negative, tf.logical_not(ignored)))[:, 0]
     if sample:
         max_positive = int(num_rois * cfg.FAST_RCNN_POSITIVE_RATIO)
         positive = _shuffle(positive, seed)[:max_positive]
@@ -48,7 +58,7 @@ def fast_rcnn_targets(proposals, gt_boxes, gt_labels, cfg, num_rois, sample=True
         negative = _shuffle(negative, seed + tf.constant([0, 1], seed.dtype))[:num_negative]
     else:
         return _every_proposal_in_order(proposals, safe_gt, safe_labels, best_iou, best_gt,
-                                        cfg, num_rois)
+                                        ignored, cfg, num_rois)
     pos_rois = tf.gather(proposals, positive)
     matched = tf.gather(best_gt, positive)
     pos_deltas = box_ops.encode_boxes(pos_rois, tf.gather(safe_gt, matched),
@@ -72,12 +82,13 @@ def _padded(rois, labels, deltas, num_rois):
     return rois, labels, deltas
 
 
-def _every_proposal_in_order(proposals, safe_gt, safe_labels, best_iou, best_gt, cfg,
-                             num_rois):
+def _every_proposal_in_order(proposals, safe_gt, safe_labels, best_iou, best_gt, ignored,
+                             cfg, num_rois):
     """fast_rcnn_targets without sampling: row i is proposal i (EVAL scores the same
-    ROIs, in the same order, as PREDICT)."""
+    ROIs, in the same order, as PREDICT); an ignored proposal is labelled -1."""
     positive = best_iou >= cfg.FAST_RCNN_POSITIVE_IOU
     labels = tf.where(positive, tf.gather(safe_labels, best_gt), tf.zeros_like(best_gt))
+    labels = tf.where(ignored, -tf.ones_like(labels), labels)
     deltas = box_ops.encode_boxes(proposals, tf.gather(safe_gt, best_gt), cfg.BBOX_STD_DEV)
     deltas = deltas * tf.cast(positive, tf.float32)[:, tf.newaxis]
     return _padded(proposals, labels, deltas, num_rois)

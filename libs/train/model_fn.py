@@ -142,7 +142,8 @@ def detector_graph(features, labels, mode, params):
     frcnn = build_fast_rcnn.FastRCNN(pyramid, proposals, prototypes, window, cfg, mode,
                                      gt_boxes=labels.get("gt_boxes"),
                                      gt_labels=labels.get("gt_labels"),
-                                     sampling_seeds=sampling_seeds(features, cfg))
+                                     sampling_seeds=sampling_seeds(features, cfg),
+                                     ignore_boxes=labels.get("ignore_boxes"))
     return {"pyramid": pyramid, "rpn": rpn, "proposals": proposals,
             "proposal_scores": proposal_scores, "prototypes": prototypes,
             "fast_rcnn": frcnn, "images": images, "pyramid_fn": pyramid_fn}

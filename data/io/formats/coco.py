@@ -6,7 +6,8 @@
 
 - Boxes: [x, y, w, h] becomes [y, x, y + h, x + w], on the stored pixels: an image's
   EXIF orientation is not applied, only reported (image_orientation_ignored).
-  iscrowd is object_difficult; an annotation of an unknown category keeps the name
+  iscrowd is object_difficult and object_ignored (an ignore region in training, as
+  in Detectron); an annotation of an unknown category keeps the name
   "<category id N>" and goes to box_unknown_class.
 - Images: file_name relative to --image_dir; width/height are checked against the
   image (size_mismatch). Image ids: COCO's own.
@@ -68,6 +69,7 @@ def read(image_dir, json_path, split_file, report, class_names=None):
         category = entry.get("category_id")
         name = categories.get(category, f"<category id {category}>")
         bbox = entry.get("bbox")
+        crowd = bool(entry.get("iscrowd", 0))
         problem = None
         if isinstance(bbox, (list, tuple)) and len(bbox) == 4:
             x, y, w, h = (annotation.float_or_nan(v) for v in bbox)
@@ -75,7 +77,7 @@ def read(image_dir, json_path, split_file, report, class_names=None):
         else:
             box, problem = (math.nan,) * 4, f"bbox {bbox!r} is not [x, y, w, h]"
         image.objects.append(annotation.ObjectAnnotation(
-            name=name, box=box, difficult=bool(entry.get("iscrowd", 0)),
+            name=name, box=box, difficult=crowd, ignore=crowd,
             index=len(image.objects), problem=problem))
 
     selected = sorted(images)

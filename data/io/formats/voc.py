@@ -17,7 +17,9 @@
   re-running gives the same ids.
 - --split_file: file stems, one per line (ImageSets/Main/train.txt; the first column
   of ImageSets/Main/<class>_train.txt lines).
-- Classes: the names found, sorted; <difficult>1</difficult> is object_difficult.
+- Classes: the names found, sorted; <difficult>1</difficult> is object_difficult;
+  <ignore>1</ignore> (this project's tag: tools/mine_labels.py writes it for doubtful
+  boxes) is object_ignored, an ignore region in training.
 """
 import math
 import os
@@ -49,6 +51,7 @@ def _parse_voc_xml(xml_path):
     for index, element in enumerate(root.findall("object")):
         name = _xml_text(element, "name", default="")
         difficult = _xml_text(element, "difficult", default="0")
+        ignore = _xml_text(element, "ignore", default="0")
         box_element = element.find("bndbox")
         problem = None
         if box_element is None:
@@ -57,8 +60,8 @@ def _parse_voc_xml(xml_path):
             box = tuple(annotation.float_or_nan(_xml_text(box_element, key))
                         for key in ("ymin", "xmin", "ymax", "xmax"))
         objects.append(annotation.ObjectAnnotation(
-            name=name, box=box, difficult=annotation.float_or_nan(difficult) == 1, index=index,
-            problem=problem))
+            name=name, box=box, difficult=annotation.float_or_nan(difficult) == 1,
+            ignore=annotation.float_or_nan(ignore) == 1, index=index, problem=problem))
     return filename, size, objects
 
 
