@@ -23,13 +23,13 @@ import argparse
 import os
 import shutil
 import sys
-import xml.etree.ElementTree as ElementTree
+from xml.etree import ElementTree
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import REPO, run_tool, write_json  # noqa: E402
+from bench.common import REPO, run_tool, write_json
 
 CFG = os.path.join(REPO, "cfgs", "tiny_fewshot.py")
 NUM_BASE_IMAGES = 72
@@ -51,9 +51,35 @@ def training_sets(base_classes, backbone_dir, sets=()):
                                    "DETECTION_MIN_CONFIDENCE=0.05", *sets]]
 
 
+HIDDEN_FILE = "hidden_objects.json"
+
+
+def strip_class(voc, class_name):
+    """Removes `class_name`'s objects from every XML of a VOC folder (the images keep
+    them: objects nobody labelled); their boxes ({stem: [[y1, x1, y2, x2], ...]}) go to
+    <voc>/hidden_objects.json, the truth a miner is scored against. Returns them."""
+    removed = {}
+    xml_dir = os.path.join(str(voc), "Annotations")
+    for name in sorted(os.listdir(xml_dir)):
+        path = os.path.join(xml_dir, name)
+        tree = ElementTree.parse(path)
+        root = tree.getroot()
+        for obj in list(root.iter("object")):
+            if obj.find("name").text == class_name:
+                box = obj.find("bndbox")
+                removed.setdefault(os.path.splitext(name)[0], []).append(
+                    [float(box.find(k).text) for k in ("ymin", "xmin", "ymax", "xmax")])
+                root.remove(obj)
+        tree.write(path)
+    write_json(os.path.join(str(voc), HIDDEN_FILE), removed)
+    return removed
+
+
 def build(root, base_classes, new_class, backbone_dir, sets=(), seed=0, cfg=CFG,
-          exports=None):
+          exports=None, hidden=False):
     """Trains on the base classes and exports. root: an empty folder.
+    hidden: the new class is drawn in the training images too, unlabelled (learned as
+    background: the case tools/mine_labels.py is for); else it never appears in them.
 
     exports: {export name: {class name in the export: class of the sample}}; default
     one export "all" with every class under its own name. Returns {"voc": the
@@ -67,7 +93,9 @@ def build(root, base_classes, new_class, backbone_dir, sets=(), seed=0, cfg=CFG,
     exports = exports or {"all": {name: name for name in classes}}
     train_voc, voc = os.path.join(root, "train_voc"), os.path.join(root, "voc")
     generate_voc_dataset(train_voc, num_train=NUM_BASE_IMAGES, num_val=4, seed=seed,
-                         classes=list(base_classes))
+                         classes=classes if hidden else list(base_classes))
+    if hidden:
+        strip_class(train_voc, new_class)
     generate_voc_dataset(voc, num_train=NUM_EVAL_IMAGES, num_val=NUM_EVAL_IMAGES,
                          seed=seed + 1, classes=classes)
     data = os.path.join(root, "data")
@@ -83,7 +111,7 @@ def build(root, base_classes, new_class, backbone_dir, sets=(), seed=0, cfg=CFG,
     model_dir = os.path.join(root, "model")
     run_tool("train.py", "--cfg", cfg, "--data_dir", data, "--reference_dir",
              os.path.join(root, "refs"), "--model_dir", model_dir, *set_args)
-    found = {"voc": voc}
+    found = {"voc": voc, "train_voc": train_voc, "model": model_dir, "data": data}
     for name, rename in exports.items():
         found[name] = export(root, name, rename, set_args, cfg)
     return found

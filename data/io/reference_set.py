@@ -94,7 +94,9 @@ def _candidates(images, wanted, min_size, skipped):
     return candidates
 
 
-def _crop(rgb, box, margin):
+def crop_with_margin(rgb, box, margin):
+    """The box of `rgb` grown by `margin` of its size on each side, clipped to the image
+    (how a reference is cropped; the mining verifier crops candidates alike)."""
     height, width = rgb.shape[:2]
     y1, x1, y2, x2 = box
     dy, dx = (y2 - y1) * margin, (x2 - x1) * margin
@@ -224,7 +226,7 @@ def _write_crops(candidates, output_dir, limits, margin, skipped, manifest_field
             if skip_partly_outside and (y1 < 0 or x1 < 0 or y2 > height or x2 > width):
                 skipped["partly_outside"] += 1
                 continue
-            crop = _crop(rgb, obj.box, margin)
+            crop = crop_with_margin(rgb, obj.box, margin)
             ok, png = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
             if not ok:
                 raise ReferenceSetError(f"cannot encode a crop of {image.filename}")

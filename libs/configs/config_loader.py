@@ -310,7 +310,14 @@ def _validate(cfg, source):
             or any(f not in FLIP_DIRECTIONS for f in flips)):
         _fail(source, "TEST_FLIPS", f"must list distinct 'horizontal' / 'vertical' "
               f"(or be empty), got {flips!r}")
-    for field in ("FAST_RCNN_MAX_INSTANCES", "IGNORE_MAX_REGIONS"):
+    for field in ("MINE_MIN_SCORE", "MINE_ACCEPT_VOTE", "MINE_ACCEPT_SCORE",
+                  "MINE_REJECT_VOTE"):
+        if not 0 <= getattr(cfg, field) <= 1:
+            _fail(source, field, f"must be in [0, 1], got {getattr(cfg, field)!r}")
+    if cfg.MINE_REJECT_VOTE > cfg.MINE_ACCEPT_VOTE:
+        _fail(source, "MINE_REJECT_VOTE", "must not exceed MINE_ACCEPT_VOTE")
+    for field in ("FAST_RCNN_MAX_INSTANCES", "IGNORE_MAX_REGIONS", "MINE_MAX_PER_IMAGE",
+                  "MINE_NEIGHBOURS", "MINE_BASE_CROPS", "MINE_BACKGROUND_CROPS"):
         value = getattr(cfg, field)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             _fail(source, field, f"must be a positive integer, got {value!r}")

@@ -166,6 +166,22 @@ class Defaults:
     # "vertical"; each adds a backbone and head pass at evaluation and export.
     TEST_FLIPS = ()
 
+    # ---- mining a new class's unlabelled objects (tools/mine_labels.py) ---------------------
+    # Candidates: detections of the new classes with at least MINE_MIN_SCORE, at most
+    # MINE_MAX_PER_IMAGE per image (highest first). Each is verified by its MINE_NEIGHBOURS
+    # nearest crops in a frozen feature space (libs/mining/verify.py): accepted with a
+    # vote >= MINE_ACCEPT_VOTE and a score >= MINE_ACCEPT_SCORE, rejected below
+    # MINE_REJECT_VOTE, an ignore region in between. The bank holds the references,
+    # MINE_BASE_CROPS per base class and MINE_BACKGROUND_CROPS background boxes.
+    MINE_MIN_SCORE = 0.1
+    MINE_MAX_PER_IMAGE = 20
+    MINE_NEIGHBOURS = 5
+    MINE_ACCEPT_VOTE = 0.6
+    MINE_ACCEPT_SCORE = 0.5
+    MINE_REJECT_VOTE = 0.2
+    MINE_BASE_CROPS = 20
+    MINE_BACKGROUND_CROPS = 60
+
     # ---- optimisation --------------------------------------------------------------------
     LR = 0.001
     MOMENTUM = 0.9

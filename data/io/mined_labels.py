@@ -1,0 +1,177 @@
+"""Mined labels written out: the input's annotations with the new boxes, Label Studio
+pre-annotations, and the ranked list (tools/mine_labels.py; data/io/mining.py finds
+and verifies the candidates).
+
+    write_annotations(fmt, annotations, images, candidates, output)
+    write_label_studio(candidates, path, model_version, image_url_prefix="")
+    write_ranked_list(result, path)
+
+Annotations, in the format they were read from (the input is never modified):
+- VOC: every XML read is copied to the output folder; an accepted candidate becomes an
+  <object> (difficult 0), a doubtful one an <object> with <ignore>1</ignore> (an
+  ignore region for convert_to_tfrecord.py: no anchor or ROI inside it trains as
+  background). Rejected ones are not written.
+- COCO: the JSON with the new annotations appended (ids after the largest), a new
+  category per new class that has none (id after the largest); a doubtful box is an
+  `iscrowd: 1` annotation (read back as an ignore region).
+Boxes are in the image's stored pixels (VOC and COCO do not apply EXIF orientation).
+
+Label Studio (the JSON task list its "Import" takes): one task per image with a
+candidate, the accepted and doubtful ones under `predictions` (model_version, score,
+one rectanglelabels result each: x, y, width, height in percent of the image, top-left
+corner), so a reviewer opens them as pre-annotations. `image_url_prefix` + the image's
+file name (relative to the image folder) is the task's image, e.g.
+"/data/local-files/?d=JPEGImages/" for Label Studio's local file storage.
+"""
+import copy
+import json
+import os
+import shutil
+from xml.etree import ElementTree
+
+from data.io import annotation
+from libs.base.io_utils import atomic_directory, atomic_write
+from libs.mining import verify
+
+WRITTEN = (verify.ACCEPTED, verify.DOUBTFUL)
+
+
+def _written(candidates):
+    return [c for c in candidates if c.verdict.decision in WRITTEN]
+
+
+def _by_image(candidates):
+    found = {}
+    for candidate in _written(candidates):
+        found.setdefault(candidate.image_index, []).append(candidate)
+    return found
+
+
+def annotations_target(fmt, output_dir, overwrite=False):
+    """Where write_annotations puts format `fmt` in output_dir; a one-line error, before
+    any work, for a format it cannot write or an output that exists."""
+    if fmt not in _WRITERS:
+        raise annotation.ConversionError(
+            f"--format {fmt}: mined labels are written as VOC or COCO annotations "
+            f"(YOLO has no ignore flag for the doubtful boxes)")
+    target = os.path.join(output_dir, "annotations" if fmt == "voc" else "annotations.json")
+    if os.path.exists(target) and not overwrite:
+        raise annotation.ConversionError(f"{target} exists (pass --overwrite to replace it)")
+    return target
+
+
+def write_annotations(fmt, annotations, images, candidates, output, overwrite=False):
+    """The input's annotations plus the accepted (labels) and doubtful (ignore
+    regions) candidates, in format `fmt`, to `output` (a folder for VOC, a file for
+    COCO). Returns the number of boxes written per decision."""
+    _WRITERS[fmt](annotations, images, _by_image(candidates), output, overwrite)
+    written = _written(candidates)
+    return {decision: sum(c.verdict.decision == decision for c in written)
+            for decision in WRITTEN}
+
+
+def _voc_object(candidate):
+    element = ElementTree.Element("object")
+    ElementTree.SubElement(element, "name").text = candidate.class_name
+    ElementTree.SubElement(element, "difficult").text = "0"
+    if candidate.verdict.decision == verify.DOUBTFUL:
+        ElementTree.SubElement(element, "ignore").text = "1"
+    box = ElementTree.SubElement(element, "bndbox")
+    y1, x1, y2, x2 = candidate.box
+    for key, value in (("xmin", x1), ("ymin", y1), ("xmax", x2), ("ymax", y2)):
+        ElementTree.SubElement(box, key).text = f"{value:.1f}"
+    return element
+
+
+def _write_voc(annotations_dir, images, by_image, output_dir, overwrite):
+    with atomic_directory(output_dir, overwrite=overwrite) as temp:
+        for index, image in enumerate(images):
+            target = os.path.join(temp, os.path.basename(image.source))
+            if index not in by_image:
+                shutil.copyfile(image.source, target)
+                continue
+            tree = ElementTree.parse(image.source)
+            root = tree.getroot()
+            for candidate in by_image[index]:
+                root.append(_voc_object(candidate))
+            tree.write(target, encoding="utf-8", xml_declaration=False)
+
+
+def _write_coco(json_path, images, by_image, output_path, overwrite):
+    with open(json_path) as handle:
+        data = json.load(handle)
+    data = copy.deepcopy(data)
+    categories = {c["name"]: c["id"] for c in data.get("categories", [])}
+    next_category = max(categories.values(), default=0) + 1
+    next_id = max((a.get("id", 0) for a in data.get("annotations", [])
+                   if isinstance(a.get("id", 0), int)), default=0) + 1
+    for index, found in sorted(by_image.items()):
+        image_id = images[index].image_id
+        for candidate in found:
+            if candidate.class_name not in categories:
+                categories[candidate.class_name] = next_category
+                data.setdefault("categories", []).append(
+                    {"id": next_category, "name": candidate.class_name})
+                next_category += 1
+            y1, x1, y2, x2 = candidate.box
+            data.setdefault("annotations", []).append({
+                "id": next_id, "image_id": image_id,
+                "category_id": categories[candidate.class_name],
+                "bbox": [round(x1, 1), round(y1, 1), round(x2 - x1, 1), round(y2 - y1, 1)],
+                "area": round((x2 - x1) * (y2 - y1), 1),
+                "iscrowd": int(candidate.verdict.decision == verify.DOUBTFUL),
+                "score": round(candidate.score, 4)})
+            next_id += 1
+    with atomic_write(output_path, "w") as handle:
+        json.dump(data, handle)
+
+
+_WRITERS = {"voc": _write_voc, "coco": _write_coco}
+
+
+def label_studio_tasks(candidates, model_version, image_url_prefix=""):
+    """The task list (see the module docstring), images in the order of their first
+    (best) candidate."""
+    tasks, by_file = [], {}
+    for candidate in _written(candidates):
+        if candidate.filename not in by_file:
+            by_file[candidate.filename] = []
+            tasks.append({"data": {"image": image_url_prefix + candidate.filename},
+                          "predictions": [{"model_version": model_version,
+                                           "result": by_file[candidate.filename]}]})
+        y1, x1, y2, x2 = candidate.box
+        by_file[candidate.filename].append({
+            "id": f"c{len(by_file[candidate.filename])}",
+            "type": "rectanglelabels", "from_name": "label", "to_name": "image",
+            "original_width": candidate.width, "original_height": candidate.height,
+            "image_rotation": 0,
+            "value": {"x": 100.0 * x1 / candidate.width, "y": 100.0 * y1 / candidate.height,
+                      "width": 100.0 * (x2 - x1) / candidate.width,
+                      "height": 100.0 * (y2 - y1) / candidate.height, "rotation": 0,
+                      "rectanglelabels": [candidate.class_name]},
+            "score": round(candidate.score, 4),
+            "meta": {"text": [candidate.verdict.decision]}})
+    for task in tasks:
+        results = task["predictions"][0]["result"]
+        task["predictions"][0]["score"] = round(max(r["score"] for r in results), 4)
+    return tasks
+
+
+def write_label_studio(candidates, path, model_version, image_url_prefix=""):
+    with atomic_write(path, "w") as handle:
+        json.dump(label_studio_tasks(candidates, model_version, image_url_prefix), handle,
+                  indent=1)
+
+
+def write_ranked_list(result, path):
+    """Every candidate, best first, with its verdict; the counts per class."""
+    rows = [{"rank": rank, "file": c.filename, "class": c.class_name,
+             "decision": c.verdict.decision, "confidence": round(c.verdict.confidence, 4),
+             "score": round(c.score, 4), "vote": round(c.verdict.vote, 4),
+             "neighbours": c.verdict.neighbours,
+             "box": dict(zip(("ymin", "xmin", "ymax", "xmax"),
+                             (round(v, 1) for v in c.box)))}
+            for rank, c in enumerate(result.candidates, 1)]
+    with atomic_write(path, "w") as handle:
+        json.dump({"per_class": result.counts, "not_candidates": result.skipped,
+                   "bank": result.bank_sizes, "candidates": rows}, handle, indent=1)
