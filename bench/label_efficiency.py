@@ -362,7 +362,12 @@ def main():
         # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
         from data.io import convert
         from libs.configs import load_config_from_flags
+        from libs.weights import pretrained
         cfg = load_config_from_flags(args.cfg, [])
+        # The ImageNet weights the configs start from, imported once (as make bccd does).
+        backbone = os.path.join(REPO, cfg.BACKBONE_CHECKPOINT)
+        if not os.path.exists(os.path.join(backbone, "checkpoint")):
+            pretrained.import_backbone(cfg.NET_NAME, backbone)
         images, classes = convert.read_annotations(
             "voc", os.path.join(args.voc, "JPEGImages"),
             os.path.join(args.voc, "Annotations"),

@@ -7,6 +7,8 @@
         --base cell --new spore
     python bench/new_class_sample.py --out output/new_class_sample --name left_out \
         --leave_out crystal
+    python bench/new_class_sample.py --out output/new_class_sample --name hidden \
+        --hidden --mine
 
 One row of docs/fewshot.md ("The generated sample: a new class from references"): the
 config (default cfgs/tiny_fewshot.py, with --set overrides) is trained on generated
@@ -18,8 +20,12 @@ same recipe is tests/test_fewshot_e2e.py's fixture (`build`, `average_precision`
 Each row takes about 3 minutes (2 cores); its result is <out>/<name>/result.json.
 --leave_out also exports the model without one class's references: how many of that
 class's objects the head names as one of the given classes (a closed set).
+--hidden draws the new class in the training images too, unlabelled (learned as
+background: the case of issue 32); --mine then runs tools/mine_labels.py over those
+training images and scores its candidates against the hidden objects (score_mining).
 """
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -214,6 +220,69 @@ def left_out_row(row, base, new, leave_out, set_args, cfg=CFG):
     return result
 
 
+def score_mining(candidates, hidden, min_iou=0.5):
+    """How a mining round did against the hidden truth.
+
+    candidates: candidates.json's rows; hidden: {image stem: [[y1, x1, y2, x2], ...]}
+    (strip_class). A candidate is true when it covers a hidden object at IoU >=
+    min_iou. Returns, per decision, (true, total), and the share of hidden objects an
+    accepted candidate finds ("recall_accepted") or any written one does
+    ("recall_written": accepted or doubtful), and any candidate at all
+    ("recall_candidates": what the detector proposed)."""
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
+    from data.io.mining import iou
+
+    per_decision = {}
+    found = {"accepted": set(), "written": set(), "candidates": set()}
+    for row in candidates:
+        stem = os.path.splitext(os.path.basename(row["file"]))[0]
+        box = [row["box"][k] for k in ("ymin", "xmin", "ymax", "xmax")]
+        truth = hidden.get(stem, [])
+        overlaps = iou(box, truth) if truth else np.zeros([0])
+        true = bool(len(overlaps)) and overlaps.max() >= min_iou
+        hits, total = per_decision.get(row["decision"], (0, 0))
+        per_decision[row["decision"]] = (hits + int(true), total + 1)
+        if true:
+            key = (stem, int(overlaps.argmax()))
+            found["candidates"].add(key)
+            if row["decision"] != "rejected":
+                found["written"].add(key)
+            if row["decision"] == "accepted":
+                found["accepted"].add(key)
+    objects = sum(len(boxes) for boxes in hidden.values())
+    result = {"per_decision": per_decision, "hidden_objects": objects}
+    result.update({f"recall_{k}": len(v) / max(objects, 1) for k, v in found.items()})
+    return result
+
+
+def mine_row(row, found, base, new, set_args, cfg=CFG):
+    """tools/mine_labels.py over build(hidden=True)'s training images, with the new
+    class's reference crops (other images) beside the base classes' references;
+    scored against the hidden truth (score_mining)."""
+    references = os.path.join(row, "refs_mining")
+    shutil.rmtree(references, ignore_errors=True)
+    shutil.copytree(os.path.join(row, "refs"), references)
+    shutil.copytree(os.path.join(row, "crops", new), os.path.join(references, new))
+    mined = os.path.join(row, "mined")
+    train_voc = found["train_voc"]
+    run_tool("mine_labels.py", "--cfg", cfg, "--model_dir", found["model"], "--data_dir",
+             found["data"], "--reference_dir", references, "--new_classes", new,
+             *voc_args(train_voc, "train"), "--output_dir", mined, "--overwrite",
+             *set_args)
+    with open(os.path.join(mined, "candidates.json")) as handle:
+        candidates = json.load(handle)
+    with open(os.path.join(train_voc, HIDDEN_FILE)) as handle:
+        hidden = json.load(handle)
+    scored = score_mining(candidates["candidates"], hidden)
+    scored["per_class"] = candidates["per_class"]
+    print("mining: " + ", ".join(f"{k} {t}/{n} true" for k, (t, n) in
+                                  scored["per_decision"].items())
+          + f"; recall: candidates {scored['recall_candidates']:.2f}, written "
+          f"{scored['recall_written']:.2f}, accepted {scored['recall_accepted']:.2f} of "
+          f"{scored['hidden_objects']} hidden", flush=True)
+    return scored
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
@@ -227,6 +296,11 @@ def main():
     parser.add_argument("--leave_out", default=None,
                         help="also export without this class's references and count "
                              "its objects named as a given class")
+    parser.add_argument("--hidden", action="store_true",
+                        help="the new class is in the training images, unlabelled")
+    parser.add_argument("--mine", action="store_true",
+                        help="with --hidden: mine it (tools/mine_labels.py) and score "
+                             "the candidates against the hidden objects")
     args = parser.parse_args()
     # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from libs.weights import pretrained
@@ -237,13 +311,20 @@ def main():
     if not os.path.exists(os.path.join(backbone, "checkpoint")):
         pretrained.import_backbone("efficientnet_lite0", backbone)
     base = args.base.split(",")
-    found = build(row, base, args.new, backbone, args.set, args.seed, args.cfg)
+    found = build(row, base, args.new, backbone, args.set, args.seed, args.cfg,
+                  hidden=args.hidden)
     result = {"base": base, "new": args.new, "seed": args.seed, "sets": args.set,
+              "hidden": args.hidden,
               "ap50": average_precision(found["all"], found["voc"],
                                         {n: n for n in base + [args.new]})}
     if args.leave_out:
         result["left_out"] = left_out_row(row, base, args.new, args.leave_out,
                                           training_sets(base, backbone, args.set), args.cfg)
+    if args.mine:
+        if not args.hidden:
+            parser.error("--mine needs --hidden (objects to find in the training images)")
+        result["mining"] = mine_row(row, found, base, args.new,
+                                    training_sets(base, backbone, args.set), args.cfg)
     write_json(os.path.join(row, "result.json"), result)
     print(" ".join(f"{name} {value:.2f}" for name, value in result["ap50"].items()))
 

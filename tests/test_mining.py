@@ -315,3 +315,25 @@ def test_mine_labels_writes_what_the_verifier_decided(sample_data, imported_lite
     unknown = _run_tool(*[a if a != "spore" else "spores" for a in args])
     assert unknown.returncode == 1
     assert "--new_classes spores" in unknown.stderr.strip().splitlines()[-1]
+
+
+def test_mining_is_scored_against_the_hidden_objects():
+    from bench.new_class_sample import score_mining
+
+    def row(file, decision, box):
+        return {"file": file, "decision": decision,
+                "box": dict(zip(("ymin", "xmin", "ymax", "xmax"), box))}
+
+    hidden = {"a": [[0, 0, 10, 10], [20, 20, 30, 30]], "b": [[5, 5, 15, 15]]}
+    rows = [row("a.jpg", "accepted", [0, 0, 10, 11]),       # object a0
+            row("a.jpg", "accepted", [0, 0, 10, 9]),        # a0 again: not twice
+            row("a.jpg", "doubtful", [20, 20, 30, 30]),     # a1
+            row("a.jpg", "doubtful", [40, 40, 50, 50]),     # nothing
+            row("sub/b.png", "rejected", [5, 5, 15, 15]),   # b0, rejected
+            row("c.jpg", "accepted", [0, 0, 10, 10])]       # an image without hidden
+    got = score_mining(rows, hidden)
+    assert got["per_decision"] == {"accepted": (2, 3), "doubtful": (1, 2),
+                                   "rejected": (1, 1)}
+    assert got["hidden_objects"] == 3
+    assert (got["recall_accepted"], got["recall_written"], got["recall_candidates"]) == \
+        (1 / 3, 2 / 3, 1.0)
