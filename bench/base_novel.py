@@ -19,6 +19,9 @@ project's own tools, as a user would run them:
        (A) comparison, no fine-tuning: the base model with those references,
        (B) comparison fine-tuned on the K-shot set (second stage and background
            prototype trainable; backbone, FPN and RPN frozen),
+       (B_ignore) the same on the K-shot split whose images keep their other objects
+           (other classes, instances beyond K) as ignore regions instead of background
+           (make_fewshot_split.py --others_as_ignore),
        (C) FC fine-tuned TFA-style on the same set: the classifier and box regressor
            resized for all classes (base rows kept by name), only they train;
      each evaluated on val (tools/eval.py --novel_classes: nAP50 and bAP50);
@@ -63,10 +66,11 @@ PRESETS = {
 PRESETS["sample"] = {"voc": os.path.join(REPO, "output", "sample", "voc"),
                      "cfg": "cfgs/tiny_fewshot.py", "novel": ["crystal"],
                      "sets": NEW_CLASS_HEAD}
-METHODS = ("A", "B", "C")
+METHODS = ("A", "B", "B_ignore", "C")
 BASE_REFERENCES = 5          # references per base class, cropped from the base data
 # What fine-tuning trains (regexes of variable names); the rest stays frozen.
 TRAINABLE = {"B": ["fast_rcnn/", "background_prototype/"],
+             "B_ignore": ["fast_rcnn/", "background_prototype/"],
              "C": ["fast_rcnn/fc_classifier/", "fast_rcnn/box_regressor/"]}
 # The FC baseline is a plain Faster R-CNN head: per-class boxes and each ROI pooled from
 # the level its size picks. (With the comparison head's all-levels pooling, an FC base
@@ -141,6 +145,22 @@ def evaluate(args, preset, data_dir, reference_dir, model_dir, sets, report, nov
                  *sets_args(model_sets))
     results = read_json(report)["results"]
     return {k: v for k, v in results.items() if k.startswith(("voc/", "coco/"))}
+
+
+def kshot_split(args, preset, all_classes, shots, seed, others_as_ignore=False):
+    """The K-shot split's folder (tools/make_fewshot_split.py), made when missing;
+    others_as_ignore: the drawn images' other objects kept as ignore regions."""
+    split = os.path.join(args.out, f"k{shots}_seed{seed}" +
+                         ("_ignore" if others_as_ignore else ""))
+    if not os.path.exists(os.path.join(split, "kshot.json")):
+        run_tool("make_fewshot_split.py", *voc_args(args.voc, "train"),
+                 "--novel_classes", ",".join(preset["novel"]), "--shots",
+                 str(shots), "--seed", str(seed), "--classes",
+                 ",".join(all_classes), "--val_split_file",
+                 os.path.join(args.voc, "ImageSets", "Main", "val.txt"),
+                 "--output_dir", split,
+                 *(["--others_as_ignore"] if others_as_ignore else []))
+    return split
 
 
 def merged_references(split, base_refs, novel):
@@ -342,14 +362,7 @@ def main():
     for shots in shots_list:
         for seed in seeds:
             row = rows.setdefault((shots, seed), {"shots": shots, "seed": seed})
-            split = os.path.join(args.out, f"k{shots}_seed{seed}")
-            if not os.path.exists(os.path.join(split, "kshot.json")):
-                run_tool("make_fewshot_split.py", *voc_args(args.voc, "train"),
-                         "--novel_classes", ",".join(preset["novel"]), "--shots",
-                         str(shots), "--seed", str(seed), "--classes",
-                         ",".join(all_classes), "--val_split_file",
-                         os.path.join(args.voc, "ImageSets", "Main", "val.txt"),
-                         "--output_dir", split)
+            split = kshot_split(args, preset, all_classes, shots, seed)
             data_dir = os.path.join(split, "data")
             refs = merged_references(split, base_refs, preset["novel"])
             supports = [f"NUM_SUPPORTS={max(shots, BASE_REFERENCES)}"]
@@ -364,15 +377,21 @@ def main():
                     "A_diagnosis" not in row:
                 row["A_diagnosis"] = diagnose(args, preset, data_dir, refs, base_model,
                                               supports)
-            for method, init in (("B", base_model), ("C", fc_base_model)):
+            for method, init in (("B", base_model), ("B_ignore", base_model),
+                                 ("C", fc_base_model)):
                 if method not in methods or method in row:
                     continue
+                method_data = data_dir
+                if method == "B_ignore":    # (B) on the split whose other objects are ignored
+                    method_data = os.path.join(kshot_split(args, preset, all_classes, shots,
+                                                           seed, others_as_ignore=True),
+                                               "data")
                 model_dir = os.path.join(split, method)
                 sets = fine_tune_sets(method, init, shots, num_images,
                                       args.finetune_steps, args.finetune_lr)
-                train(args, preset, data_dir, refs, model_dir, sets, len(all_classes) + 1,
-                      max_steps=args.finetune_steps)
-                row[method] = evaluate(args, preset, data_dir, refs, model_dir, sets,
+                train(args, preset, method_data, refs, model_dir, sets,
+                      len(all_classes) + 1, max_steps=args.finetune_steps)
+                row[method] = evaluate(args, preset, method_data, refs, model_dir, sets,
                                        os.path.join(split, f"eval_{method}.json"))
             print(json.dumps({k: row[k] for k in row if not k.endswith("diagnosis")}),
                   flush=True)
@@ -393,14 +412,14 @@ def print_table(table, reference, preset):
         novel_full = np.mean([full[f"voc/AP@0.5/{n}"] for n in preset["novel"]])
         print(f"upper bound (all classes, full data): mAP50 {full['voc/mAP@0.5']:.3f}, "
               f"novel classes {novel_full:.3f}")
-    print("K  | method | nAP50 mean +- std | bAP50 mean +- std | seeds")
+    print("K  | method   | nAP50 mean +- std | bAP50 mean +- std | seeds")
     for shots, methods in table.items():
         for method, values in methods.items():
             if not values:
                 continue
             n_mean, n_std, count = values["voc/nAP@0.5"]
             b_mean, b_std, _ = values["voc/bAP@0.5"]
-            print(f"{shots:2d} | {method:6s} | {n_mean:.3f} +- {n_std:.3f}     | "
+            print(f"{shots:2d} | {method:8s} | {n_mean:.3f} +- {n_std:.3f}     | "
                   f"{b_mean:.3f} +- {b_std:.3f}     | {count}")
 
 

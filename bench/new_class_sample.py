@@ -8,7 +8,7 @@
     python bench/new_class_sample.py --out output/new_class_sample --name left_out \
         --leave_out crystal
     python bench/new_class_sample.py --out output/new_class_sample --name hidden \
-        --hidden --mine
+        --hidden --mine --retrain all,heads,second_stage
 
 One row of docs/fewshot.md ("The generated sample: a new class from references"): the
 config (default cfgs/tiny_fewshot.py, with --set overrides) is trained on generated
@@ -22,7 +22,10 @@ Each row takes about 3 minutes (2 cores); its result is <out>/<name>/result.json
 class's objects the head names as one of the given classes (a closed set).
 --hidden draws the new class in the training images too, unlabelled (learned as
 background: the case of issue 32); --mine then runs tools/mine_labels.py over those
-training images and scores its candidates against the hidden objects (score_mining).
+training images and scores its candidates against the hidden objects (score_mining);
+--retrain retrains from the base model on the mined labels (retrain_row), one row per
+choice of what trains (RETRAINABLE); --review V retrains after a simulated reviewer
+checked the first V candidates (simulate_review).
 """
 import argparse
 import json
@@ -123,17 +126,18 @@ def build(root, base_classes, new_class, backbone_dir, sets=(), seed=0, cfg=CFG,
     return found
 
 
-def export(root, name, rename, set_args, cfg=CFG):
-    """Exports build()'s model under root with the crops of `rename` ({class name in the
-    export: class of the sample}) as references; returns the SavedModel folder.
+def export(root, name, rename, set_args, cfg=CFG, model="model", data="data"):
+    """Exports build()'s model under root (or root/<model>, trained on root/<data>) with
+    the crops of `rename` ({class name in the export: class of the sample}) as
+    references; returns the SavedModel folder.
     set_args: the --set flags (training's, and any inference-only field)."""
     references = os.path.join(root, f"refs_{name}")
     for export_class, sample_class in rename.items():
         shutil.copytree(os.path.join(root, "crops", sample_class),
                         os.path.join(references, export_class))
     export_dir = os.path.join(root, f"export_{name}")
-    run_tool("export_savedmodel.py", "--cfg", cfg, "--data_dir", os.path.join(root, "data"),
-             "--reference_dir", references, "--model_dir", os.path.join(root, "model"),
+    run_tool("export_savedmodel.py", "--cfg", cfg, "--data_dir", os.path.join(root, data),
+             "--reference_dir", references, "--model_dir", os.path.join(root, model),
              "--export_dir", export_dir, *set_args)
     return export_dir
 
@@ -255,18 +259,21 @@ def score_mining(candidates, hidden, min_iou=0.5):
     return result
 
 
-def mine_row(row, found, base, new, set_args, cfg=CFG):
-    """tools/mine_labels.py over build(hidden=True)'s training images, with the new
-    class's reference crops (other images) beside the base classes' references;
-    scored against the hidden truth (score_mining)."""
+def mine_row(row, found, base, new, set_args, cfg=CFG, model=None, data=None,
+             name="mined"):
+    """tools/mine_labels.py over build(hidden=True)'s training images into <row>/<name>,
+    with the new class's reference crops (other images) beside the base classes'
+    references; scored against the hidden truth (score_mining). model, data: the
+    model that mines and its data (default build()'s base model: the first round)."""
     references = os.path.join(row, "refs_mining")
-    shutil.rmtree(references, ignore_errors=True)
-    shutil.copytree(os.path.join(row, "refs"), references)
-    shutil.copytree(os.path.join(row, "crops", new), os.path.join(references, new))
-    mined = os.path.join(row, "mined")
+    if not os.path.isdir(references):
+        shutil.copytree(os.path.join(row, "refs"), references)
+        shutil.copytree(os.path.join(row, "crops", new), os.path.join(references, new))
+    mined = os.path.join(row, name)
     train_voc = found["train_voc"]
-    run_tool("mine_labels.py", "--cfg", cfg, "--model_dir", found["model"], "--data_dir",
-             found["data"], "--reference_dir", references, "--new_classes", new,
+    run_tool("mine_labels.py", "--cfg", cfg, "--model_dir", model or found["model"],
+             "--data_dir", data or found["data"], "--reference_dir", references,
+             "--new_classes", new,
              *voc_args(train_voc, "train"), "--output_dir", mined, "--overwrite",
              *set_args)
     with open(os.path.join(mined, "candidates.json")) as handle:
@@ -281,6 +288,111 @@ def mine_row(row, found, base, new, set_args, cfg=CFG):
           f"{scored['recall_written']:.2f}, accepted {scored['recall_accepted']:.2f} of "
           f"{scored['hidden_objects']} hidden", flush=True)
     return scored
+
+
+def _box_of(element):
+    box = element.find("bndbox")
+    return [float(box.find(k).text) for k in ("ymin", "xmin", "ymax", "xmax")]
+
+
+def _add_object(root, name, box):
+    """Appends a labelled VOC <object> of `name`, box (y1, x1, y2, x2), to `root`."""
+    element = ElementTree.SubElement(root, "object")
+    ElementTree.SubElement(element, "name").text = name
+    ElementTree.SubElement(element, "difficult").text = "0"
+    bndbox = ElementTree.SubElement(element, "bndbox")
+    y1, x1, y2, x2 = box
+    for key, value in (("xmin", x1), ("ymin", y1), ("xmax", x2), ("ymax", y2)):
+        ElementTree.SubElement(bndbox, key).text = f"{value:.1f}"
+
+
+def simulate_review(mined_dir, out_dir, candidates, hidden, new, checks, min_iou=0.5):
+    """The simulated reviewer of issue 32: the first `checks` candidates of class `new`
+    in the miner's order (candidates.json), each checked against the hidden truth.
+    A true one (IoU >= min_iou with a hidden object not yet taken) is accepted with the
+    true box in place of the candidate's; any other is rejected: its box leaves the
+    annotations, so the place trains as background. Unchecked candidates keep the
+    miner's decision. Writes <out_dir>/annotations from <mined_dir>/annotations;
+    returns {"checked", "accepted", "rejected"}."""
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
+    from data.io.mining import iou
+
+    source, target = os.path.join(mined_dir, "annotations"), os.path.join(out_dir,
+                                                                        "annotations")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.copytree(source, target)
+    checked = [row for row in candidates if row["class"] == new][:checks]
+    taken, accepted = set(), 0
+    for row in checked:
+        stem = os.path.splitext(os.path.basename(row["file"]))[0]
+        path = os.path.join(target, f"{stem}.xml")
+        tree = ElementTree.parse(path)
+        root = tree.getroot()
+        box = [row["box"][k] for k in ("ymin", "xmin", "ymax", "xmax")]
+        for obj in list(root.iter("object")):       # the miner's box, if it wrote one
+            if obj.find("name").text == new and np.allclose(_box_of(obj), box, atol=0.11):
+                root.remove(obj)
+        truth = hidden.get(stem, [])
+        overlaps = iou(box, truth) if truth else np.zeros([0])
+        if len(overlaps) and overlaps.max() >= min_iou and \
+                (stem, int(overlaps.argmax())) not in taken:
+            taken.add((stem, int(overlaps.argmax())))
+            accepted += 1
+            _add_object(root, new, truth[int(overlaps.argmax())])
+        tree.write(path, encoding="utf-8", xml_declaration=False)
+    return {"checked": len(checked), "accepted": accepted,
+            "rejected": len(checked) - accepted}
+
+
+def label_hidden(voc, out_dir, hidden, new):
+    """The ceiling of mining and review: <out_dir>/annotations, voc's annotations with
+    every hidden object of `new` labelled again (a user who labels them all)."""
+    target = os.path.join(out_dir, "annotations")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.copytree(os.path.join(str(voc), "Annotations"), target)
+    for stem, boxes in hidden.items():
+        path = os.path.join(target, f"{stem}.xml")
+        tree = ElementTree.parse(path)
+        for box in boxes:
+            _add_object(tree.getroot(), new, box)
+        tree.write(path, encoding="utf-8", xml_declaration=False)
+
+
+# What retraining on mined labels trains (regexes of variable names; None: everything
+# the config trains). Measured, not assumed: docs/fewshot.md.
+RETRAINABLE = {"all": None,
+               "heads": ["build_pyramid/", "rpn_net/", "fast_rcnn/", "background_prototype/"],
+               "second_stage": ["fast_rcnn/", "background_prototype/"]}
+
+
+def retrain_row(row, found, base, new, backbone, sets, trainable, cfg=CFG,
+                labels="mined", name=None):
+    """Retrains build()'s model on <row>/<labels>/annotations (mine_row's: the base
+    labels, accepted candidates as labels of `new`, doubtful ones as ignore regions; or
+    simulate_review's), from the base model, with RETRAINABLE[trainable] training;
+    exported with every class's crops. Returns AP@0.5 per class on the evaluation
+    images."""
+    classes = list(base) + [new]
+    name = name or f"retrained_{trainable}"
+    data = os.path.join(row, f"data_{name}")
+    train_voc = found["train_voc"]
+    run_tool("convert_to_tfrecord.py", "--format", "voc", "--image_dir",
+             os.path.join(train_voc, "JPEGImages"), "--annotations",
+             os.path.join(row, labels, "annotations"), "--split_file",
+             os.path.join(train_voc, "ImageSets", "Main", "train.txt"),
+             "--classes", ",".join(classes), "--output_dir", data)
+    retrain_sets = [f"INIT_CHECKPOINT='{found['model']}'"]
+    if RETRAINABLE[trainable] is not None:
+        retrain_sets.append(f"TRAINABLE_VARIABLES={RETRAINABLE[trainable]}")
+    set_args = training_sets(classes, backbone, [*sets, *retrain_sets])
+    run_tool("train.py", "--cfg", cfg, "--data_dir", data, "--reference_dir",
+             os.path.join(row, "refs_mining"), "--model_dir", os.path.join(row, name),
+             *set_args)
+    export_dir = export(row, name, {n: n for n in classes}, set_args, cfg, model=name,
+                        data=f"data_{name}")
+    ap50 = average_precision(export_dir, found["voc"], {n: n for n in classes})
+    print(f"{name}: " + " ".join(f"{k} {v:.2f}" for k, v in ap50.items()), flush=True)
+    return ap50
 
 
 def main():
@@ -301,30 +413,127 @@ def main():
     parser.add_argument("--mine", action="store_true",
                         help="with --hidden: mine it (tools/mine_labels.py) and score "
                              "the candidates against the hidden objects")
+    parser.add_argument("--retrain", default=None,
+                        help="with --mine: retrain from the base model on the mined "
+                             "labels, training these (comma-separated: "
+                             f"{', '.join(RETRAINABLE)})")
+    parser.add_argument("--review", default=None,
+                        help="with --retrain: also retrain after a simulated reviewer "
+                             "checked this many candidates (comma-separated, e.g. 25,100), "
+                             "training the first --retrain choice")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --retrain: mining rounds; round r mines with round "
+                             "r-1's model retrained (the first --retrain choice) and "
+                             "retrains the base model on its labels")
+    parser.add_argument("--mine_set", action="append", default=[],
+                        help="with --tag: a mining variant, FIELD=VALUE for the miner only "
+                             "(e.g. MINE_ACCEPT_SCORE=0.6), mined and retrained (the first "
+                             "--retrain choice) beside the row's own")
+    parser.add_argument("--tag", default=None, help="names the --mine_set variant")
+    parser.add_argument("--labelled", action="store_true",
+                        help="with --retrain: also retrain with every hidden object "
+                             "labelled (the ceiling: a user who labels them all)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the row's finished steps (result.json) and do the rest")
     args = parser.parse_args()
+    retrain = args.retrain.split(",") if args.retrain else []
+    reviews = [int(v) for v in args.review.split(",")] if args.review else []
+    if (reviews or args.mine_set or args.labelled) and not retrain:
+        parser.error("--review, --labelled and --mine_set need --retrain")
+    if bool(args.mine_set) != bool(args.tag):
+        parser.error("--mine_set makes a variant: name it with --tag (and only then)")
+    if any(r not in RETRAINABLE for r in retrain):
+        parser.error(f"--retrain: each one of {', '.join(RETRAINABLE)}")
+    if args.mine and not args.hidden or retrain and not args.mine:
+        parser.error("--mine needs --hidden (objects to find in the training images), "
+                     "--retrain needs --mine")
     # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
     from libs.weights import pretrained
 
     row = os.path.join(args.out, args.name)
-    shutil.rmtree(row, ignore_errors=True)
+    result_file = os.path.join(row, "result.json")
+    result = None
+    if args.resume and os.path.exists(result_file):
+        with open(result_file) as handle:
+            result = json.load(handle)
+    else:
+        shutil.rmtree(row, ignore_errors=True)
     backbone = os.path.join(args.out, "efficientnet_lite0")
     if not os.path.exists(os.path.join(backbone, "checkpoint")):
         pretrained.import_backbone("efficientnet_lite0", backbone)
     base = args.base.split(",")
-    found = build(row, base, args.new, backbone, args.set, args.seed, args.cfg,
-                  hidden=args.hidden)
-    result = {"base": base, "new": args.new, "seed": args.seed, "sets": args.set,
-              "hidden": args.hidden,
-              "ap50": average_precision(found["all"], found["voc"],
-                                        {n: n for n in base + [args.new]})}
-    if args.leave_out:
+    classes = base + [args.new]
+    if result is None:
+        found = build(row, base, args.new, backbone, args.set, args.seed, args.cfg,
+                      hidden=args.hidden)
+        result = {"base": base, "new": args.new, "seed": args.seed, "sets": args.set,
+                  "hidden": args.hidden,
+                  "ap50": average_precision(found["all"], found["voc"],
+                                            {n: n for n in classes})}
+        write_json(result_file, result)
+    else:                               # build()'s folders, as it names them
+        found = {"voc": os.path.join(row, "voc"), "train_voc": os.path.join(row, "train_voc"),
+                 "model": os.path.join(row, "model"), "data": os.path.join(row, "data")}
+    if args.leave_out and "left_out" not in result:
         result["left_out"] = left_out_row(row, base, args.new, args.leave_out,
                                           training_sets(base, backbone, args.set), args.cfg)
-    if args.mine:
-        if not args.hidden:
-            parser.error("--mine needs --hidden (objects to find in the training images)")
+    if args.mine and "mining" not in result:
         result["mining"] = mine_row(row, found, base, args.new,
                                     training_sets(base, backbone, args.set), args.cfg)
+        write_json(result_file, result)
+    for trainable in retrain:
+        if trainable not in result.get("retrained", {}):
+            result.setdefault("retrained", {})[trainable] = retrain_row(
+                row, found, base, args.new, backbone, args.set, trainable, args.cfg)
+            write_json(result_file, result)
+    hidden = {}
+    if args.hidden:
+        with open(os.path.join(found["train_voc"], HIDDEN_FILE)) as handle:
+            hidden = json.load(handle)
+    for checks in reviews:
+        if str(checks) in result.get("reviewed", {}):
+            continue
+        with open(os.path.join(row, "mined", "candidates.json")) as handle:
+            candidates = json.load(handle)["candidates"]
+        reviewed = f"reviewed_{checks}"
+        counts = simulate_review(os.path.join(row, "mined"), os.path.join(row, reviewed),
+                                 candidates, hidden, args.new, checks)
+        print(f"review of {checks}: {counts}", flush=True)
+        result.setdefault("reviewed", {})[str(checks)] = {
+            "review": counts, "ap50": retrain_row(
+                row, found, base, args.new, backbone, args.set, retrain[0], args.cfg,
+                labels=reviewed, name=f"retrained_{retrain[0]}_{reviewed}")}
+        write_json(result_file, result)
+    if args.labelled and "labelled" not in result:
+        label_hidden(found["train_voc"], os.path.join(row, "labelled"), hidden, args.new)
+        result["labelled"] = retrain_row(row, found, base, args.new, backbone, args.set,
+                                         retrain[0], args.cfg, labels="labelled",
+                                         name=f"retrained_{retrain[0]}_labelled")
+        write_json(result_file, result)
+    if args.mine_set and args.tag not in result.get("variants", {}):
+        name = f"mined_{args.tag}"
+        mining = mine_row(row, found, base, args.new, training_sets(
+            base, backbone, args.set) + [f"--set={v}" for v in args.mine_set], args.cfg,
+            name=name)
+        result.setdefault("variants", {})[args.tag] = {
+            "mine_set": args.mine_set, "mining": mining, "ap50": retrain_row(
+                row, found, base, args.new, backbone, args.set, retrain[0], args.cfg,
+                labels=name, name=f"retrained_{retrain[0]}_{args.tag}")}
+        write_json(result_file, result)
+    for round_number in range(2, args.rounds + 1):
+        key = f"round{round_number}"
+        if key in result:
+            continue
+        last = f"retrained_{retrain[0]}" + ("" if round_number == 2
+                                            else f"_round{round_number - 1}")
+        mining = mine_row(row, found, base, args.new,
+                          training_sets(classes, backbone, args.set), args.cfg,
+                          model=os.path.join(row, last),
+                          data=os.path.join(row, f"data_{last}"), name=f"mined_{key}")
+        result[key] = {"mining": mining, "ap50": retrain_row(
+            row, found, base, args.new, backbone, args.set, retrain[0], args.cfg,
+            labels=f"mined_{key}", name=f"retrained_{retrain[0]}_{key}")}
+        write_json(result_file, result)
     write_json(os.path.join(row, "result.json"), result)
     print(" ".join(f"{name} {value:.2f}" for name, value in result["ap50"].items()))
 

@@ -410,7 +410,7 @@ def test_export_and_predict_command_lines(trained, sample_data, tmp_path):
                                                        cv2.COLOR_RGB2GRAY))
     out = str(tmp_path / "predictions")
     result = _tool("predict.py", "--saved_model", export_dir, "--images", str(images),
-                   "--output_dir", out)
+                   "--output_dir", out, "--label_studio", "--image_url_prefix", "/d/?f=")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "4 image(s)" in result.stdout and "2 skipped" in result.stdout
     assert "predicting: 6/6" in result.stderr
@@ -428,6 +428,25 @@ def test_export_and_predict_command_lines(trained, sample_data, tmp_path):
             assert 0 <= box["xmin"] <= box["xmax"] <= entry["width"] + 1e-3
             assert 0 <= box["ymin"] <= box["ymax"] <= entry["height"] + 1e-3
             assert det["class"] in run.class_names and det["score"] >= 0.1
+    # the same detections as Label Studio pre-annotations: percent, top-left corner
+    with open(os.path.join(out, "label_studio.json")) as handle:
+        tasks = {t["data"]["image"]: t for t in json.load(handle)}
+    with_detections = [i for i in summary["images"] if i["detections"]]
+    assert sorted(tasks) == sorted("/d/?f=" + os.path.basename(i["file"])
+                                   for i in with_detections)
+    for entry in with_detections:
+        (predicted,) = tasks["/d/?f=" + os.path.basename(entry["file"])]["predictions"]
+        assert predicted["model_version"] == os.path.basename(export_dir)
+        assert len(predicted["result"]) == len(entry["detections"])
+        for det, shown in zip(entry["detections"], predicted["result"]):
+            box, value = det["box"], shown["value"]
+            np.testing.assert_allclose(
+                [value["x"], value["y"], value["width"], value["height"]],
+                [100 * box["xmin"] / entry["width"], 100 * box["ymin"] / entry["height"],
+                 100 * (box["xmax"] - box["xmin"]) / entry["width"],
+                 100 * (box["ymax"] - box["ymin"]) / entry["height"]], rtol=1e-6)
+            assert value["rectanglelabels"] == [det["class"]]
+            assert shown["score"] == det["score"]
     # the drawn image differs from the input where there are detections
     with_boxes = next(i for i in summary["images"] if i["detections"])
     original = cv2.imread(with_boxes["file"])

@@ -232,6 +232,25 @@ def test_kshot_records_one_per_class_and_image():
         len(image.objects) for image in _annotations(4, num_images=20))
 
 
+def test_kshot_records_can_keep_the_other_objects_as_ignore_regions():
+    images = _annotations(4, num_images=20)
+    kset = fewshot.sample_kshot(images, ["a", "b"], 3, 0)
+    plain = fewshot.kshot_records(kset)
+    kept = fewshot.kshot_records(kset, others_as_ignore=True)
+    sources = [image for name in ("a", "b") for image, _ in kset.draws[name].images]
+    assert len(kept) == len(plain) == len(sources)
+    for record, shots_only, source in zip(kept, plain, sources):
+        # the shots first, unchanged; then every other object of the image, ignored
+        assert record.objects[:len(shots_only.objects)] == shots_only.objects
+        others = record.objects[len(shots_only.objects):]
+        assert len(record.objects) == len(source.objects)
+        assert all(obj.ignore and obj.difficult for obj in others)
+        assert not any(obj.ignore for obj in shots_only.objects)
+        assert sorted((o.name, o.box) for o in record.objects) == sorted(
+            (o.name, o.box) for o in source.objects)
+    assert not any(obj.ignore for image in images for obj in image.objects)
+
+
 def test_remove_classes_for_base_training():
     images = _annotations(5, num_images=30)
     images.append(annotation.ImageAnnotation(image_id=99, filename="empty.jpg",
@@ -429,6 +448,24 @@ def test_kshot_tool_end_to_end(sample_data, tmp_path):
                   "--val_split_file", val, "--output_dir", out)
     assert again.returncode == 0, again.stderr[-2000:]
     assert _tree_bytes(out) == before
+
+    # --others_as_ignore: the same shots, and every other object as an ignore region
+    ignoring = str(tmp_path / "k2_ignore")
+    done = _tool(sample_data, "--novel_classes", "crystal", "--shots", "2", "--seed", "0",
+                 "--others_as_ignore", "--output_dir", ignoring)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(os.path.join(ignoring, "kshot.json")) as handle:
+        assert json.load(handle)["per_class"] == manifest["per_class"]
+    ignored = 0
+    for record in _records(os.path.join(ignoring, "data"), "train"):
+        source = annotations[record["filename"].decode()]
+        assert len(record["boxes"]) == len(source.objects)
+        shots = records[record["image_id"]]
+        np.testing.assert_array_equal(record["boxes"][:len(shots["boxes"])], shots["boxes"])
+        assert record["ignore"].tolist() == [0] * len(shots["boxes"]) + [1] * (
+            len(source.objects) - len(shots["boxes"]))
+        ignored += len(source.objects) - len(shots["boxes"])
+    assert ignored > 0 and f"{ignored} ignore regions" in done.stdout
 
     # a class order given by an existing label map; more shots than the data hold
     other = str(tmp_path / "k50")

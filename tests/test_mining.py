@@ -337,3 +337,74 @@ def test_mining_is_scored_against_the_hidden_objects():
     assert got["hidden_objects"] == 3
     assert (got["recall_accepted"], got["recall_written"], got["recall_candidates"]) == \
         (1 / 3, 2 / 3, 1.0)
+
+
+def test_the_simulated_reviewer_accepts_true_boxes_and_rejects_the_rest(tmp_path):
+    from xml.etree import ElementTree
+
+    from bench.new_class_sample import simulate_review
+
+    def xml(objects):
+        body = "".join(
+            f"<object><name>{name}</name><difficult>0</difficult>"
+            + ("<ignore>1</ignore>" if ignore else "")
+            + f"<bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax>"
+              f"<ymax>{y2}</ymax></bndbox></object>"
+            for name, (y1, x1, y2, x2), ignore in objects)
+        return f"<annotation><filename>a.jpg</filename>{body}</annotation>"
+
+    mined = tmp_path / "mined" / "annotations"
+    mined.mkdir(parents=True)
+    # a cell label, an accepted spore (true), a doubtful spore (false), an accepted
+    # spore never checked
+    (mined / "a.xml").write_text(xml([("cell", (0, 0, 5, 5), False),
+                                      ("spore", (10, 10, 20, 21), False),
+                                      ("spore", (40, 40, 50, 50), True),
+                                      ("spore", (60, 60, 70, 70), False)]))
+    hidden = {"a": [[10, 10, 20, 20], [30, 30, 40, 40]]}
+
+    def row(decision, box):
+        return {"file": "a.jpg", "class": "spore", "decision": decision,
+                "box": dict(zip(("ymin", "xmin", "ymax", "xmax"), box))}
+
+    ranked = [row("accepted", [10, 10, 20, 21]), row("doubtful", [40, 40, 50, 50]),
+              row("rejected", [30, 31, 40, 40]), row("accepted", [60, 60, 70, 70])]
+    counts = simulate_review(str(tmp_path / "mined"), str(tmp_path / "r3"), ranked,
+                             hidden, "spore", 3)
+    assert counts == {"checked": 3, "accepted": 2, "rejected": 1}
+    objects = [(o.find("name").text, [float(o.find("bndbox").find(k).text)
+                                      for k in ("ymin", "xmin", "ymax", "xmax")],
+                o.find("ignore") is not None)
+               for o in ElementTree.parse(tmp_path / "r3" / "annotations" / "a.xml")
+               .getroot().iter("object")]
+    # the true ones with the true box (a rejected candidate found by the reviewer
+    # too), the false doubtful one gone, the unchecked one as the miner wrote it
+    assert sorted(objects) == sorted([("cell", [0, 0, 5, 5], False),
+                                      ("spore", [10, 10, 20, 20], False),
+                                      ("spore", [30, 30, 40, 40], False),
+                                      ("spore", [60, 60, 70, 70], False)])
+    # the miner's folder is untouched
+    assert "<ignore>1</ignore>" in (mined / "a.xml").read_text()
+
+
+def test_the_labelled_ceiling_restores_every_hidden_object(tmp_path):
+    from bench.new_class_sample import _box_of, label_hidden, strip_class
+    from xml.etree import ElementTree
+
+    voc = str(tmp_path / "voc")
+    generate_voc_dataset(voc, num_train=3, num_val=0, seed=2,
+                         classes=("cell", "crystal", "spore"))
+
+    def objects(folder):
+        return {name: sorted((o.find("name").text, tuple(_box_of(o))) for o in
+                             ElementTree.parse(os.path.join(folder, name)).getroot()
+                             .iter("object"))
+                for name in sorted(os.listdir(folder))}
+
+    before = objects(os.path.join(voc, "Annotations"))
+    hidden = strip_class(voc, "spore")
+    assert sum(map(len, hidden.values())) > 0
+    assert all(n != "spore" for rows in objects(os.path.join(voc, "Annotations")).values()
+               for n, _ in rows)
+    label_hidden(voc, str(tmp_path / "labelled"), hidden, "spore")
+    assert objects(str(tmp_path / "labelled" / "annotations")) == before

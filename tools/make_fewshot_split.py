@@ -61,6 +61,9 @@ def _define_flags():
                         "(file or data dir) instead of --classes.")
     flags.DEFINE_string("val_split_file", None, "Also convert this split into "
                         "OUT/data as split 'val', with the same label map.")
+    flags.DEFINE_bool("others_as_ignore", False, "Keep the drawn images' other objects "
+                      "(other classes, instances beyond K) as ignore regions instead of "
+                      "background.")
     flags.DEFINE_float("margin", 0.1, "Context added on each side of a reference crop, "
                        "as a fraction of the box height/width.")
 
@@ -100,6 +103,7 @@ def main(argv):
                                                 FLAGS.annotations, FLAGS.output_dir,
                                                 FLAGS.shots, FLAGS.seed,
                                                 novel_classes=novel, margin=FLAGS.margin,
+                                                others_as_ignore=FLAGS.others_as_ignore,
                                                 **common)
     except (UserError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

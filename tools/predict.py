@@ -8,7 +8,8 @@ Writes each image with its boxes, class names and scores drawn to --output_dir, 
 <output_dir>/detections.json with every detection in original pixels. --images takes
 files and folders (repeat the flag). An unreadable image is reported and skipped; the
 others go on. --min_score filters what is drawn and listed (the model itself returns
-detections above DETECTION_MIN_CONFIDENCE).
+detections above DETECTION_MIN_CONFIDENCE). --label_studio also writes them as
+Label Studio pre-annotations (label_studio.json) for a reviewer to correct.
 """
 import os
 import sys
@@ -40,6 +41,12 @@ def _define_flags():
     flags.DEFINE_float("min_score", 0.0, "Keep detections with at least this score.")
     flags.DEFINE_bool("draw", True, "Write the images with boxes drawn "
                       "(--nodraw: detections.json only).")
+    flags.DEFINE_bool("label_studio", False, "Also write <output_dir>/label_studio.json: "
+                      "the detections as Label Studio pre-annotations (model-assisted "
+                      "labelling).")
+    flags.DEFINE_string("image_url_prefix", "", "With --label_studio: prefix of each "
+                        "task's image (+ its file name), e.g. "
+                        "/data/local-files/?d=JPEGImages/")
 
 
 def main(argv):
@@ -64,23 +71,38 @@ def _load_detector():
     from libs.serving import export
     from libs.train import runs
     if FLAGS.saved_model:
-        return export.Detector.from_saved_model(FLAGS.saved_model)
+        version = os.path.basename(os.path.normpath(FLAGS.saved_model))
+        return export.Detector.from_saved_model(FLAGS.saved_model), version
     cfg = load_config_from_flags(FLAGS.cfg, FLAGS.set)
     run = open_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir,
                    inference=True, classes_from_references=True)
     checkpoint = runs.resolve_checkpoint(run.model_dir, FLAGS.checkpoint)
-    return export.Detector.from_checkpoint(run, checkpoint)
+    version = (f"{os.path.basename(os.path.normpath(run.model_dir))}@"
+               f"{os.path.basename(checkpoint)}")
+    return export.Detector.from_checkpoint(run, checkpoint), version
 
 
 def _predict():
     from libs.serving import prediction  # TensorFlow too: see _load_detector
-    with _load_detector() as detector:
+    from data.io import pre_annotations
+    detector, version = _load_detector()
+    with detector:
         summary = prediction.predict_files(detector, FLAGS.images, FLAGS.output_dir,
                                            min_score=FLAGS.min_score, draw=FLAGS.draw)
     found = sum(len(image["detections"]) for image in summary["images"])
     print(f"{len(summary['images'])} image(s), {found} detection(s), "
           f"{len(summary['skipped'])} skipped; results in {FLAGS.output_dir}/"
           f"{prediction.DETECTIONS_FILE}")
+    if FLAGS.label_studio:
+        # Folders are not walked into: a task's image is its file name.
+        boxes = [pre_annotations.Box(
+            os.path.basename(image["file"]), image["width"], image["height"], row["class"],
+            row["score"], tuple(row["box"][k] for k in ("ymin", "xmin", "ymax", "xmax")),
+            None) for image in summary["images"] for row in image["detections"]]
+        path = os.path.join(FLAGS.output_dir, "label_studio.json")
+        pre_annotations.write_label_studio(pre_annotations.label_studio_tasks(
+            boxes, version, FLAGS.image_url_prefix), path)
+        print(f"pre-annotations for Label Studio: {path}")
     for skipped in summary["skipped"]:
         print(f"skipped {skipped['file']}: {skipped['reason']}")
 

@@ -40,7 +40,9 @@ K-shot rule (per class, independently of the other classes)
   one image, the first drawn with m shots. m is also a target for every larger K, so
   that image is the first taken there too, and nesting holds. A warning says so.
 - Each drawn image becomes one record holding only the drawn class's shots; an image
-  drawn for two classes gives two records, each with only its class's boxes. Records
+  drawn for two classes gives two records, each with only its class's boxes. The
+  image's other objects are left out, so they train as background, unless
+  others_as_ignore (--others_as_ignore) keeps them as ignore regions. Records
   get fresh ids 1..N (class in label-map order, then draw order): the evaluator counts
   an image id once, so two records of one image must not share it; kshot.json maps each
   record to its source image.
@@ -219,10 +221,21 @@ def _drawn(kshot_set):
     return [(record_id, *pair) for record_id, pair in enumerate(pairs, start=1)]
 
 
-def kshot_records(kshot_set):
-    """One ImageAnnotation per (class, drawn image), ids 1..N, only that class's shots."""
-    return [dataclasses.replace(image, image_id=record_id, objects=list(objects))
-            for record_id, _, image, objects in _drawn(kshot_set)]
+def kshot_records(kshot_set, others_as_ignore=False):
+    """One ImageAnnotation per (class, drawn image), ids 1..N, that class's shots.
+
+    others_as_ignore: the image's other objects (other classes, the class's own beyond
+    its shots, difficult ones) are kept as ignore regions instead of being left out:
+    known objects, so neither an object to learn nor background."""
+    records = []
+    for record_id, _, image, objects in _drawn(kshot_set):
+        kept = list(objects)
+        if others_as_ignore:
+            shots = {id(obj) for obj in objects}
+            kept += [dataclasses.replace(obj, ignore=True, difficult=True)
+                     for obj in image.objects if id(obj) not in shots]
+        records.append(dataclasses.replace(image, image_id=record_id, objects=kept))
+    return records
 
 
 def remove_classes(images, class_names):
@@ -337,8 +350,9 @@ def _source(fmt, image_dir, annotations, split_file):
 def make_kshot_split(fmt, image_dir, annotations, output_dir, shots, seed,
                      split_file=None, classes=None, label_map=None, novel_classes=None,
                      val_split_file=None, margin=0.1, progress_every_seconds=5.0,
-                     yolo_names=None):
+                     yolo_names=None, others_as_ignore=False):
     """Samples a K-shot set and writes it; returns the manifest (what kshot.json holds).
+    others_as_ignore: kshot_records'.
 
     Writes <output_dir>/data (the set as split "train" + label_map.json listing every
     class, and the val split when val_split_file is given), <output_dir>/references
@@ -359,7 +373,8 @@ def make_kshot_split(fmt, image_dir, annotations, output_dir, shots, seed,
     kshot_set = sample_kshot(images, names, shots, seed)
     for line in kshot_set.problems():
         logging.warning("%s", line)
-    summary = convert.write_records(kshot_records(kshot_set), labels, data_dir,
+    records = kshot_records(kshot_set, others_as_ignore)
+    summary = convert.write_records(records, labels, data_dir,
                                     TRAIN_SPLIT, report=report,
                                     progress_every_seconds=progress_every_seconds)
     written = summary["objects_per_class"]
@@ -399,6 +414,9 @@ def make_kshot_split(fmt, image_dir, annotations, output_dir, shots, seed,
                 "base_classes": base if novel else None,
                 "source": _source(fmt, image_dir, annotations, split_file),
                 "records": len(drawn), "per_class": per_class,
+                "others_as_ignore": bool(others_as_ignore),
+                "ignore_regions": sum(obj.ignore for record in records
+                                      for obj in record.objects),
                 "problems": kshot_set.problems(), "val": val}
     _write_manifest(os.path.join(output_dir, KSHOT_MANIFEST), manifest)
     return manifest
@@ -456,6 +474,9 @@ def format_manifest(manifest):
                          f"references {entry['references']}; the split holds "
                          f"{entry['available_instances']} in "
                          f"{entry['available_images']} images)")
+        if manifest.get("others_as_ignore"):
+            lines.append(f"  the drawn images' other objects: {manifest['ignore_regions']} "
+                         f"ignore regions")
         lines.extend(f"  warning: {line}" for line in manifest["problems"])
     else:
         lines.append(f"base data: {manifest['images']} images, classes "

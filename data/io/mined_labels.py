@@ -16,12 +16,9 @@ Annotations, in the format they were read from (the input is never modified):
   `iscrowd: 1` annotation (read back as an ignore region).
 Boxes are in the image's stored pixels (VOC and COCO do not apply EXIF orientation).
 
-Label Studio (the JSON task list its "Import" takes): one task per image with a
-candidate, the accepted and doubtful ones under `predictions` (model_version, score,
-one rectanglelabels result each: x, y, width, height in percent of the image, top-left
-corner), so a reviewer opens them as pre-annotations. `image_url_prefix` + the image's
-file name (relative to the image folder) is the task's image, e.g.
-"/data/local-files/?d=JPEGImages/" for Label Studio's local file storage.
+Label Studio (data/io/pre_annotations.py): one task per image with a candidate, the
+accepted and doubtful ones as pre-annotations, each noted with its decision; the
+image's name is its file name relative to the image folder.
 """
 import copy
 import json
@@ -29,7 +26,7 @@ import os
 import shutil
 from xml.etree import ElementTree
 
-from data.io import annotation
+from data.io import annotation, pre_annotations
 from libs.base.io_utils import atomic_directory, atomic_write
 from libs.mining import verify
 
@@ -130,37 +127,17 @@ _WRITERS = {"voc": _write_voc, "coco": _write_coco}
 
 
 def label_studio_tasks(candidates, model_version, image_url_prefix=""):
-    """The task list (see the module docstring), images in the order of their first
-    (best) candidate."""
-    tasks, by_file = [], {}
-    for candidate in _written(candidates):
-        if candidate.filename not in by_file:
-            by_file[candidate.filename] = []
-            tasks.append({"data": {"image": image_url_prefix + candidate.filename},
-                          "predictions": [{"model_version": model_version,
-                                           "result": by_file[candidate.filename]}]})
-        y1, x1, y2, x2 = candidate.box
-        by_file[candidate.filename].append({
-            "id": f"c{len(by_file[candidate.filename])}",
-            "type": "rectanglelabels", "from_name": "label", "to_name": "image",
-            "original_width": candidate.width, "original_height": candidate.height,
-            "image_rotation": 0,
-            "value": {"x": 100.0 * x1 / candidate.width, "y": 100.0 * y1 / candidate.height,
-                      "width": 100.0 * (x2 - x1) / candidate.width,
-                      "height": 100.0 * (y2 - y1) / candidate.height, "rotation": 0,
-                      "rectanglelabels": [candidate.class_name]},
-            "score": round(candidate.score, 4),
-            "meta": {"text": [candidate.verdict.decision]}})
-    for task in tasks:
-        results = task["predictions"][0]["result"]
-        task["predictions"][0]["score"] = round(max(r["score"] for r in results), 4)
-    return tasks
+    """The written candidates as Label Studio tasks (data/io/pre_annotations.py), each
+    noted with its decision; images in the order of their first (best) candidate."""
+    return pre_annotations.label_studio_tasks(
+        [pre_annotations.Box(c.filename, c.width, c.height, c.class_name, c.score, c.box,
+                             c.verdict.decision) for c in _written(candidates)],
+        model_version, image_url_prefix)
 
 
 def write_label_studio(candidates, path, model_version, image_url_prefix=""):
-    with atomic_write(path, "w") as handle:
-        json.dump(label_studio_tasks(candidates, model_version, image_url_prefix), handle,
-                  indent=1)
+    pre_annotations.write_label_studio(
+        label_studio_tasks(candidates, model_version, image_url_prefix), path)
 
 
 def write_ranked_list(result, path):

@@ -1,0 +1,58 @@
+"""A new class whose objects sit unlabelled in the training images (issue 32), end to end.
+
+The generated sample with spores drawn in every training image but labelled nowhere
+(bench/new_class_sample.build(hidden=True)): cfgs/tiny_fewshot.py trains on cells and
+crystals, so it learns the spores as background. Then, through the command lines a user
+runs (bench/new_class_sample.py's recipe):
+  1. three spore crops from other images are the new class's references;
+  2. tools/mine_labels.py finds spore candidates in the training images and verifies
+     each (accepted: a label, doubtful: an ignore region, rejected: nothing);
+  3. tools/convert_to_tfrecord.py + tools/train.py retrain from the base model on the
+     mined annotations.
+The retrained model must find spores better than the base model with the references
+alone, which is what the issue's class needs.
+
+Measured on this fixture (2026-12-03, seed 0; docs/fewshot.md): 1370 candidates,
+accepted 54 (18 true), doubtful 201 (15 true), rejected 1115 (0 true): a written box on
+0.46 of the 71 hidden spores, an accepted one on 0.25. Spore AP@0.5 0.08 with
+references alone, 0.27 retrained (FPN, RPN and second stage; 0.10 with only the second
+stage trained: the proposals had learned spores as background).
+"""
+import pytest
+
+from bench.new_class_sample import (average_precision, build, mine_row, retrain_row,
+                                    training_sets)
+
+TRAINED = ["cell", "crystal"]
+NEW = "spore"
+# Floors with room for other CPUs' rounding below the measured figures above.
+MIN_RECALL_WRITTEN = 0.3
+MIN_ACCEPTED_PRECISION = 0.2
+MAX_REJECTED_TRUE = 0.05
+MIN_GAIN = 0.1          # spore AP@0.5, retrained minus references alone
+
+
+@pytest.fixture(scope="module")
+def mined(tmp_path_factory, imported_lite0):
+    row = str(tmp_path_factory.mktemp("hidden"))
+    backbone = imported_lite0[0]
+    found = build(row, TRAINED, NEW, backbone, hidden=True)
+    mining = mine_row(row, found, TRAINED, NEW, training_sets(TRAINED, backbone))
+    return row, found, mining, backbone
+
+
+def test_mining_finds_the_hidden_objects_and_rejects_the_rest(mined):
+    _, _, mining, _ = mined
+    assert mining["recall_written"] >= MIN_RECALL_WRITTEN, mining
+    true, accepted = mining["per_decision"]["accepted"]
+    assert true / accepted >= MIN_ACCEPTED_PRECISION, mining
+    true, rejected = mining["per_decision"]["rejected"]
+    assert true / rejected <= MAX_REJECTED_TRUE, mining
+
+
+def test_retraining_on_mined_labels_finds_the_class_better_than_references_alone(mined):
+    row, found, _, backbone = mined
+    classes = {name: name for name in TRAINED + [NEW]}
+    alone = average_precision(found["all"], found["voc"], classes)
+    retrained = retrain_row(row, found, TRAINED, NEW, backbone, [], "all")
+    assert retrained[NEW] >= alone[NEW] + MIN_GAIN, (alone, retrained)
