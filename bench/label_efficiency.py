@@ -118,7 +118,10 @@ def prepare_subset(voc, out_dir, ids, classes):
 
 def ours_flags(args, method, variant_sets, data_dir, reference_dir, model_dir, steps,
                supports, seed):
-    sets = [*SETS[method], *variant_sets, f"SEED={seed}", f"SCHEDULE_STEPS={steps}",
+    """tools/train.py's and eval.py's flags; steps None: the config's own schedule
+    (a --minutes run fits it to the budget)."""
+    sets = [*SETS[method], *variant_sets, f"SEED={seed}",
+            *([f"SCHEDULE_STEPS={steps}"] if steps is not None else []),
             f"NUM_SUPPORTS={supports}", "SAVE_CHECKPOINTS_STEPS=100000",
             "SAVE_SUMMARY_STEPS=500"]
     return ["--cfg", args.cfg, "--data_dir", data_dir, "--reference_dir", reference_dir,
@@ -131,15 +134,23 @@ def evaluate_ours(flags, model_dir):
     return read_json(report)["results"]
 
 
-def run_ours(args, method, data_dir, reference_dir, model_dir, steps, supports, seed):
-    flags = ours_flags(args, method, args.set, data_dir, reference_dir, model_dir, steps,
-                       supports, seed)
+def run_ours(args, method, data_dir, reference_dir, model_dir, steps, supports, seed,
+             budget=None):
+    """Trains and evaluates one of our runs: (results, minutes, steps trained).
+    budget: minutes (tools/train.py --max_minutes) instead of `steps`."""
+    flags = ours_flags(args, method, args.set, data_dir, reference_dir, model_dir,
+                       None if budget else steps, supports, seed)
     # A directory left by an interrupted run (maybe of another config) would be resumed.
     shutil.rmtree(model_dir, ignore_errors=True)
     started = time.monotonic()
-    run_tool("train.py", *flags)
+    run_tool("train.py", *flags, *(["--max_minutes", f"{budget:g}"] if budget else []))
     minutes = (time.monotonic() - started) / 60
-    return evaluate_ours(flags, model_dir), minutes
+    if budget:
+        # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
+        import tensorflow as tf
+        last = tf.train.latest_checkpoint(model_dir)
+        steps = int(last.rsplit("-", 1)[1])
+    return evaluate_ours(flags, model_dir), minutes, steps
 
 
 def rescore(args, results):
@@ -197,15 +208,20 @@ def score_detections(data_dir, class_names, detections):
     return evaluator.evaluate()
 
 
-def run_peer(args, cfg, split_dir, data_dir, model_dir, classes, num_images, steps, seed):
+def run_peer(args, cfg, split_dir, data_dir, model_dir, classes, num_images, steps, seed,
+             budget=None):
+    """Trains the peer and scores its detections: (results, minutes, steps trained).
+    budget: minutes (bench/peer_budget.py: ours' rule) instead of `steps`."""
     os.makedirs(model_dir, exist_ok=True)
     settings = os.path.join(model_dir, "settings.json")
-    write_json(settings, peer_settings(cfg, num_images, steps))
+    write_json(settings, peer_settings(cfg, num_images, None if budget else steps))
+    length = (["--max_minutes", f"{budget:g}", "--cfg", args.cfg] if budget
+              else ["--steps", str(steps)])
     command = [args.peer_python, os.path.join(REPO, "bench", "peer_detector.py"),
                "--voc", args.voc, "--train_list", os.path.join(split_dir, "train.txt"),
                "--eval_list", os.path.join(args.voc, "ImageSets", "Main", "val.txt"),
                "--classes", ",".join(classes), "--settings", settings,
-               "--steps", str(steps), "--seed", str(seed), "--out", model_dir]
+               *length, "--seed", str(seed), "--out", model_dir]
     started = time.monotonic()
     log = os.path.join(model_dir, "peer.log")
     with open(log, "w", encoding="utf-8") as handle:    # its progress lines
@@ -219,7 +235,7 @@ def run_peer(args, cfg, split_dir, data_dir, model_dir, classes, num_images, ste
     detections = read_json(os.path.join(model_dir, "detections.json"))
     # Start-up and training, as for ours (whose evaluation is another command).
     minutes -= trained["detect_seconds"] / 60
-    return score_detections(data_dir, classes, detections), minutes
+    return score_detections(data_dir, classes, detections), minutes, trained["steps"]
 
 
 def subsets(args, train_ids, objects_by_id, classes):
@@ -241,15 +257,21 @@ def subsets(args, train_ids, objects_by_id, classes):
     return planned
 
 
-def run_key(method, label, seed, steps):
-    return f"{method}/n{label}/s{seed}/steps{steps}"
+def run_key(method, label, seed, steps, budget=None):
+    """A run's name in results.json; a --minutes run is named by its budget."""
+    return f"{method}/n{label}/s{seed}/" + (f"min{budget:g}" if budget else f"steps{steps}")
+
+
+def run_length(row):
+    """What a run's training length is grouped by: its steps, or '30 min'."""
+    return f"{row['budget_minutes']:g} min" if row.get("budget_minutes") else row["steps"]
 
 
 def summarise(results, metric="voc/mAP@0.5"):
     """{(method, N label, steps): (mean, std, count, coco mean, minutes mean)}."""
     groups = {}
     for row in results.values():
-        groups.setdefault((row["method"], row["n"], row["steps"]), []).append(row)
+        groups.setdefault((row["method"], row["n"], run_length(row)), []).append(row)
     table = {}
     for key, rows in groups.items():
         values = [r["results"][metric] for r in rows]
@@ -275,9 +297,10 @@ def format_table(results):
     lines = [("| N | method | steps | val mAP@0.5 (mean +- std, seeds) | COCO mAP | "
               "train minutes |"), "|---|---|---|---|---|---|"]
     for (method, label, steps), (mean, std, count, coco, minutes) in sorted(
-            table.items(), key=lambda item: (n_order(item[0][1]), item[0][2],
+            table.items(), key=lambda item: (n_order(item[0][1]), str(item[0][2]),
                                              method_order(item[0][0]))):
-        lines.append(f"| {label} | {method} | {steps:,} | {mean:.3f} +- {std:.3f} ({count}) "
+        steps = f"{steps:,}" if isinstance(steps, int) else steps
+        lines.append(f"| {label} | {method} | {steps} | {mean:.3f} +- {std:.3f} ({count}) "
                      f"| {coco:.3f} | {minutes:.1f} |")
     return "\n".join(lines)
 
@@ -325,6 +348,10 @@ def main():
     parser.add_argument("--steps", default=None,
                         help="comma-separated training lengths instead of the rule "
                              "(the pilot); default training_steps(N)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="train each run for this many minutes instead (ours: "
+                             "tools/train.py --max_minutes; the peer: the same budget "
+                             "code, bench/peer_budget.py): equal minutes, not steps")
     parser.add_argument("--set", action="append", default=[],
                         help="FIELD=VALUE for our methods (a variant, with --tag)")
     parser.add_argument("--tag", default=None,
@@ -346,6 +373,8 @@ def main():
     args.ns = args.ns.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
+    if args.minutes and args.steps:
+        parser.error("give --steps or --minutes, not both")
     if args.set and not args.tag:
         parser.error("--set makes a variant: name it with --tag")
     if args.tag and "peer" in methods:
@@ -377,30 +406,34 @@ def main():
         planned = subsets(args, sorted(objects_by_id), objects_by_id, classes)
         for label, n, seed, ids in planned:
             lengths = ([int(s) for s in args.steps.split(",")] if args.steps
-                       else [training_steps(cfg, n)])
+                       else [None] if args.minutes else [training_steps(cfg, n)])
             split_dir = os.path.join(args.out, "subsets", f"n{label}_s{seed}")
             named = [(m, f"{m}+{args.tag}" if args.tag else m) for m in methods]
             todo = [(m, name, s) for s in lengths for m, name in named
-                    if run_key(name, label, seed, s) not in results]
+                    if run_key(name, label, seed, s, args.minutes) not in results]
             if not todo:
                 continue
             data_dir, reference_dir, supports = prepare_subset(args.voc, split_dir, ids,
                                                                classes)
             for method, name, steps in todo:
-                key = run_key(name, label, seed, steps)
+                key = run_key(name, label, seed, steps, args.minutes)
                 model_dir = os.path.join(args.out, "runs", key.replace("/", "_"))
-                print(f"{key}: {n} images, {steps} steps ...", file=sys.stderr, flush=True)
+                length = f"{args.minutes:g} minutes" if args.minutes else f"{steps} steps"
+                print(f"{key}: {n} images, {length} ...", file=sys.stderr, flush=True)
                 if method == "peer":
-                    scores, minutes = run_peer(args, cfg, split_dir, data_dir, model_dir,
-                                               classes, n, steps, seed)
+                    scores, minutes, steps = run_peer(args, cfg, split_dir, data_dir,
+                                                      model_dir, classes, n, steps, seed,
+                                                      args.minutes)
                 else:
-                    scores, minutes = run_ours(args, method, data_dir, reference_dir,
-                                               model_dir, steps, supports, seed)
+                    scores, minutes, steps = run_ours(args, method, data_dir, reference_dir,
+                                                      model_dir, steps, supports, seed,
+                                                      args.minutes)
                 results[key] = {
                     "method": name, "n": label, "num_images": n, "seed": seed,
                     "steps": steps, "minutes": minutes, "supports": supports,
+                    "budget_minutes": args.minutes,
                     "sets": args.set if method != "peer" else [],
-                    "rule": steps == training_steps(cfg, n),
+                    "rule": not args.minutes and steps == training_steps(cfg, n),
                     "results": {k: v for k, v in scores.items()
                                 if k.startswith(("voc/", "coco/"))}}
                 print(f"{key}: val mAP@0.5 {scores['voc/mAP@0.5']:.3f}, COCO mAP "

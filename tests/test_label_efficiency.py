@@ -117,6 +117,69 @@ def _peer_available():
     return None
 
 
+def _budgeted_run(rate_at, minutes=10.0, start_up=20.0):
+    """The peer's loop under a budget, on a clock the test moves: each step takes
+    1 / rate_at(clock) seconds. Returns (schedule, steps run, clock at the end)."""
+    from bench.peer_budget import BudgetedSchedule
+    clock = [0.0]
+    schedule = BudgetedSchedule(os.path.join(REPO_ROOT, "cfgs", "bccd_cpu.py"), 205,
+                                minutes, started_at=0.0, clock=lambda: clock[0])
+    clock[0] = start_up
+    lines, step = [], 0
+    while not schedule.finished(step):
+        clock[0] += 1.0 / rate_at(clock[0])
+        step += 1
+        line = schedule.after_step(step)
+        if line:
+            lines.append(line)
+    return schedule, step, clock[0], lines
+
+
+def test_the_peers_budget_is_ours_and_fills_the_minutes_after_a_misleading_warm_up():
+    budget = 600.0
+    config_steps = 4100                      # bccd_cpu.py: 20 epochs of 205 images
+    # A warm-up minute slowed by other processes (1 step/s), then 2 steps/s: the
+    # warm-up plans too few steps, the re-fit lengthens the schedule.
+    slow, steps, end, lines = _budgeted_run(lambda t: 1.0 if t < 60 else 2.0)
+    record = slow.record
+    assert record["refit"]["changed"] and record["refit"]["warmup_total_steps"] < steps
+    assert lines[0].startswith("time budget 10 min") and "speed settled" in lines[1]
+    assert 0.9 * budget <= end <= budget and steps == slow.total < config_steps
+    # the LR drops moved with the schedule, at the config's fractions (75%, 90%)
+    assert [round(b / slow.total, 2) for b in slow.boundaries] == [0.75, 0.9]
+    # Without the re-fit the warm-up's plan would have ended the run at about half.
+    assert record["refit"]["warmup_total_steps"] / 2.0 < 0.6 * budget
+    # A fast warm-up, then half the speed: shortened, and never past the budget.
+    fast, steps, end, _ = _budgeted_run(lambda t: 3.0 if t < 60 else 1.5)
+    assert fast.record["refit"]["changed"]
+    assert fast.record["refit"]["warmup_total_steps"] > steps
+    # (a time stop comes after the step that crossed the budget, in the last LR stage)
+    assert 0.9 * budget <= end <= budget + 1 / 1.5 and steps > fast.boundaries[-1]
+    # A steady speed: the warm-up's plan stands, and a schedule that fits is kept whole.
+    steady, steps, end, _ = _budgeted_run(lambda t: 2.0)
+    assert not steady.record["refit"]["changed"] and end <= budget
+    whole, steps, end, _ = _budgeted_run(lambda t: 20.0)
+    assert steps == config_steps and not whole.record["scaled"] and end < budget
+
+
+def test_a_budgeted_run_is_named_and_grouped_by_its_minutes():
+    assert label_efficiency.run_key("peer", "all", 0, 2000) == "peer/nall/s0/steps2000"
+    assert label_efficiency.run_key("peer", "all", 0, None, 30.0) == "peer/nall/s0/min30"
+
+    def row(method, seed, steps, budget):
+        return {"method": method, "n": "all", "seed": seed, "steps": steps,
+                "minutes": 29.5, "budget_minutes": budget,
+                "results": {"voc/mAP@0.5": 0.8 + seed / 100, "coco/mAP": 0.5}}
+
+    results = {"a": row("comparison", 0, 6100, 30.0), "b": row("comparison", 1, 6300, 30.0),
+               "c": row("comparison", 0, 4100, None)}
+    table = label_efficiency.summarise(results)
+    assert set(table) == {("comparison", "all", "30 min"), ("comparison", "all", 4100)}
+    assert table[("comparison", "all", "30 min")][2] == 2       # both seeds, steps differ
+    assert "| all | comparison | 30 min | 0.805 +- 0.007 (2) |" in \
+        label_efficiency.format_table(results)
+
+
 def test_rescore_replaces_our_figures_keeps_the_peer_and_what_fails(tmp_path, monkeypatch):
     """--rescore evaluates each of our runs again from its own subset, steps, supports,
     seed and variant settings; the peer's rows (detections scored once) stay; a run that
@@ -166,11 +229,13 @@ def test_the_peer_trains_on_our_data_and_our_evaluator_scores_it(sample_data, tm
     split_dir.mkdir()
     (split_dir / "train.txt").write_text(
         open(os.path.join(voc, "ImageSets", "Main", "train.txt")).read())
-    args = types.SimpleNamespace(peer_python=PEER_PYTHON, voc=voc)
+    args = types.SimpleNamespace(peer_python=PEER_PYTHON, voc=voc,
+                                 cfg=os.path.join(REPO_ROOT, "cfgs", "tiny_fewshot.py"))
     names = sample_data["class_names"]
-    scores, minutes = label_efficiency.run_peer(
+    scores, minutes, steps = label_efficiency.run_peer(
         args, cfg, str(split_dir), sample_data["data_dir"], str(tmp_path / "peer"), names,
         num_images=8, steps=300, seed=0)
+    assert steps == 300
     detections = json.loads((tmp_path / "peer" / "detections.json").read_text())
     truth = label_efficiency.val_ground_truth(sample_data["data_dir"])
     assert set(detections) == set(truth)
@@ -183,3 +248,14 @@ def test_the_peer_trains_on_our_data_and_our_evaluator_scores_it(sample_data, tm
     # run (it scored lower then): the floor says it learnt, not how well
     assert scores["voc/mAP@0.5"] > 0.3, scores
     assert 0 < minutes < 10
+
+    # Half a minute of budget: ours' rule fits tiny_fewshot's schedule (20 epochs of the
+    # 8 images) into it, recorded beside the steps it ran.
+    _, minutes, steps = label_efficiency.run_peer(
+        args, cfg, str(split_dir), sample_data["data_dir"], str(tmp_path / "budget"),
+        names, num_images=8, steps=None, seed=0, budget=0.5)
+    trained = json.loads((tmp_path / "budget" / "trained.json").read_text())
+    record = trained["schedule"]
+    assert record["budget_minutes"] == 0.5 and record["config_steps"] == 160
+    assert steps == trained["steps"] == record["total_steps"] <= 160
+    assert minutes < 0.5 + 0.2      # the budget counts from the peer's start
