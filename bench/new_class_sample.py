@@ -8,7 +8,7 @@
     python bench/new_class_sample.py --out output/new_class_sample --name left_out \
         --leave_out crystal
     python bench/new_class_sample.py --out output/new_class_sample --name hidden \
-        --hidden --mine --retrain all,heads,second_stage
+        --hidden --mine --retrain all,second_stage
 
 One row of docs/fewshot.md ("The generated sample: a new class from references"): the
 config (default cfgs/tiny_fewshot.py, with --set overrides) is trained on generated
@@ -224,6 +224,21 @@ def left_out_row(row, base, new, leave_out, set_args, cfg=CFG):
     return result
 
 
+def _hidden_match(row, hidden, min_iou):
+    """A candidates.json row against the hidden truth: (image stem, its box [y1, x1, y2,
+    x2], the index of the hidden object it covers at IoU >= min_iou, or None)."""
+    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
+    from data.io.mining import iou
+
+    stem = os.path.splitext(os.path.basename(row["file"]))[0]
+    box = [row["box"][k] for k in ("ymin", "xmin", "ymax", "xmax")]
+    truth = hidden.get(stem, [])
+    overlaps = iou(box, truth) if truth else np.zeros([0])
+    if len(overlaps) and overlaps.max() >= min_iou:
+        return stem, box, int(overlaps.argmax())
+    return stem, box, None
+
+
 def score_mining(candidates, hidden, min_iou=0.5):
     """How a mining round did against the hidden truth.
 
@@ -233,21 +248,15 @@ def score_mining(candidates, hidden, min_iou=0.5):
     accepted candidate finds ("recall_accepted") or any written one does
     ("recall_written": accepted or doubtful), and any candidate at all
     ("recall_candidates": what the detector proposed)."""
-    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
-    from data.io.mining import iou
-
     per_decision = {}
     found = {"accepted": set(), "written": set(), "candidates": set()}
     for row in candidates:
-        stem = os.path.splitext(os.path.basename(row["file"]))[0]
-        box = [row["box"][k] for k in ("ymin", "xmin", "ymax", "xmax")]
-        truth = hidden.get(stem, [])
-        overlaps = iou(box, truth) if truth else np.zeros([0])
-        true = bool(len(overlaps)) and overlaps.max() >= min_iou
+        stem, _, index = _hidden_match(row, hidden, min_iou)
+        true = index is not None
         hits, total = per_decision.get(row["decision"], (0, 0))
         per_decision[row["decision"]] = (hits + int(true), total + 1)
         if true:
-            key = (stem, int(overlaps.argmax()))
+            key = (stem, index)
             found["candidates"].add(key)
             if row["decision"] != "rejected":
                 found["written"].add(key)
@@ -314,9 +323,6 @@ def simulate_review(mined_dir, out_dir, candidates, hidden, new, checks, min_iou
     annotations, so the place trains as background. Unchecked candidates keep the
     miner's decision. Writes <out_dir>/annotations from <mined_dir>/annotations;
     returns {"checked", "accepted", "rejected"}."""
-    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
-    from data.io.mining import iou
-
     source, target = os.path.join(mined_dir, "annotations"), os.path.join(out_dir,
                                                                         "annotations")
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -324,21 +330,17 @@ def simulate_review(mined_dir, out_dir, candidates, hidden, new, checks, min_iou
     checked = [row for row in candidates if row["class"] == new][:checks]
     taken, accepted = set(), 0
     for row in checked:
-        stem = os.path.splitext(os.path.basename(row["file"]))[0]
+        stem, box, index = _hidden_match(row, hidden, min_iou)
         path = os.path.join(target, f"{stem}.xml")
         tree = ElementTree.parse(path)
         root = tree.getroot()
-        box = [row["box"][k] for k in ("ymin", "xmin", "ymax", "xmax")]
         for obj in list(root.iter("object")):       # the miner's box, if it wrote one
             if obj.find("name").text == new and np.allclose(_box_of(obj), box, atol=0.11):
                 root.remove(obj)
-        truth = hidden.get(stem, [])
-        overlaps = iou(box, truth) if truth else np.zeros([0])
-        if len(overlaps) and overlaps.max() >= min_iou and \
-                (stem, int(overlaps.argmax())) not in taken:
-            taken.add((stem, int(overlaps.argmax())))
+        if index is not None and (stem, index) not in taken:
+            taken.add((stem, index))
             accepted += 1
-            _add_object(root, new, truth[int(overlaps.argmax())])
+            _add_object(root, new, hidden[stem][index])
         tree.write(path, encoding="utf-8", xml_declaration=False)
     return {"checked": len(checked), "accepted": accepted,
             "rejected": len(checked) - accepted}
@@ -360,9 +362,7 @@ def label_hidden(voc, out_dir, hidden, new):
 
 # What retraining on mined labels trains (regexes of variable names; None: everything
 # the config trains). Measured, not assumed: docs/fewshot.md.
-RETRAINABLE = {"all": None,
-               "heads": ["build_pyramid/", "rpn_net/", "fast_rcnn/", "background_prototype/"],
-               "second_stage": ["fast_rcnn/", "background_prototype/"]}
+RETRAINABLE = {"all": None, "second_stage": ["fast_rcnn/", "background_prototype/"]}
 
 
 def retrain_row(row, found, base, new, backbone, sets, trainable, cfg=CFG,
