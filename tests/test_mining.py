@@ -7,14 +7,14 @@ import cv2
 import numpy as np
 import pytest
 
-from data.io import convert, reference_set
+from data.io import convert, mining_review, reference_set
 from data.sample.generate import generate_voc_dataset
 from libs.base.tf_compat import seeded_graph, tf
 from libs.configs import load_config
 from libs.mining import verify
 from libs.mining.embedding import CropEmbedder
 from libs.model import backbones, preprocessing
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, snapshot_tree
 
 OWN_DATA = os.path.join(REPO_ROOT, "cfgs", "own_data.py")
 
@@ -154,6 +154,74 @@ def labelled(tmp_path):
     return voc, images, candidates
 
 
+def test_a_tile_shows_the_box_with_its_size_again_around_it():
+    assert mining_review.tile_window((10, 20, 30, 50), 100, 200) == (0, 0, 50, 80)
+    assert mining_review.tile_window((40, 60, 50, 80), 100, 200) == (30, 40, 60, 100)
+    assert mining_review.tile_window((90, 190, 100, 200), 100, 200) == (80, 180, 100, 200)
+    # A zero-size box on the corner still shows one pixel.
+    assert mining_review.tile_window((100, 200, 100, 200), 100, 200) == (99, 199, 100, 200)
+
+
+def test_a_tile_draws_the_box_where_it_is_in_the_decision_colour():
+    rgb = np.full((100, 200, 3), 128, np.uint8)
+    candidate = _candidate(0, "a.png", "spore", 0.9, (40, 60, 50, 80), verify.DOUBTFUL)
+    tile = mining_review.draw_tile(rgb, candidate, side=120)
+    # Window (30, 40, 60, 100): 30 x 60 scaled by 2 -> 60 x 120, centred (30 px above).
+    # The box is rows 30 + 2 * (10, 20) = 50..70 and columns 2 * (20, 40) = 40..80.
+    colour = np.array(mining_review.COLOURS[verify.DOUBTFUL], np.uint8)
+    drawn = np.all(tile == colour, axis=-1)
+    rows, cols = np.nonzero(drawn)
+    assert abs(rows.min() - 50) <= 1 and abs(rows.max() - 70) <= 1
+    assert abs(cols.min() - 40) <= 1 and abs(cols.max() - 80) <= 1
+    assert not drawn[55:66, 45:76].any()               # the inside is the image
+    assert (tile[:29] == 200).all() and (tile[91:] == 200).all()   # the padding
+    assert (tile[40, 10] == 128).all()
+
+
+def test_the_review_page_shows_each_decision_best_first_up_to_the_cap(labelled, tmp_path):
+    from data.io.mining import MiningResult
+    _, images, candidates = labelled
+    accepted = [_candidate(0, images[0].filename, "spore", 0.9 - 0.1 * k,
+                           (10 + k, 20, 30 + k, 50), verify.ACCEPTED) for k in range(5)]
+    ranked = accepted + candidates[1:]
+    chosen = mining_review.chosen_tiles(ranked, ["spore"], per_group=2)
+    assert [rank for rank, _ in chosen["spore"][verify.ACCEPTED]] == [1, 2]
+    assert [rank for rank, _ in chosen["spore"][verify.DOUBTFUL]] == [6]
+    assert [rank for rank, _ in chosen["spore"][verify.REJECTED]] == [7]
+    counts = {"spore": {"candidates": 7, verify.ACCEPTED: 5, verify.DOUBTFUL: 1,
+                        verify.REJECTED: 1}}
+    result = MiningResult(ranked, counts, {}, {}, None)
+    crop = np.zeros((20, 10, 3), np.uint8)
+    folder = str(tmp_path / "review")
+    page = mining_review.write_review_page(folder, result, images, {"spore": [crop] * 3})
+    files = sorted(os.listdir(folder))
+    assert sum(f.startswith("c0_accepted_") for f in files) == 5
+    assert sum(f.startswith("c0_reference_") for f in files) == 3
+    text = open(page).read()
+    assert "7 candidates: 5 accepted, 1 doubtful, 1 rejected" in text
+    assert f"#7 {images[1].filename}: score 0.30" in text
+    for name in files:
+        if name.endswith(".png") and name != "c0_overview.png":
+            assert cv2.imread(os.path.join(folder, name)).shape == (
+                mining_review.TILE_SIDE, mining_review.TILE_SIDE, 3)
+    # The overview: a row each for references, accepted, doubtful, rejected; the first
+    # accepted tile is the first accepted tile, scaled.
+    overview = cv2.imread(os.path.join(folder, "c0_overview.png"))
+    side, gap = mining_review.OVERVIEW_SIDE, 4
+    assert overview.shape[0] == 4 * (side + gap) + gap
+    first = cv2.resize(cv2.imread(os.path.join(folder, "c0_accepted_00.png")),
+                       (side, side), interpolation=cv2.INTER_AREA)
+    top, left = gap + side + gap, overview.shape[1] - mining_review.OVERVIEW_COLUMNS * (
+        side + gap)
+    assert np.array_equal(overview[top:top + side, left:left + side], first)
+    assert (overview[top:top + side, left + 5 * (side + gap):] == 255).all()  # 5 accepted
+    # Written again: replaced whole, no temporary folder left beside it.
+    mining_review.write_review_page(folder, result, images, {"spore": [crop]})
+    assert sum(f.startswith("c0_reference_") for f in os.listdir(folder)) == 1
+    assert os.listdir(str(tmp_path)).count("review") == 1
+    assert not [f for f in os.listdir(str(tmp_path)) if f.startswith(".review")]
+
+
 def test_mined_voc_labels_convert_to_labels_and_ignore_regions(labelled, tmp_path):
     from data.io import mined_labels
     voc, images, candidates = labelled
@@ -176,8 +244,67 @@ def test_mined_voc_labels_convert_to_labels_and_ignore_regions(labelled, tmp_pat
         == len(before)
     with pytest.raises(convert.annotation.ConversionError, match="exists"):
         mined_labels.annotations_target("voc", str(tmp_path / "mined"))
-    with pytest.raises(convert.annotation.ConversionError, match="VOC or COCO"):
-        mined_labels.annotations_target("yolo", str(tmp_path / "other"))
+    with pytest.raises(convert.annotation.ConversionError, match="voc, coco, yolo"):
+        mined_labels.annotations_target("labelme", str(tmp_path / "other"))
+
+
+def _yolo_tree(tmp_path):
+    """Two images (one in a subfolder) with YOLO labels: cell (0) and crystal (1)."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    (images / "sub").mkdir(parents=True)
+    (labels / "sub").mkdir(parents=True)
+    cv2.imwrite(str(images / "a.png"), np.full((100, 200, 3), 90, np.uint8))
+    cv2.imwrite(str(images / "sub" / "b.png"), np.full((80, 80, 3), 90, np.uint8))
+    (labels / "data.yaml").write_text("names: [cell, crystal]\n")
+    (labels / "a.txt").write_text("0 0.5 0.5 0.2 0.2")          # no newline at the end
+    (labels / "a.ignore.txt").write_text("1 0.1 0.1 0.1 0.1\n")
+    (labels / "sub" / "b.txt").write_text("1 0.5 0.5 0.5 0.5\n")
+    return str(images), str(labels)
+
+
+def test_yolo_ignore_files_are_ignore_regions_beside_the_labels(tmp_path):
+    image_dir, labels_dir = _yolo_tree(tmp_path)
+    images, names = convert.read_annotations("yolo", image_dir, labels_dir)
+    assert names == ["cell", "crystal"] and [i.filename for i in images] == ["a.png",
+                                                                           "sub/b.png"]
+    a = [(o.name, o.ignore) + tuple(round(v, 3) for v in o.box) for o in images[0].objects]
+    assert a == [("cell", False, 40.0, 80.0, 60.0, 120.0),
+                 ("crystal", True, 5.0, 10.0, 15.0, 30.0)]
+    assert [o.ignore for o in images[1].objects] == [False]
+
+
+def test_mined_yolo_labels_append_lines_and_ignore_files(tmp_path):
+    from data.io import mined_labels
+    image_dir, labels_dir = _yolo_tree(tmp_path)
+    images, _ = convert.read_annotations("yolo", image_dir, labels_dir)
+    before = snapshot_tree(labels_dir)
+    candidates = [
+        _candidate(0, "a.png", "spore", 0.9, (10, 20, 30, 50), verify.ACCEPTED),
+        _candidate(1, "sub/b.png", "spore", 0.5, (8, 8, 40, 24), verify.DOUBTFUL, (80, 80)),
+        _candidate(1, "sub/b.png", "spore", 0.2, (50, 50, 60, 60), verify.REJECTED, (80, 80)),
+    ]
+    target = mined_labels.annotations_target("yolo", str(tmp_path / "mined"),
+                                             annotations=labels_dir)
+    written = mined_labels.write_annotations("yolo", labels_dir, images, candidates, target)
+    assert written == {verify.ACCEPTED: 1, verify.DOUBTFUL: 1}
+    assert snapshot_tree(labels_dir) == before
+    again, names = convert.read_annotations("yolo", image_dir, target)
+    assert names == ["cell", "crystal", "spore"]          # the new class: the next id
+    assert open(os.path.join(target, "a.txt")).read().splitlines()[-1].startswith("2 ")
+
+    def objects(image):
+        return [(o.name, o.ignore) + tuple(round(v, 3) for v in o.box) for o in image.objects]
+    assert objects(again[0]) == objects(images[0])[:1] + [
+        ("spore", False, 10.0, 20.0, 30.0, 50.0)] + objects(images[0])[1:]
+    assert objects(again[1]) == objects(images[1]) + [("spore", True, 8.0, 8.0, 40.0, 24.0)]
+    with pytest.raises(convert.annotation.ConversionError, match="exists"):
+        mined_labels.annotations_target("yolo", str(tmp_path / "mined"))
+    # Pose labels: refused before any mining.
+    with open(os.path.join(labels_dir, "data.yaml"), "a") as handle:
+        handle.write("kpt_shape: [2, 3]\n")
+    with pytest.raises(convert.annotation.ConversionError, match="keypoints"):
+        mined_labels.annotations_target("yolo", str(tmp_path / "other"),
+                                        annotations=labels_dir)
 
 
 def test_mined_coco_labels_add_a_category_and_crowds(labelled, tmp_path):
@@ -238,8 +365,6 @@ def test_mine_labels_writes_what_the_verifier_decided(sample_data, imported_lite
     # random, so every decision occurs): each verdict follows the rule, the annotations
     # are the input's plus the accepted and doubtful boxes, the input is untouched.
     import json
-
-    from conftest import snapshot_tree
 
     from bench.new_class_sample import strip_class
     from data.io.dataset import open_run
@@ -309,6 +434,15 @@ def test_mine_labels_writes_what_the_verifier_decided(sample_data, imported_lite
     tasks = json.load(open(os.path.join(out, "label_studio.json")))
     written = {r["file"] for r in rows if r["decision"] != verify.REJECTED}
     assert {t["data"]["image"] for t in tasks} == written
+    # The drawn page: one tile per candidate up to the cap, each decision's first ones.
+    page = open(os.path.join(out, "review", "index.html")).read()
+    for decision in (verify.ACCEPTED, verify.DOUBTFUL, verify.REJECTED):
+        count = sum(r["decision"] == decision for r in rows)
+        tiles = [f for f in os.listdir(os.path.join(out, "review"))
+                 if f.startswith(f"c0_{decision}_")]
+        assert len(tiles) == min(count, mining_review.TILES_PER_GROUP)
+        first = next(r for r in rows if r["decision"] == decision)
+        assert f"#{first['rank']} {first['file']}" in page
     # Again without --overwrite: one line, nothing replaced; an unknown class: one line.
     again = _run_tool(*args)
     assert again.returncode == 1 and "exists" in again.stderr.strip().splitlines()[-1]
@@ -408,3 +542,109 @@ def test_the_labelled_ceiling_restores_every_hidden_object(tmp_path):
                for n, _ in rows)
     label_hidden(voc, str(tmp_path / "labelled"), hidden, "spore")
     assert objects(str(tmp_path / "labelled" / "annotations")) == before
+
+
+def _review_round(tmp_path, labelled):
+    """A mining round's candidates.json over the `labelled` images and a Label Studio
+    export of its review: image 0 reviewed (a box moved, a base-class box and a rotated
+    one that cannot be used, an earlier annotation superseded, a cancelled one after it),
+    image 1 only pre-annotated (not reviewed), and a task of an unknown image."""
+    import json
+    voc, images, _ = labelled
+    height, width = images[0].annotated_size
+    mined = tmp_path / "mined"
+    mined.mkdir()
+
+    def row(file, decision, box, score=0.8):
+        return {"file": file, "class": "spore", "decision": decision, "score": score,
+                "vote": 0.6, "confidence": 0.7, "neighbours": ["spore"],
+                "box": dict(zip(("ymin", "xmin", "ymax", "xmax"), box))}
+    rows = [row(images[0].filename, verify.ACCEPTED, (10, 20, 30, 50)),
+            row(images[0].filename, verify.DOUBTFUL, (40, 5, 60, 25)),
+            row(images[1].filename, verify.ACCEPTED, (12, 14, 22, 30)),
+            row(images[1].filename, verify.DOUBTFUL, (50, 50, 70, 70)),
+            row(images[1].filename, verify.REJECTED, (1, 1, 9, 9))]
+    (mined / "candidates.json").write_text(json.dumps(
+        {"per_class": {"spore": {}}, "candidates": rows}))
+
+    def rect(label, x, y, w, h, rotation=0):
+        return {"type": "rectanglelabels", "from_name": "label", "to_name": "image",
+                "value": {"x": 100.0 * x / width, "y": 100.0 * y / height,
+                          "width": 100.0 * w / width, "height": 100.0 * h / height,
+                          "rotation": rotation, "rectanglelabels": [label]}}
+    tasks = [
+        {"id": 1, "data": {"image": "/data/local-files/?d=JPEGImages%2F"
+                           + images[0].filename},
+         "annotations": [
+             {"result": [rect("spore", 0, 0, 5, 5)], "updated_at": "2026-01-01T10:00"},
+             {"result": [rect("spore", 22, 12, 30, 20), rect("cell", 1, 1, 4, 4),
+                         rect("spore", 60, 30, 10, 10, rotation=30)],
+              "updated_at": "2026-01-02T10:00"},
+             {"result": [], "was_cancelled": True, "updated_at": "2026-01-03T10:00"}]},
+        {"id": 2, "data": {"image": images[1].filename}, "annotations": [],
+         "predictions": [{"result": [rect("spore", 14, 12, 16, 10)]}]},
+        {"id": 3, "data": {"image": "elsewhere/unknown.jpg"}, "annotations": []}]
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(tasks))
+    return voc, images, str(mined), str(export)
+
+
+def test_a_review_replaces_the_round_on_reviewed_images_only(labelled, tmp_path):
+    from data.io import reviewed_labels
+    voc, images, mined, export = _review_round(tmp_path, labelled)
+    out = str(tmp_path / "reviewed")
+    counts = reviewed_labels.apply_review(
+        "voc", os.path.join(voc, "JPEGImages"), os.path.join(voc, "Annotations"), mined,
+        export, out, image_url_prefix="/data/local-files/?d=JPEGImages/")
+    assert counts == {"reviewed_images": 1, "reviewed_boxes": 1, "mined_boxes": 2}
+    again, _ = convert.read_annotations("voc", os.path.join(voc, "JPEGImages"),
+                                        os.path.join(out, "annotations"))
+
+    def spores(image):
+        return [(tuple(round(v, 1) for v in o.box), o.ignore)
+                for o in image.objects if o.name == "spore"]
+    # Reviewed: the reviewer's one usable box (moved), as a label; the round's are gone.
+    assert spores(again[0]) == [((12.0, 22.0, 32.0, 52.0), False)]
+    # Not reviewed (pre-annotations are not a review): the round's label and ignore region.
+    assert spores(again[1]) == [((12.0, 14.0, 22.0, 30.0), False),
+                                ((50.0, 50.0, 70.0, 70.0), True)]
+    for before, after in zip(images, again):
+        assert [(o.name, o.box) for o in after.objects if o.name != "spore"] == \
+            [(o.name, o.box) for o in before.objects]
+
+
+def test_a_review_matches_images_by_their_path_without_the_prefix(labelled, tmp_path):
+    from data.io import reviewed_labels
+    voc, images, mined, export = _review_round(tmp_path, labelled)
+    names = [image.filename for image in images]
+    report = convert.annotation.Report()
+    # No prefix given: the trailing part of the URL that names an image is found.
+    reviewed = reviewed_labels.read_review(export, names, ["spore"], "", report)
+    assert set(reviewed) == {names[0]}
+    # Skipped, one line each: the unknown image, the base-class box, the rotated box.
+    assert report.counts["review_skipped"] == 3
+    with pytest.raises(reviewed_labels.ReviewError, match="none|no task"):
+        reviewed_labels.read_review(export, ["other.jpg"], ["spore"])
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"tasks": []}')
+    with pytest.raises(reviewed_labels.ReviewError, match="list of tasks"):
+        reviewed_labels.read_review(str(bad), names, ["spore"])
+    bad.write_text("[{")
+    with pytest.raises(reviewed_labels.ReviewError, match="not JSON"):
+        reviewed_labels.read_review(str(bad), names, ["spore"])
+
+
+def test_mine_labels_reviewed_writes_without_a_model(labelled, tmp_path):
+    voc, images, mined, export = _review_round(tmp_path, labelled)
+    out = str(tmp_path / "reviewed")
+    args = ["--reviewed", export, "--mined_dir", mined, "--format", "voc",
+            "--image_dir", os.path.join(voc, "JPEGImages"),
+            "--annotations", os.path.join(voc, "Annotations"), "--output_dir", out]
+    done = _run_tool(*args)
+    assert done.returncode == 0, done.stderr
+    assert "1 reviewed images: 1 boxes" in done.stdout
+    assert len(os.listdir(os.path.join(out, "annotations"))) == len(images)
+    missing = _run_tool(*args[:2], *args[4:])
+    assert missing.returncode == 2 and "--mined_dir" in missing.stderr
+    again = _run_tool(*args)
+    assert again.returncode == 1 and "exists" in again.stderr.strip().splitlines()[-1]

@@ -13,9 +13,23 @@ is a candidate, verified by its nearest crops in the ImageNet backbone's feature
 label), doubtful (an ignore region: trains neither as the class nor as background) or
 rejected. Written to --output_dir: the annotations with the mined boxes, in the input's
 format (annotations/ for VOC, annotations.json for COCO; the input is not modified),
-label_studio.json (the candidates as pre-annotations for a reviewer) and
-candidates.json (every candidate, best first, with its decision and the counts).
+label_studio.json (the candidates as pre-annotations for a reviewer),
+candidates.json (every candidate, best first, with its decision and the counts) and
+review/index.html (each class's references and its accepted, doubtful and rejected
+candidates drawn: what to look at before trusting the labels).
 Thresholds: the config's MINE_* fields (--set; --max_per_image sets MINE_MAX_PER_IMAGE).
+
+After a review in Label Studio (label_studio.json imported, the boxes checked, the
+project exported as JSON), the same input and the round's folder give the labels to
+retrain on; no model is run:
+
+    python tools/mine_labels.py --reviewed export.json --mined_dir output/mined \
+        --format voc --image_dir VOC/JPEGImages --annotations VOC/Annotations \
+        --split_file VOC/ImageSets/Main/train.txt --output_dir output/reviewed
+
+On each reviewed image the reviewer's boxes of the new classes replace the round's
+(a deleted candidate becomes background); the other images keep the round's accepted
+boxes and ignore regions (data/io/reviewed_labels.py).
 """
 import os
 import sys
@@ -44,7 +58,7 @@ def _define_flags():
     annotation_flags.define("Optional list of the image ids to mine.")
     annotation_flags.define_yolo_names()
     flags.DEFINE_string("output_dir", None, "Where the mined annotations, "
-                        "label_studio.json and candidates.json go.")
+                        "label_studio.json, candidates.json and review/ go.")
     flags.DEFINE_integer("max_per_image", None, "At most this many candidates per image "
                          "(sets MINE_MAX_PER_IMAGE).")
     flags.DEFINE_string("feature_checkpoint", None, "Weights of the verifier's feature "
@@ -52,19 +66,30 @@ def _define_flags():
                         "import).")
     flags.DEFINE_string("image_url_prefix", "", "Label Studio: prefix of each task's "
                         "image (+ its file name), e.g. /data/local-files/?d=JPEGImages/")
+    flags.DEFINE_string("reviewed", None, "Label Studio's JSON export of the round's "
+                        "reviewed tasks: write the labels it gives instead of mining "
+                        "(with --mined_dir; no --cfg).")
+    flags.DEFINE_string("mined_dir", None, "With --reviewed: the mining round's "
+                        "--output_dir (its candidates.json).")
     flags.DEFINE_bool("overwrite", False, "Replace the annotations of an earlier run.")
     flags.DEFINE_multi_string("set", [], "Config override FIELD=VALUE.")
 
 
 def main(argv):
-    error = cli.usage_error(argv, FLAGS.cfg)
-    if error is not None:
-        return error
-    for name in ("new_classes", "format", "image_dir", "annotations", "output_dir"):
+    if FLAGS.reviewed:
+        return _main_reviewed(argv)
+    error = cli.usage_error(argv, FLAGS.cfg) or _missing(
+        ("new_classes", "format", "image_dir", "annotations", "output_dir"))
+    return error if error is not None else cli.guarded(_mine)
+
+
+def _missing(names, mode=""):
+    """Exit code 2 with one line for the first required flag not given, else None."""
+    for name in names:
         if not FLAGS[name].value:
-            print(f"error: --{name} is required", file=sys.stderr)
+            print(f"error: --{name} is required{mode}", file=sys.stderr)
             return 2
-    return cli.guarded(_mine)
+    return None
 
 
 def _mine():
@@ -94,7 +119,29 @@ def _mine():
               f"{counts['doubtful']} doubtful (ignore regions), {counts['rejected']} "
               f"rejected")
     print(f"written to {FLAGS.output_dir}: the annotations, label_studio.json, "
-          f"candidates.json (best first)")
+          f"candidates.json (best first), review/index.html (drawn)")
+
+
+def _main_reviewed(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {' '.join(argv[1:])}", file=sys.stderr)
+        return 2
+    error = _missing(("mined_dir", "format", "image_dir", "annotations", "output_dir"),
+                     " with --reviewed")
+    return error if error is not None else cli.guarded(_apply_review)
+
+
+def _apply_review():
+    from data.io import convert
+    from data.io.reviewed_labels import apply_review
+    counts = apply_review(
+        FLAGS.format, FLAGS.image_dir, FLAGS.annotations, FLAGS.mined_dir, FLAGS.reviewed,
+        FLAGS.output_dir, split_file=FLAGS.split_file,
+        class_names=convert.parse_classes(FLAGS.class_names),
+        image_url_prefix=FLAGS.image_url_prefix, overwrite=FLAGS.overwrite)
+    print(f"{counts['reviewed_images']} reviewed images: {counts['reviewed_boxes']} boxes "
+          f"as the reviewer left them; {counts['mined_boxes']} mined boxes kept on the "
+          f"others; written to {FLAGS.output_dir}")
 
 
 def run():

@@ -56,6 +56,8 @@ RULES = collections.OrderedDict([
     ("object_ignored", "ignore region (COCO iscrowd, VOC <ignore>1</ignore>, difficult "
                        "with --difficult_as_ignore) -> kept, trains neither as object "
                        "nor as background"),
+    ("review_skipped", "Label Studio review: a task matching no image, a rotated box or "
+                       "a label not among the new classes -> skipped"),
     # An image without objects has no positive anchor or ROI: it adds nothing to the
     # RPN and Fast R-CNN targets as this pipeline builds them.
     ("image_no_objects", "no valid object left -> image skipped"),

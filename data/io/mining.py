@@ -201,10 +201,10 @@ def mine_to_folder(run, checkpoint, fmt, image_dir, annotations, new_classes, ou
     """tools/mine_labels.py: mines `new_classes` in the annotated images with the run's
     model (its classes from its references, new ones included) and writes to
     output_dir: the annotations with the mined boxes (annotations/ for VOC,
-    annotations.json for COCO), label_studio.json and candidates.json. Returns the
-    MiningResult."""
+    annotations.json for COCO), label_studio.json, candidates.json and the drawn
+    review/ page (data/io/mining_review.py). Returns the MiningResult."""
     # Here: these import TensorFlow.
-    from data.io import convert, mined_labels
+    from data.io import convert, mined_labels, mining_review
     from libs.mining.embedding import CropEmbedder
     from libs.serving.export import Detector
 
@@ -216,7 +216,7 @@ def mine_to_folder(run, checkpoint, fmt, image_dir, annotations, new_classes, ou
                           f"({', '.join(run.class_names)})")
     images, _ = convert.read_annotations(fmt, image_dir, annotations, split_file,
                                          class_names=class_names)
-    target = mined_labels.annotations_target(fmt, output_dir, overwrite)
+    target = mined_labels.annotations_target(fmt, output_dir, overwrite, annotations)
     _, crops = reference_set.select_reference_files(
         run.reference_dir, new_classes, num_supports=1 << 16, min_supports=1)
     os.makedirs(output_dir, exist_ok=True)
@@ -225,9 +225,11 @@ def mine_to_folder(run, checkpoint, fmt, image_dir, annotations, new_classes, ou
         result = mine_images(detector, embedder, images, new_classes, crops, cfg,
                              seed=cfg.SEED, progress_every_seconds=progress_every_seconds)
     mined_labels.write_annotations(fmt, annotations, images, result.candidates, target,
-                              overwrite=overwrite)
+                                   overwrite=overwrite, class_names=class_names)
     version = f"{os.path.basename(os.path.normpath(run.model_dir))}@{os.path.basename(checkpoint)}"
     mined_labels.write_label_studio(result.candidates, os.path.join(output_dir, "label_studio.json"),
                                version, image_url_prefix)
     mined_labels.write_ranked_list(result, os.path.join(output_dir, "candidates.json"))
+    mining_review.write_review_page(os.path.join(output_dir, "review"), result, images,
+                                    crops)
     return result

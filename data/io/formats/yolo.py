@@ -23,6 +23,11 @@
   ("a/b/x") in the sorted list of the image folder's images, so train and val
   converted from one folder never share an id and re-running gives the same ids.
 - --split_file: image paths or stems, one per line (_match_split_entry).
+- Ignore regions (this project's extension; YOLO has no flag for them): x.ignore.txt
+  beside x.txt holds lines of the same form whose boxes are ignore regions (trained
+  neither as their class nor as background; tools/mine_labels.py writes its doubtful
+  boxes there). Other YOLO tools look for x.txt only, so to them these regions are
+  unlabelled, as they were.
 """
 import collections
 import math
@@ -36,6 +41,7 @@ from data.io.formats import registry
 from libs.base import images as images_lib
 
 CLASS_FILES = ("data.yaml", "data.yml", "classes.txt")
+IGNORE_SUFFIX = ".ignore"      # labels/x.ignore.txt: the ignore regions of image x
 
 
 def _find_class_file(labels_dir):
@@ -289,6 +295,9 @@ def read(image_dir, labels_dir, split_file, report, class_names=None):
     stems = sorted(images_by_stem)
     ids = {stem: position + 1 for position, stem in enumerate(stems)}
     labels = _label_index(labels_dir, report)
+    ignores = {stem[:-len(IGNORE_SUFFIX)]: labels.pop(stem) for stem in list(labels)
+               if stem.endswith(IGNORE_SUFFIX) and stem not in images_by_stem
+               and stem[:-len(IGNORE_SUFFIX)] in images_by_stem}
     if split_file:
         wanted = []
         entries = annotation.read_split_file(split_file)
@@ -316,36 +325,47 @@ def read(image_dir, labels_dir, split_file, report, class_names=None):
             report.add("annotation_invalid", label_path,
                        f"no label file for image {filename}")
             continue
-        try:
-            # utf-8-sig: a byte-order mark would make line 1 "not numbers".
-            with open(label_path, "r", encoding="utf-8-sig", errors="replace") as handle:
-                lines = handle.read().splitlines()
-        except OSError as exc:
-            report.add("annotation_invalid", label_path,
-                       f"unreadable ({exc.strerror or exc})")
-            continue
         image_path = annotation.join_relative(image_dir, filename)
         size = images_lib.image_size(image_path, apply_orientation=True)
         image = annotation.ImageAnnotation(image_id=ids[stem], filename=filename,
                                 image_path=image_path, source=label_path,
                                 apply_orientation=True)
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                name, box, problem, polygon = _parse_yolo_line(line, names, size,
-                                                               keypoint_values)
-            except ValueError as exc:
-                report.add("annotation_invalid", f"{label_path} line {number}",
-                           f"{line.strip()!r}: {exc}")
-                continue
-            if polygon:
-                report.add("polygon_to_box", f"{label_path} line {number}",
-                           f"polygon of {(len(line.split()) - 1) // 2} points")
-            image.objects.append(annotation.ObjectAnnotation(
-                name=name, box=box, index=len(image.objects), problem=problem))
+        if not _read_label_file(label_path, image, names, size, keypoint_values, report):
+            continue
+        if stem in ignores:
+            _read_label_file(annotation.join_relative(labels_dir, ignores[stem]), image,
+                             names, size, keypoint_values, report, ignore=True)
         images.append(image)
     return images, list(dict.fromkeys(names.values()))
+
+
+def _read_label_file(label_path, image, names, size, keypoint_values, report,
+                     ignore=False):
+    """Appends the objects of one label file to `image` (ignore regions when `ignore`);
+    False when the file cannot be read (reported)."""
+    try:
+        # utf-8-sig: a byte-order mark would make line 1 "not numbers".
+        with open(label_path, "r", encoding="utf-8-sig", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError as exc:
+        report.add("annotation_invalid", label_path, f"unreadable ({exc.strerror or exc})")
+        return False
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            name, box, problem, polygon = _parse_yolo_line(line, names, size,
+                                                           keypoint_values)
+        except ValueError as exc:
+            report.add("annotation_invalid", f"{label_path} line {number}",
+                       f"{line.strip()!r}: {exc}")
+            continue
+        if polygon:
+            report.add("polygon_to_box", f"{label_path} line {number}",
+                       f"polygon of {(len(line.split()) - 1) // 2} points")
+        image.objects.append(annotation.ObjectAnnotation(
+            name=name, box=box, index=len(image.objects), problem=problem, ignore=ignore))
+    return True
 
 
 def check_inputs(image_dir, annotations):
