@@ -24,6 +24,14 @@ project's own tools, as a user would run them:
            (make_fewshot_split.py --others_as_ignore),
        (C) FC fine-tuned TFA-style on the same set: the classifier and box regressor
            resized for all classes (base rows kept by name), only they train;
+       (M) the novel classes' unlabelled objects mined (issue 32): the train images as
+           a user holds them after labelling K (base classes everywhere, the novel
+           ones only on the K shots; the rest is the hidden truth mining is scored
+           against), tools/mine_labels.py with the base model and the references
+           above, then the base model retrained on the mined annotations (everything
+           the config trains, --retrain_steps);
+       (M_V<n>, --review n) the same after a simulated reviewer checked the first n
+           candidates of each novel class (bench/hidden_objects.py);
      each evaluated on val (tools/eval.py --novel_classes: nAP50 and bAP50);
   4. for (A), what limits it (--diagnose, first seed of each K): per class, the recall
      of the proposals
@@ -45,6 +53,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import REPO, read_json, run_tool, write_json  # noqa: E402
+from bench.hidden_objects import (HIDDEN_FILE, hide_classes, score_mining,  # noqa: E402
+                                  simulate_review)
 from data.io import reference_set  # noqa: E402
 from data.io.dataset import open_run  # noqa: E402
 from libs.train import devices, runs  # noqa: E402
@@ -66,12 +76,16 @@ PRESETS = {
 PRESETS["sample"] = {"voc": os.path.join(REPO, "output", "sample", "voc"),
                      "cfg": "cfgs/tiny_fewshot.py", "novel": ["crystal"],
                      "sets": NEW_CLASS_HEAD}
-METHODS = ("A", "B", "B_ignore", "C")
+METHODS = ("A", "B", "B_ignore", "C", "M")
+MINED = "M"
+REVIEWED = "M_V"             # + the number of checks: a row's reviewed method
 BASE_REFERENCES = 5          # references per base class, cropped from the base data
 # What fine-tuning trains (regexes of variable names); the rest stays frozen.
 TRAINABLE = {"B": ["fast_rcnn/", "background_prototype/"],
              "B_ignore": ["fast_rcnn/", "background_prototype/"],
-             "C": ["fast_rcnn/fc_classifier/", "fast_rcnn/box_regressor/"]}
+             "C": ["fast_rcnn/fc_classifier/", "fast_rcnn/box_regressor/"],
+             MINED: None}    # everything the config trains: the RPN must unlearn the
+                             # novel objects as background (docs/fewshot.md, the sample)
 # The FC baseline is a plain Faster R-CNN head: per-class boxes and each ROI pooled from
 # the level its size picks. (With the comparison head's all-levels pooling, an FC base
 # model on DeepPCB reached 0.05 bAP50 on val, by size 0.34: docs/fewshot.md.)
@@ -183,13 +197,94 @@ def merged_references(split, base_refs, novel):
 
 def fine_tune_sets(method, init, shots, num_images, steps, lr):
     epochs = steps / max(num_images, 1)
+    trainable = TRAINABLE[method]
     # (MIN_STEPS=None: the fine-tuning's own length, `steps`, not the config's floor.)
-    sets = [f"INIT_CHECKPOINT='{init}'", f"TRAINABLE_VARIABLES={TRAINABLE[method]}",
-            f"LR={lr}", f"EPOCH={epochs}", f"EPOCH_BOUNDARY=[{0.8 * epochs}]",
-            "MIN_STEPS=None",
+    sets = [f"INIT_CHECKPOINT='{init}'", f"LR={lr}", f"EPOCH={epochs}",
+            f"EPOCH_BOUNDARY=[{0.8 * epochs}]", "MIN_STEPS=None",
             f"NUM_SUPPORTS={max(shots, BASE_REFERENCES)}", "SAVE_CHECKPOINTS_STEPS=100000",
             "SAVE_SUMMARY_STEPS=100000"]
+    if trainable is not None:
+        sets.append(f"TRAINABLE_VARIABLES={trainable}")
     return sets + (FC_SETS if method == "C" else [])
+
+
+def train_stems(voc):
+    with open(os.path.join(voc, "ImageSets", "Main", "train.txt")) as handle:
+        return {line.split()[0] for line in handle if line.strip()}
+
+
+def mining_input(args, preset, split):
+    """<split>/mining_input/Annotations: the train annotations a user holds after
+    labelling K shots (base classes everywhere, each novel class only on its drawn
+    shots, kshot.json); the novel objects left out are <split>/mining_input/
+    hidden_objects.json ({class: {stem: boxes}}), the truth mining is scored against.
+    Returns (the folder, the hidden truth)."""
+    folder = os.path.join(split, "mining_input")
+    if not os.path.exists(os.path.join(folder, HIDDEN_FILE)):
+        manifest = read_json(os.path.join(split, "kshot.json"))
+        keep = {}
+        for name in preset["novel"]:
+            for entry in manifest["per_class"][name]["images"]:
+                stem = os.path.splitext(os.path.basename(entry["filename"]))[0]
+                keep.setdefault(name, {}).setdefault(stem, []).extend(entry["boxes"])
+        staging = folder + ".partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        hidden = hide_classes(os.path.join(args.voc, "Annotations"),
+                              os.path.join(staging, "Annotations"), preset["novel"], keep,
+                              stems=train_stems(args.voc))
+        write_json(os.path.join(staging, HIDDEN_FILE), hidden)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(staging, folder)
+    return folder, read_json(os.path.join(folder, HIDDEN_FILE))
+
+
+def mine(args, preset, split, refs, base_model, all_classes, supports):
+    """tools/mine_labels.py over the train images (mining_input's annotations) with the
+    base model and `refs`, into <split>/mined; scored per novel class against the
+    hidden truth (bench/hidden_objects.score_mining)."""
+    inputs, hidden = mining_input(args, preset, split)
+    mined = os.path.join(split, "mined")
+    if not os.path.exists(os.path.join(mined, "candidates.json")):
+        run_tool("mine_labels.py", "--cfg", args.cfg, "--model_dir", base_model,
+                 "--data_dir", os.path.join(split, "data"), "--reference_dir", refs,
+                 "--new_classes", ",".join(preset["novel"]), "--format", "voc",
+                 "--image_dir", os.path.join(args.voc, "JPEGImages"),
+                 "--annotations", os.path.join(inputs, "Annotations"),
+                 "--split_file", os.path.join(args.voc, "ImageSets", "Main", "train.txt"),
+                 "--output_dir", mined, "--overwrite",
+                 *sets_args(preset["sets"] + supports +
+                            [f"NUM_CLASS={len(all_classes) + 1}"]))
+    candidates = read_json(os.path.join(mined, "candidates.json"))["candidates"]
+    scores = {name: score_mining([c for c in candidates if c["class"] == name],
+                                 hidden[name]) for name in preset["novel"]}
+    for name, score in scores.items():
+        print(f"mining {name}: " + ", ".join(f"{k} {t}/{n} true" for k, (t, n) in
+                                             score["per_decision"].items())
+              + f"; recall written {score['recall_written']:.2f}, accepted "
+              f"{score['recall_accepted']:.2f} of {score['hidden_objects']}", flush=True)
+    return mined, candidates, hidden, scores
+
+
+def retrain(args, preset, split, labels, name, refs, base_model, all_classes, shots):
+    """The base model retrained on <labels>/annotations (the mined or reviewed train
+    annotations) for --retrain_steps, everything the config trains; evaluated on val
+    with `refs`."""
+    data = os.path.join(split, f"data_{name}")
+    if not os.path.exists(os.path.join(data, "label_map.json")):
+        run_tool("convert_to_tfrecord.py", "--format", "voc", "--image_dir",
+                 os.path.join(args.voc, "JPEGImages"), "--annotations",
+                 os.path.join(labels, "annotations"), "--split_file",
+                 os.path.join(args.voc, "ImageSets", "Main", "train.txt"),
+                 "--classes", ",".join(all_classes), "--output_dir", data)
+    with open(os.path.join(data, "label_map.json")) as handle:
+        num_images = json.load(handle)["splits"]["train"]["num_images"]
+    model_dir = os.path.join(split, name)
+    sets = fine_tune_sets(MINED, base_model, shots, num_images, args.retrain_steps,
+                          args.retrain_lr)
+    train(args, preset, data, refs, model_dir, sets, len(all_classes) + 1,
+          max_steps=args.retrain_steps)
+    return evaluate(args, preset, os.path.join(split, "data"), refs, model_dir, sets,
+                    os.path.join(split, f"eval_{name}.json"))
 
 
 def diagnose(args, preset, data_dir, reference_dir, model_dir, supports):
@@ -270,12 +365,19 @@ def box_iou(boxes, box):
     return inter / np.maximum(union, 1e-9)
 
 
+def row_methods(rows):
+    """The methods the rows hold, in METHODS' order, the reviewed ones after them."""
+    reviewed = sorted({k for row in rows for k in row if k.startswith(REVIEWED)},
+                      key=lambda k: int(k[len(REVIEWED):]))
+    return list(METHODS) + reviewed
+
+
 def summarise(rows, shots_list):
     """{K: {method: {metric: (mean, std, n)}}} over seeds."""
     table = {}
     for shots in shots_list:
         table[shots] = {}
-        for method in METHODS:
+        for method in row_methods(rows):
             values = collections.defaultdict(list)
             for row in rows:
                 if row["shots"] == shots and method in row:
@@ -303,6 +405,15 @@ def main():
                              "schedule)")
     parser.add_argument("--finetune_steps", type=int, default=400)
     parser.add_argument("--finetune_lr", type=float, default=0.002)
+    parser.add_argument("--review", default="",
+                        help="with method M: also retrain after a simulated reviewer "
+                             "checked this many candidates per novel class "
+                             "(comma-separated, e.g. 25,100: methods M_V25, M_V100)")
+    parser.add_argument("--retrain_steps", type=int, default=1000,
+                        help="method M: steps of retraining the base model on mined labels")
+    parser.add_argument("--retrain_lr", type=float, default=0.002)
+    parser.add_argument("--skip_full", action="store_true",
+                        help="do not train the upper bound (all classes, full data)")
     parser.add_argument("--diagnose", action="store_true")
     parser.add_argument("--train_only", choices=("comparison", "fc", "full"),
                         help="prepare the data, train this one model and stop (to train "
@@ -316,6 +427,12 @@ def main():
     args.cfg = os.path.join(REPO, args.cfg or preset["cfg"])
     shots_list = [int(s) for s in args.shots.split(",")]
     methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"--methods: {', '.join(unknown)} unknown (one of {', '.join(METHODS)})")
+    reviews = [int(v) for v in args.review.split(",") if v]
+    if reviews and MINED not in methods:
+        parser.error("--review needs method M")
 
     if args.dataset == "sample" and not os.path.isdir(args.voc):
         # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
@@ -339,8 +456,10 @@ def main():
     given = {"comparison": args.base_model, "fc": args.fc_base_model,
              "full": args.full_model}
     for name in ("comparison", "fc", "full"):
-        if not given[name] and (name != "fc" or "C" in methods):
-            train(args, preset, *trainings[name])
+        if given[name] or name == "fc" and "C" not in methods or \
+                name == "full" and args.skip_full:
+            continue
+        train(args, preset, *trainings[name])
 
     results_file = os.path.join(args.out, "results.json")
     state = read_json(results_file, {"rows": [], "reference": {}})
@@ -353,7 +472,7 @@ def main():
             args, preset, base_data, base_refs, fc_base_model,
             FC_SETS + [f"NUM_CLASS={len(base_classes) + 1}"],
             os.path.join(fc_base_model, "eval_base.json"), novel=False)
-    if "full" not in reference:     # the upper bound: all classes, full data
+    if "full" not in reference and not args.skip_full:  # the upper bound: full data
         reference["full"] = evaluate(args, preset, os.path.join(full, "data"),
                                      os.path.join(full, "references"), full_model, [],
                                      os.path.join(full_model, "eval_full.json"))
@@ -393,6 +512,22 @@ def main():
                       len(all_classes) + 1, max_steps=args.finetune_steps)
                 row[method] = evaluate(args, preset, method_data, refs, model_dir, sets,
                                        os.path.join(split, f"eval_{method}.json"))
+            if MINED in methods and (MINED not in row or any(
+                    f"{REVIEWED}{n}" not in row for n in reviews)):
+                mined, candidates, hidden, row["mining"] = mine(
+                    args, preset, split, refs, base_model, all_classes, supports)
+                if MINED not in row:
+                    row[MINED] = retrain(args, preset, split, mined, MINED, refs,
+                                         base_model, all_classes, shots)
+                for checks in reviews:
+                    name = f"{REVIEWED}{checks}"
+                    if name in row:
+                        continue
+                    reviewed = os.path.join(split, f"reviewed_{checks}")
+                    row.setdefault("review", {})[str(checks)] = simulate_review(
+                        mined, reviewed, candidates, hidden, checks)
+                    row[name] = retrain(args, preset, split, reviewed, name, refs,
+                                        base_model, all_classes, shots)
             print(json.dumps({k: row[k] for k in row if not k.endswith("diagnosis")}),
                   flush=True)
             state["rows"] = sorted(rows.values(), key=lambda r: (r["shots"], r["seed"]))

@@ -39,6 +39,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import REPO, run_tool, write_json
+from bench.hidden_objects import (HIDDEN_FILE, hide_classes, label_hidden,
+                                   score_mining, simulate_review)
 
 CFG = os.path.join(REPO, "cfgs", "tiny_fewshot.py")
 NUM_BASE_IMAGES = 72
@@ -60,26 +62,12 @@ def training_sets(base_classes, backbone_dir, sets=()):
                                    "DETECTION_MIN_CONFIDENCE=0.05", *sets]]
 
 
-HIDDEN_FILE = "hidden_objects.json"
-
-
 def strip_class(voc, class_name):
     """Removes `class_name`'s objects from every XML of a VOC folder (the images keep
     them: objects nobody labelled); their boxes ({stem: [[y1, x1, y2, x2], ...]}) go to
     <voc>/hidden_objects.json, the truth a miner is scored against. Returns them."""
-    removed = {}
     xml_dir = os.path.join(str(voc), "Annotations")
-    for name in sorted(os.listdir(xml_dir)):
-        path = os.path.join(xml_dir, name)
-        tree = ElementTree.parse(path)
-        root = tree.getroot()
-        for obj in list(root.iter("object")):
-            if obj.find("name").text == class_name:
-                box = obj.find("bndbox")
-                removed.setdefault(os.path.splitext(name)[0], []).append(
-                    [float(box.find(k).text) for k in ("ymin", "xmin", "ymax", "xmax")])
-                root.remove(obj)
-        tree.write(path)
+    removed = hide_classes(xml_dir, xml_dir, [class_name])[class_name]
     write_json(os.path.join(str(voc), HIDDEN_FILE), removed)
     return removed
 
@@ -224,50 +212,6 @@ def left_out_row(row, base, new, leave_out, set_args, cfg=CFG):
     return result
 
 
-def _hidden_match(row, hidden, min_iou):
-    """A candidates.json row against the hidden truth: (image stem, its box [y1, x1, y2,
-    x2], the index of the hidden object it covers at IoU >= min_iou, or None)."""
-    # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
-    from data.io.mining import iou
-
-    stem = os.path.splitext(os.path.basename(row["file"]))[0]
-    box = [row["box"][k] for k in ("ymin", "xmin", "ymax", "xmax")]
-    truth = hidden.get(stem, [])
-    overlaps = iou(box, truth) if truth else np.zeros([0])
-    if len(overlaps) and overlaps.max() >= min_iou:
-        return stem, box, int(overlaps.argmax())
-    return stem, box, None
-
-
-def score_mining(candidates, hidden, min_iou=0.5):
-    """How a mining round did against the hidden truth.
-
-    candidates: candidates.json's rows; hidden: {image stem: [[y1, x1, y2, x2], ...]}
-    (strip_class). A candidate is true when it covers a hidden object at IoU >=
-    min_iou. Returns, per decision, (true, total), and the share of hidden objects an
-    accepted candidate finds ("recall_accepted") or any written one does
-    ("recall_written": accepted or doubtful), and any candidate at all
-    ("recall_candidates": what the detector proposed)."""
-    per_decision = {}
-    found = {"accepted": set(), "written": set(), "candidates": set()}
-    for row in candidates:
-        stem, _, index = _hidden_match(row, hidden, min_iou)
-        true = index is not None
-        hits, total = per_decision.get(row["decision"], (0, 0))
-        per_decision[row["decision"]] = (hits + int(true), total + 1)
-        if true:
-            key = (stem, index)
-            found["candidates"].add(key)
-            if row["decision"] != "rejected":
-                found["written"].add(key)
-            if row["decision"] == "accepted":
-                found["accepted"].add(key)
-    objects = sum(len(boxes) for boxes in hidden.values())
-    result = {"per_decision": per_decision, "hidden_objects": objects}
-    result.update({f"recall_{k}": len(v) / max(objects, 1) for k, v in found.items()})
-    return result
-
-
 def mine_row(row, found, base, new, set_args, cfg=CFG, model=None, data=None,
              name="mined"):
     """tools/mine_labels.py over build(hidden=True)'s training images into <row>/<name>,
@@ -297,67 +241,6 @@ def mine_row(row, found, base, new, set_args, cfg=CFG, model=None, data=None,
           f"{scored['recall_written']:.2f}, accepted {scored['recall_accepted']:.2f} of "
           f"{scored['hidden_objects']} hidden", flush=True)
     return scored
-
-
-def _box_of(element):
-    box = element.find("bndbox")
-    return [float(box.find(k).text) for k in ("ymin", "xmin", "ymax", "xmax")]
-
-
-def _add_object(root, name, box):
-    """Appends a labelled VOC <object> of `name`, box (y1, x1, y2, x2), to `root`."""
-    element = ElementTree.SubElement(root, "object")
-    ElementTree.SubElement(element, "name").text = name
-    ElementTree.SubElement(element, "difficult").text = "0"
-    bndbox = ElementTree.SubElement(element, "bndbox")
-    y1, x1, y2, x2 = box
-    for key, value in (("xmin", x1), ("ymin", y1), ("xmax", x2), ("ymax", y2)):
-        ElementTree.SubElement(bndbox, key).text = f"{value:.1f}"
-
-
-def simulate_review(mined_dir, out_dir, candidates, hidden, new, checks, min_iou=0.5):
-    """The simulated reviewer of issue 32: the first `checks` candidates of class `new`
-    in the miner's order (candidates.json), each checked against the hidden truth.
-    A true one (IoU >= min_iou with a hidden object not yet taken) is accepted with the
-    true box in place of the candidate's; any other is rejected: its box leaves the
-    annotations, so the place trains as background. Unchecked candidates keep the
-    miner's decision. Writes <out_dir>/annotations from <mined_dir>/annotations;
-    returns {"checked", "accepted", "rejected"}."""
-    source, target = os.path.join(mined_dir, "annotations"), os.path.join(out_dir,
-                                                                        "annotations")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    shutil.copytree(source, target)
-    checked = [row for row in candidates if row["class"] == new][:checks]
-    taken, accepted = set(), 0
-    for row in checked:
-        stem, box, index = _hidden_match(row, hidden, min_iou)
-        path = os.path.join(target, f"{stem}.xml")
-        tree = ElementTree.parse(path)
-        root = tree.getroot()
-        for obj in list(root.iter("object")):       # the miner's box, if it wrote one
-            if obj.find("name").text == new and np.allclose(_box_of(obj), box, atol=0.11):
-                root.remove(obj)
-        if index is not None and (stem, index) not in taken:
-            taken.add((stem, index))
-            accepted += 1
-            _add_object(root, new, hidden[stem][index])
-        tree.write(path, encoding="utf-8", xml_declaration=False)
-    return {"checked": len(checked), "accepted": accepted,
-            "rejected": len(checked) - accepted}
-
-
-def label_hidden(voc, out_dir, hidden, new):
-    """The ceiling of mining and review: <out_dir>/annotations, voc's annotations with
-    every hidden object of `new` labelled again (a user who labels them all)."""
-    target = os.path.join(out_dir, "annotations")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    shutil.copytree(os.path.join(str(voc), "Annotations"), target)
-    for stem, boxes in hidden.items():
-        path = os.path.join(target, f"{stem}.xml")
-        tree = ElementTree.parse(path)
-        for box in boxes:
-            _add_object(tree.getroot(), new, box)
-        tree.write(path, encoding="utf-8", xml_declaration=False)
 
 
 # What retraining on mined labels trains (regexes of variable names; None: everything
@@ -497,7 +380,7 @@ def main():
             candidates = json.load(handle)["candidates"]
         reviewed = f"reviewed_{checks}"
         counts = simulate_review(os.path.join(row, "mined"), os.path.join(row, reviewed),
-                                 candidates, hidden, args.new, checks)
+                                 candidates, {args.new: hidden}, checks)
         print(f"review of {checks}: {counts}", flush=True)
         result.setdefault("reviewed", {})[str(checks)] = {
             "review": counts, "ap50": retrain_row(
@@ -505,7 +388,7 @@ def main():
                 labels=reviewed, name=f"retrained_{retrain[0]}_{reviewed}")}
         write_json(result_file, result)
     if args.labelled and "labelled" not in result:
-        label_hidden(found["train_voc"], os.path.join(row, "labelled"), hidden, args.new)
+        label_hidden(found["train_voc"], os.path.join(row, "labelled"), {args.new: hidden})
         result["labelled"] = retrain_row(row, found, base, args.new, backbone, args.set,
                                          retrain[0], args.cfg, labels="labelled",
                                          name=f"retrained_{retrain[0]}_labelled")

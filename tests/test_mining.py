@@ -452,7 +452,7 @@ def test_mine_labels_writes_what_the_verifier_decided(sample_data, imported_lite
 
 
 def test_mining_is_scored_against_the_hidden_objects():
-    from bench.new_class_sample import score_mining
+    from bench.hidden_objects import score_mining
 
     def row(file, decision, box):
         return {"file": file, "decision": decision,
@@ -476,7 +476,7 @@ def test_mining_is_scored_against_the_hidden_objects():
 def test_the_simulated_reviewer_accepts_true_boxes_and_rejects_the_rest(tmp_path):
     from xml.etree import ElementTree
 
-    from bench.new_class_sample import simulate_review
+    from bench.hidden_objects import simulate_review
 
     def xml(objects):
         body = "".join(
@@ -504,7 +504,7 @@ def test_the_simulated_reviewer_accepts_true_boxes_and_rejects_the_rest(tmp_path
     ranked = [row("accepted", [10, 10, 20, 21]), row("doubtful", [40, 40, 50, 50]),
               row("rejected", [30, 31, 40, 40]), row("accepted", [60, 60, 70, 70])]
     counts = simulate_review(str(tmp_path / "mined"), str(tmp_path / "r3"), ranked,
-                             hidden, "spore", 3)
+                             {"spore": hidden}, 3)
     assert counts == {"checked": 3, "accepted": 2, "rejected": 1}
     objects = [(o.find("name").text, [float(o.find("bndbox").find(k).text)
                                       for k in ("ymin", "xmin", "ymax", "xmax")],
@@ -521,8 +521,47 @@ def test_the_simulated_reviewer_accepts_true_boxes_and_rejects_the_rest(tmp_path
     assert "<ignore>1</ignore>" in (mined / "a.xml").read_text()
 
 
+def test_hiding_classes_keeps_the_labelled_shots_and_only_the_listed_images(tmp_path):
+    # bench/base_novel.py's mining input: the novel classes hidden on the train images,
+    # except the K shots a user labelled; other images (val) are not written at all.
+    from xml.etree import ElementTree
+
+    from bench.hidden_objects import box_of, hide_classes
+
+    source = tmp_path / "Annotations"
+    source.mkdir()
+
+    def xml(objects):
+        return "<annotation>" + "".join(
+            f"<object><name>{name}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
+            f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+            for name, (y1, x1, y2, x2) in objects) + "</annotation>"
+
+    (source / "a.xml").write_text(xml([("rbc", (0, 0, 9, 9)), ("plt", (10, 10, 20, 20)),
+                                       ("plt", (30, 30, 40, 40)), ("wbc", (1, 1, 5, 5))]))
+    (source / "b.xml").write_text(xml([("plt", (2, 2, 8, 8)), ("rbc", (3, 3, 7, 7))]))
+    (source / "val.xml").write_text(xml([("plt", (2, 2, 8, 8))]))
+    out = tmp_path / "hidden"
+    # the shot's box as kshot.json records it (floats) matches the XML's integers
+    hidden = hide_classes(str(source), str(out), ["plt", "wbc"],
+                          keep={"plt": {"a": [[30.0, 30.0, 40.0, 40.0]]}},
+                          stems={"a", "b"})
+    assert hidden == {"plt": {"a": [[10, 10, 20, 20]], "b": [[2, 2, 8, 8]]},
+                      "wbc": {"a": [[1, 1, 5, 5]]}}
+    assert sorted(os.listdir(out)) == ["a.xml", "b.xml"]
+
+    def objects(path):
+        return [(o.find("name").text, box_of(o))
+                for o in ElementTree.parse(path).getroot().iter("object")]
+
+    assert objects(out / "a.xml") == [("rbc", [0, 0, 9, 9]), ("plt", [30, 30, 40, 40])]
+    assert objects(out / "b.xml") == [("rbc", [3, 3, 7, 7])]
+    assert len(objects(source / "a.xml")) == 4          # the source is untouched
+
+
 def test_the_labelled_ceiling_restores_every_hidden_object(tmp_path):
-    from bench.new_class_sample import _box_of, label_hidden, strip_class
+    from bench.hidden_objects import box_of, label_hidden
+    from bench.new_class_sample import strip_class
     from xml.etree import ElementTree
 
     voc = str(tmp_path / "voc")
@@ -530,7 +569,7 @@ def test_the_labelled_ceiling_restores_every_hidden_object(tmp_path):
                          classes=("cell", "crystal", "spore"))
 
     def objects(folder):
-        return {name: sorted((o.find("name").text, tuple(_box_of(o))) for o in
+        return {name: sorted((o.find("name").text, tuple(box_of(o))) for o in
                              ElementTree.parse(os.path.join(folder, name)).getroot()
                              .iter("object"))
                 for name in sorted(os.listdir(folder))}
@@ -540,7 +579,7 @@ def test_the_labelled_ceiling_restores_every_hidden_object(tmp_path):
     assert sum(map(len, hidden.values())) > 0
     assert all(n != "spore" for rows in objects(os.path.join(voc, "Annotations")).values()
                for n, _ in rows)
-    label_hidden(voc, str(tmp_path / "labelled"), hidden, "spore")
+    label_hidden(voc, str(tmp_path / "labelled"), {"spore": hidden})
     assert objects(str(tmp_path / "labelled" / "annotations")) == before
 
 
