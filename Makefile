@@ -29,9 +29,13 @@ $(VENV)/.installed: setup.py
 
 # Two pytest-xdist workers (TEST_WORKERS=0: one process), a test file at a time: a
 # file's module-scoped fixtures (a trained model, a converted dataset) are built once.
+# --max-worker-restart=0: a worker that crashes (a segfault in a native library) fails
+# the test it was running, named, and the other worker finishes the run; restarting it
+# under --dist loadfile reruns that test and can hang the run (pytest-xdist #784, seen
+# in CI 2026-12-03: a segfault at 98 %, then 80 minutes idle until CI's timeout).
 TEST_WORKERS ?= 2
 test: venv
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --max-worker-restart=0 $(PYTEST_ARGS) tests
 
 # The main job end to end on generated sample data: generate -> convert -> crop
 # references -> train the tiny CPU config (a full 40-epoch schedule, about 2 minutes)

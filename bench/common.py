@@ -1,4 +1,5 @@
 """What the benchmark commands share: running the project's tools as a user would."""
+import contextlib
 import json
 import os
 import subprocess
@@ -7,10 +8,29 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Variables set for the tools run_tool starts (not for this process): tool_environment.
+_TOOL_ENVIRONMENT = {}
+
+
+@contextlib.contextmanager
+def tool_environment(**variables):
+    """Within it, run_tool's tools see these environment variables; this process's own
+    environment is untouched (a library already loaded here, e.g. oneDNN, keeps what it
+    read)."""
+    saved = dict(_TOOL_ENVIRONMENT)
+    _TOOL_ENVIRONMENT.update(variables)
+    try:
+        yield
+    finally:
+        _TOOL_ENVIRONMENT.clear()
+        _TOOL_ENVIRONMENT.update(saved)
+
+
 def run_tool(name, *args):
     """Runs tools/<name> with this Python; its stdout, or RuntimeError with its stderr."""
     command = [sys.executable, os.path.join(REPO, "tools", name), *args]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True,
+                            env={**os.environ, **_TOOL_ENVIRONMENT})
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     return result.stdout

@@ -27,6 +27,7 @@ epochs) saved 100 s but gave a gain too small to assert.
 """
 import pytest
 
+from bench.common import tool_environment
 from bench.new_class_sample import (average_precision, build, mine_row, retrain_row,
                                     training_sets)
 
@@ -41,9 +42,9 @@ MIN_GAIN = 0.1          # spore AP@0.5, retrained minus references alone
 
 @pytest.fixture(scope="module")
 def avx2_kernels():
-    """The tools this module runs (subprocesses) use oneDNN's AVX2 kernels: see above."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    """The tools this module runs (subprocesses) use oneDNN's AVX2 kernels: see above.
+    Only theirs: this worker's own TensorFlow has loaded its kernels already."""
+    with tool_environment(ONEDNN_MAX_CPU_ISA="AVX2"):
         yield
 
 
