@@ -6,7 +6,14 @@ class's boxes from VOC annotations while keeping them as the hidden truth, scori
 round's candidates against it (score_mining), the simulated reviewer (simulate_review)
 and the labelled ceiling (label_hidden). Hidden truth is {class: {image stem: [[y1, x1,
 y2, x2], ...]}}.
+
+A mining round run by hand (tools/mine_labels.py with other settings) is scored with
+
+    python bench/hidden_objects.py --candidates <mined>/candidates.json \
+        --hidden <split>/mining_input/hidden_objects.json
 """
+import argparse
+import json
 import os
 import shutil
 from xml.etree import ElementTree
@@ -161,3 +168,29 @@ def label_hidden(voc, out_dir, hidden):
             for box in boxes:
                 add_object(tree.getroot(), new, box)
             tree.write(path, encoding="utf-8", xml_declaration=False)
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Scores a mining round's candidates "
+                                     "against the hidden truth, per class.")
+    parser.add_argument("--candidates", required=True, help="tools/mine_labels.py's "
+                        "candidates.json")
+    parser.add_argument("--hidden", required=True, help=f"a {HIDDEN_FILE}")
+    parser.add_argument("--min_iou", type=float, default=0.5)
+    args = parser.parse_args()
+    with open(args.candidates, encoding="utf-8") as handle:
+        candidates = json.load(handle)["candidates"]
+    with open(args.hidden, encoding="utf-8") as handle:
+        hidden = json.load(handle)
+    for name in sorted(hidden):
+        score = score_mining([c for c in candidates if c["class"] == name], hidden[name],
+                             args.min_iou)
+        decisions = ", ".join(f"{decision} {true}/{total} true" for decision, (true, total)
+                              in score["per_decision"].items())
+        print(f"{name}: {decisions}; recall of the {score['hidden_objects']} hidden: "
+              f"any candidate {score['recall_candidates']:.2f}, written "
+              f"{score['recall_written']:.2f}, accepted {score['recall_accepted']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

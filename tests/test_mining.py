@@ -1,7 +1,10 @@
 """Mining a new class's unlabelled objects (libs/mining): the verifier's rule on hand-made
 feature banks, and the frozen feature space against an independent computation and on
 the generated sample's classes."""
+import json
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -451,7 +454,7 @@ def test_mine_labels_writes_what_the_verifier_decided(sample_data, imported_lite
     assert "--new_classes spores" in unknown.stderr.strip().splitlines()[-1]
 
 
-def test_mining_is_scored_against_the_hidden_objects():
+def test_mining_is_scored_against_the_hidden_objects(tmp_path):
     from bench.hidden_objects import score_mining
 
     def row(file, decision, box):
@@ -471,6 +474,21 @@ def test_mining_is_scored_against_the_hidden_objects():
     assert got["hidden_objects"] == 3
     assert (got["recall_accepted"], got["recall_written"], got["recall_candidates"]) == \
         (1 / 3, 2 / 3, 1.0)
+    # The same from the command line, a class per line (another class's rows apart).
+    (tmp_path / "candidates.json").write_text(json.dumps(
+        {"candidates": [dict(r, **{"class": "spore"}) for r in rows]
+         + [dict(rows[0], **{"class": "cell"})]}))
+    (tmp_path / "hidden.json").write_text(json.dumps({"spore": hidden, "cell": {}}))
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "bench", "hidden_objects.py"),
+         "--candidates", str(tmp_path / "candidates.json"),
+         "--hidden", str(tmp_path / "hidden.json")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "cell: accepted 0/1 true; recall of the 0 hidden: any candidate 0.00, written "
+        "0.00, accepted 0.00",
+        "spore: accepted 2/3 true, doubtful 1/2 true, rejected 1/1 true; recall of the 3 "
+        "hidden: any candidate 1.00, written 0.67, accepted 0.33"]
 
 
 def test_the_simulated_reviewer_accepts_true_boxes_and_rejects_the_rest(tmp_path):
