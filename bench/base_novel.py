@@ -267,8 +267,8 @@ def mine(args, preset, split, refs, base_model, all_classes, supports):
 
 def retrain(args, preset, split, labels, name, refs, base_model, all_classes, shots):
     """The base model retrained on <labels>/annotations (the mined or reviewed train
-    annotations) for --retrain_steps, everything the config trains; evaluated on val
-    with `refs`."""
+    annotations) for --retrain_steps, everything the config trains (or
+    --retrain_trainable); evaluated on val with `refs`."""
     data = os.path.join(split, f"data_{name}")
     if not os.path.exists(os.path.join(data, "label_map.json")):
         run_tool("convert_to_tfrecord.py", "--format", "voc", "--image_dir",
@@ -281,6 +281,8 @@ def retrain(args, preset, split, labels, name, refs, base_model, all_classes, sh
     model_dir = os.path.join(split, name)
     sets = fine_tune_sets(MINED, base_model, shots, num_images, args.retrain_steps,
                           args.retrain_lr)
+    if args.retrain_trainable:
+        sets.append(f"TRAINABLE_VARIABLES={args.retrain_trainable.split(',')}")
     train(args, preset, data, refs, model_dir, sets, len(all_classes) + 1,
           max_steps=args.retrain_steps)
     return evaluate(args, preset, os.path.join(split, "data"), refs, model_dir, sets,
@@ -412,6 +414,9 @@ def main():
     parser.add_argument("--retrain_steps", type=int, default=1000,
                         help="method M: steps of retraining the base model on mined labels")
     parser.add_argument("--retrain_lr", type=float, default=0.002)
+    parser.add_argument("--retrain_trainable", default="",
+                        help="method M: what retrains, comma-separated regexes of variable "
+                             "names (e.g. rpn_net/); default everything the config trains")
     parser.add_argument("--skip_full", action="store_true",
                         help="do not train the upper bound (all classes, full data)")
     parser.add_argument("--diagnose", action="store_true")
