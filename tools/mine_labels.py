@@ -103,10 +103,8 @@ def _mine():
     if FLAGS.max_per_image is not None:
         overrides.append(f"MINE_MAX_PER_IMAGE={FLAGS.max_per_image}")
     cfg = load_config_from_flags(FLAGS.cfg, overrides)
-    # Every detection down to the candidates' threshold, each class an ROI might be;
-    # MINE_GRID_SIDES' boxes beside the RPN's proposals.
-    cfg = cfg.replace(DETECTION_MIN_CONFIDENCE=cfg.MINE_MIN_SCORE, DETECTION_CLASSES="every",
-                      GRID_PROPOSALS=tuple(cfg.MINE_GRID_SIDES))
+    # Every detection down to the candidates' threshold, each class an ROI might be.
+    cfg = cfg.replace(DETECTION_MIN_CONFIDENCE=cfg.MINE_MIN_SCORE, DETECTION_CLASSES="every")
     run = open_run(cfg, FLAGS.data_dir, FLAGS.reference_dir, FLAGS.model_dir,
                    inference=True, classes_from_references=True)
     checkpoint = runs.resolve_checkpoint(run.model_dir, FLAGS.checkpoint)

@@ -131,17 +131,3 @@ def anchor_coverage(gt_boxes, anchors, positive_iou, chunk=512):
     return {"best_iou": np.concatenate(best) if best else empty,
             "positives": np.concatenate(positives) if positives else empty,
             "near": np.concatenate(near) if near else empty}
-
-
-def grid_boxes(sides, canvas):
-    """Square boxes of each side (pixels) centred on a grid of stride side / 2 over a
-    canvas x canvas input, side by side: float32 [G, 4]. Any object of about that side
-    has one within a quarter side of its centre, which box regression then refines.
-    (GRID_PROPOSALS: places the RPN learned to skip still reach the second stage.)"""
-    boxes = []
-    for side in sides:
-        stride = side / 2.0
-        cells = int(np.ceil(canvas / stride))
-        boxes.append(generate_anchors(side, [1.0], (cells, cells), stride))
-    return (np.concatenate(boxes, axis=0) if boxes else
-            np.zeros((0, 4), np.float32)).astype(np.float32)

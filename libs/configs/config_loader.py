@@ -338,13 +338,6 @@ def _validate(cfg, source):
     if cfg.RPN_PROPOSALS_TRAIN > cfg.RPN_TOP_K_NMS or \
             cfg.RPN_PROPOSALS_INFERENCE > cfg.RPN_TOP_K_NMS:
         _fail(source, "RPN_TOP_K_NMS", "must be at least the number of proposals kept")
-    for field in ("GRID_PROPOSALS", "MINE_GRID_SIDES"):
-        sides = getattr(cfg, field)
-        if isinstance(sides, (str, bytes)) or not all(
-                isinstance(side, (int, float)) and not isinstance(side, bool)
-                and 4 <= side <= cfg.TARGET_SIDE for side in sides):
-            _fail(source, field, f"must list box sides in pixels from 4 to TARGET_SIDE="
-                  f"{cfg.TARGET_SIDE} (or be empty), got {sides!r}")
     trainable = cfg.TRAINABLE_VARIABLES
     if trainable is not None and (isinstance(trainable, str) or not all(
             isinstance(p, str) for p in trainable) or not trainable):

@@ -100,11 +100,6 @@ class Defaults:
     RPN_PROPOSALS_TRAIN = 2000
     RPN_PROPOSALS_INFERENCE = 1000
     RPN_BBOX_STD_DEV = [0.1, 0.1, 0.25, 0.27]
-    # Inference only: square boxes of these sides (pixels of the model's input, e.g.
-    # (24, 32, 48)) on a grid of stride side / 2, judged by the second stage beside the
-    # RPN's proposals. For mining (MINE_GRID_SIDES): an RPN trained while a class was
-    # unlabelled learned to skip its objects, and only the head knows the new class.
-    GRID_PROPOSALS = ()
 
     # ---- Fast R-CNN ----------------------------------------------------------------------
     CLASSIFIER = "comparison"                 # "comparison" (paper) | "fc" (FPN baseline)
@@ -186,9 +181,6 @@ class Defaults:
     MINE_REJECT_VOTE = 0.2
     MINE_BASE_CROPS = 20
     MINE_BACKGROUND_CROPS = 60
-    # Mining's GRID_PROPOSALS (sides in the model's input pixels; () off). Costs one
-    # second-stage pass per grid box: about 3,400 boxes for (24, 32, 48) at side 512.
-    MINE_GRID_SIDES = ()
 
     # ---- optimisation --------------------------------------------------------------------
     LR = 0.001

@@ -7,11 +7,9 @@ i-th output belongs to the i-th anchor.
 
     rpn = RPN(pyramid, anchors, cfg, is_training, image_window, rpn_labels, rpn_bbox)
     proposals = rpn.rpn_proposals()      # [B, N, 4] zero-padded, N = 2000/1000
-                                         # (+ the GRID_PROPOSALS boxes at inference)
     cls_loss, loc_loss = rpn.rpn_losses()
 """
 from libs.base.tf_compat import slim, tf
-from libs.box_utils import anchors as anchors_lib
 from libs.box_utils import box_ops
 from libs.model import losses
 
@@ -83,26 +81,7 @@ class RPN:
             proposals, scores = box_ops.batch_slice(
                 [self.rpn_probs[:, :, 1], self.rpn_deltas, windows], one_image,
                 batch_size, output_dtypes=[tf.float32, tf.float32])
-            if cfg.GRID_PROPOSALS and not self.is_training:
-                proposals, scores = self._add_grid(proposals, scores, windows)
         return tf.stop_gradient(proposals), tf.stop_gradient(scores)
-
-    def _add_grid(self, proposals, scores, windows):
-        """GRID_PROPOSALS' boxes after the RPN's, clipped to each image's window; a box
-        with less than half its area inside is a zero (padding) row. Score 0: the RPN
-        did not choose them."""
-        grid = tf.constant(anchors_lib.grid_boxes(self.cfg.GRID_PROPOSALS,
-                                                  self.cfg.TARGET_SIDE))
-        area = (grid[:, 2] - grid[:, 0]) * (grid[:, 3] - grid[:, 1])
-
-        # [B, G, 4]: each image's window [B, 1, 4] bounds the grid [1, G, 4].
-        low = tf.tile(windows[:, tf.newaxis, :2], [1, 1, 2])
-        high = tf.tile(windows[:, tf.newaxis, 2:], [1, 1, 2])
-        clipped = tf.minimum(tf.maximum(grid[tf.newaxis], low), high)
-        inside = (clipped[..., 2] - clipped[..., 0]) * (clipped[..., 3] - clipped[..., 1])
-        boxes = clipped * tf.cast(inside >= 0.5 * area, tf.float32)[..., tf.newaxis]
-        return (tf.concat([proposals, boxes], axis=1),
-                tf.concat([scores, tf.zeros(tf.shape(boxes)[:2])], axis=1))
 
     def rpn_losses(self):
         """(classification loss, localisation loss) on the pipeline's anchor minibatch.
