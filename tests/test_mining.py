@@ -65,6 +65,26 @@ def test_nearest_labels_by_cosine_with_ties_to_the_earlier_entry():
     assert verify.nearest_labels([0.6, 0.8], bank, 3) == ["c", "b", "a"]
 
 
+def test_background_crops_avoid_objects_candidates_and_confident_detections_only():
+    from data.io import mining
+
+    cfg = _cfg(MINE_ACCEPT_SCORE=0.5)
+    detections = {"boxes": [[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]],
+                  "scores": [0.9, 0.5, 0.49], "class_names": ["cell", "spore", "cell"]}
+    labelled, ignored = [(60, 60, 70, 70)], [(80, 80, 90, 90)]
+    chosen = [("spore", 0.2, (100, 100, 110, 110))]
+    avoid = mining.background_must_avoid(detections, labelled, ignored, chosen, cfg)
+    # The two detections at or above 0.5; the one at 0.49 is free ground.
+    assert sorted(avoid) == [(0, 0, 10, 10), (20, 20, 30, 30), (60, 60, 70, 70),
+                             (80, 80, 90, 90), (100, 100, 110, 110)]
+    rng = np.random.default_rng(0)
+    boxes = mining.background_boxes(rng, 20, [(8, 8)], avoid, 120, 120)
+    assert len(boxes) == 20
+    for box in boxes:
+        assert 0 <= box[0] and box[2] <= 120 and 0 <= box[1] and box[3] <= 120
+        assert not mining._touches(box, avoid)
+
+
 def test_a_class_without_references_or_an_empty_bank_is_an_error():
     with pytest.raises(ValueError, match="no reference of class 'short'"):
         verify.verify_one("short", 0.9, _unit([1, 0, 0])[0], _bank(), _cfg())
