@@ -53,8 +53,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import REPO, read_json, run_tool, write_json  # noqa: E402
-from bench.hidden_objects import (HIDDEN_FILE, hide_classes, score_mining,  # noqa: E402
-                                  simulate_review)
+from bench.hidden_objects import (HIDDEN_FILE, describe_score, hide_classes,  # noqa: E402
+                                  score_mining, simulate_review)
 from data.io import reference_set  # noqa: E402
 from data.io.dataset import open_run  # noqa: E402
 from libs.train import devices, runs  # noqa: E402
@@ -258,10 +258,7 @@ def mine(args, preset, split, refs, base_model, all_classes, supports):
     scores = {name: score_mining([c for c in candidates if c["class"] == name],
                                  hidden[name]) for name in preset["novel"]}
     for name, score in scores.items():
-        print(f"mining {name}: " + ", ".join(f"{k} {t}/{n} true" for k, (t, n) in
-                                             score["per_decision"].items())
-              + f"; recall written {score['recall_written']:.2f}, accepted "
-              f"{score['recall_accepted']:.2f} of {score['hidden_objects']}", flush=True)
+        print(f"mining {name}: {describe_score(score)}", flush=True)
     return mined, candidates, hidden, scores
 
 

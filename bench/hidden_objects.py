@@ -170,6 +170,15 @@ def label_hidden(voc, out_dir, hidden):
             tree.write(path, encoding="utf-8", xml_declaration=False)
 
 
+def describe_score(score):
+    """score_mining's result in one line: per decision, then the recalls."""
+    decisions = ", ".join(f"{decision} {true}/{total} true" for decision, (true, total)
+                          in score["per_decision"].items())
+    return (f"{decisions}; recall of the {score['hidden_objects']} hidden: any candidate "
+            f"{score['recall_candidates']:.2f}, written {score['recall_written']:.2f}, "
+            f"accepted {score['recall_accepted']:.2f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description="Scores a mining round's candidates "
                                      "against the hidden truth, per class.")
@@ -185,11 +194,7 @@ def main():
     for name in sorted(hidden):
         score = score_mining([c for c in candidates if c["class"] == name], hidden[name],
                              args.min_iou)
-        decisions = ", ".join(f"{decision} {true}/{total} true" for decision, (true, total)
-                              in score["per_decision"].items())
-        print(f"{name}: {decisions}; recall of the {score['hidden_objects']} hidden: "
-              f"any candidate {score['recall_candidates']:.2f}, written "
-              f"{score['recall_written']:.2f}, accepted {score['recall_accepted']:.2f}")
+        print(f"{name}: {describe_score(score)}")
 
 
 if __name__ == "__main__":

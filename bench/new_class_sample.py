@@ -39,8 +39,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import REPO, run_tool, write_json
-from bench.hidden_objects import (HIDDEN_FILE, hide_classes, label_hidden,
-                                   score_mining, simulate_review)
+from bench.hidden_objects import (HIDDEN_FILE, describe_score, hide_classes,
+                                   label_hidden, score_mining, simulate_review)
 
 CFG = os.path.join(REPO, "cfgs", "tiny_fewshot.py")
 NUM_BASE_IMAGES = 72
@@ -235,11 +235,7 @@ def mine_row(row, found, base, new, set_args, cfg=CFG, model=None, data=None,
         hidden = json.load(handle)
     scored = score_mining(candidates["candidates"], hidden)
     scored["per_class"] = candidates["per_class"]
-    print("mining: " + ", ".join(f"{k} {t}/{n} true" for k, (t, n) in
-                                  scored["per_decision"].items())
-          + f"; recall: candidates {scored['recall_candidates']:.2f}, written "
-          f"{scored['recall_written']:.2f}, accepted {scored['recall_accepted']:.2f} of "
-          f"{scored['hidden_objects']} hidden", flush=True)
+    print(f"mining: {describe_score(scored)}", flush=True)
     return scored
 
 

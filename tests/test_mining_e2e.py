@@ -19,10 +19,10 @@ retrained model scores spores 0.00; with oneDNN off, 1110 candidates, 17 accepte
 true), 0.08; with its AVX2 kernels, 1387 candidates, accepted 19 (8 true), doubtful
 279 (32 true), rejected 1089 (0 true): a written box on 0.56 of the 71 hidden spores,
 an accepted one on 0.11; spores 0.02 with references alone, 0.31 retrained (FPN, RPN
-and second stage; 0.19 before the background bank of 2026-12-04). So the tools here run with AVX2 kernels (ONEDNN_MAX_CPU_ISA; any
-x86 CPU of the last decade has them), which makes CI's run this one on every machine
-(the in-process evaluation of the exports keeps the machine's kernels: inference
-only). The test costs about 3.5 minutes of one worker; halving both schedules (10
+and second stage; 0.19 before the background bank of 2026-12-04). So the tools here
+run with AVX2 kernels (ONEDNN_MAX_CPU_ISA; any x86 CPU of the last decade has them),
+which makes CI's run this one on every machine (the in-process evaluation of the
+exports keeps the machine's kernels: inference only). The test costs about 3.5 minutes of one worker; halving both schedules (10
 epochs) saved 100 s but gave a gain too small to assert.
 """
 import pytest
