@@ -77,7 +77,7 @@ def hidden_match(row, hidden, min_iou):
     its box [y1, x1, y2, x2], the index of the hidden object it covers at IoU >=
     min_iou, or None)."""
     # Here, not at the top: TensorFlow's import (seconds) follows argument parsing.
-    from data.io.mining import iou
+    from data.io.mining.candidates import iou
 
     stem = os.path.splitext(os.path.basename(row["file"]))[0]
     box = [row["box"][k] for k in ("ymin", "xmin", "ymax", "xmax")]

@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data.io import convert, mining_review, reference_set
+from data.io import convert, reference_set
+from data.io.mining import review_page
 from data.sample.generate import generate_voc_dataset
 from libs.base.tf_compat import seeded_graph, tf
 from libs.configs import load_config
@@ -66,7 +67,7 @@ def test_nearest_labels_by_cosine_with_ties_to_the_earlier_entry():
 
 
 def test_background_crops_avoid_objects_candidates_and_confident_detections_only():
-    from data.io import mining
+    from data.io.mining import candidates as mining
 
     cfg = _cfg(MINE_ACCEPT_SCORE=0.5)
     detections = {"boxes": [[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]],
@@ -154,7 +155,7 @@ def test_imagenet_features_tell_the_sample_classes_apart(tmp_path, imported_lite
 
 
 def _candidate(index, filename, name, score, box, decision, size=(100, 200)):
-    from data.io.mining import Candidate
+    from data.io.mining.candidates import Candidate
     return Candidate(index, filename, name, score, box, size[0], size[1],
                      verify.Verdict(decision, 1.0, [name], score))
 
@@ -178,20 +179,20 @@ def labelled(tmp_path):
 
 
 def test_a_tile_shows_the_box_with_its_size_again_around_it():
-    assert mining_review.tile_window((10, 20, 30, 50), 100, 200) == (0, 0, 50, 80)
-    assert mining_review.tile_window((40, 60, 50, 80), 100, 200) == (30, 40, 60, 100)
-    assert mining_review.tile_window((90, 190, 100, 200), 100, 200) == (80, 180, 100, 200)
+    assert review_page.tile_window((10, 20, 30, 50), 100, 200) == (0, 0, 50, 80)
+    assert review_page.tile_window((40, 60, 50, 80), 100, 200) == (30, 40, 60, 100)
+    assert review_page.tile_window((90, 190, 100, 200), 100, 200) == (80, 180, 100, 200)
     # A zero-size box on the corner still shows one pixel.
-    assert mining_review.tile_window((100, 200, 100, 200), 100, 200) == (99, 199, 100, 200)
+    assert review_page.tile_window((100, 200, 100, 200), 100, 200) == (99, 199, 100, 200)
 
 
 def test_a_tile_draws_the_box_where_it_is_in_the_decision_colour():
     rgb = np.full((100, 200, 3), 128, np.uint8)
     candidate = _candidate(0, "a.png", "spore", 0.9, (40, 60, 50, 80), verify.DOUBTFUL)
-    tile = mining_review.draw_tile(rgb, candidate, side=120)
+    tile = review_page.draw_tile(rgb, candidate, side=120)
     # Window (30, 40, 60, 100): 30 x 60 scaled by 2 -> 60 x 120, centred (30 px above).
     # The box is rows 30 + 2 * (10, 20) = 50..70 and columns 2 * (20, 40) = 40..80.
-    colour = np.array(mining_review.COLOURS[verify.DOUBTFUL], np.uint8)
+    colour = np.array(review_page.COLOURS[verify.DOUBTFUL], np.uint8)
     drawn = np.all(tile == colour, axis=-1)
     rows, cols = np.nonzero(drawn)
     assert abs(rows.min() - 50) <= 1 and abs(rows.max() - 70) <= 1
@@ -202,12 +203,12 @@ def test_a_tile_draws_the_box_where_it_is_in_the_decision_colour():
 
 
 def test_the_review_page_shows_each_decision_best_first_up_to_the_cap(labelled, tmp_path):
-    from data.io.mining import MiningResult
+    from data.io.mining.candidates import MiningResult
     _, images, candidates = labelled
     accepted = [_candidate(0, images[0].filename, "spore", 0.9 - 0.1 * k,
                            (10 + k, 20, 30 + k, 50), verify.ACCEPTED) for k in range(5)]
     ranked = accepted + candidates[1:]
-    chosen = mining_review.chosen_tiles(ranked, ["spore"], per_group=2)
+    chosen = review_page.chosen_tiles(ranked, ["spore"], per_group=2)
     assert [rank for rank, _ in chosen["spore"][verify.ACCEPTED]] == [1, 2]
     assert [rank for rank, _ in chosen["spore"][verify.DOUBTFUL]] == [6]
     assert [rank for rank, _ in chosen["spore"][verify.REJECTED]] == [7]
@@ -216,7 +217,7 @@ def test_the_review_page_shows_each_decision_best_first_up_to_the_cap(labelled, 
     result = MiningResult(ranked, counts, {}, {}, None)
     crop = np.zeros((20, 10, 3), np.uint8)
     folder = str(tmp_path / "review")
-    page = mining_review.write_review_page(folder, result, images, {"spore": [crop] * 3})
+    page = review_page.write_review_page(folder, result, images, {"spore": [crop] * 3})
     files = sorted(os.listdir(folder))
     assert sum(f.startswith("c0_accepted_") for f in files) == 5
     assert sum(f.startswith("c0_reference_") for f in files) == 3
@@ -226,27 +227,27 @@ def test_the_review_page_shows_each_decision_best_first_up_to_the_cap(labelled, 
     for name in files:
         if name.endswith(".png") and name != "c0_overview.png":
             assert cv2.imread(os.path.join(folder, name)).shape == (
-                mining_review.TILE_SIDE, mining_review.TILE_SIDE, 3)
+                review_page.TILE_SIDE, review_page.TILE_SIDE, 3)
     # The overview: a row each for references, accepted, doubtful, rejected; the first
     # accepted tile is the first accepted tile, scaled.
     overview = cv2.imread(os.path.join(folder, "c0_overview.png"))
-    side, gap = mining_review.OVERVIEW_SIDE, 4
+    side, gap = review_page.OVERVIEW_SIDE, 4
     assert overview.shape[0] == 4 * (side + gap) + gap
     first = cv2.resize(cv2.imread(os.path.join(folder, "c0_accepted_00.png")),
                        (side, side), interpolation=cv2.INTER_AREA)
-    top, left = gap + side + gap, overview.shape[1] - mining_review.OVERVIEW_COLUMNS * (
+    top, left = gap + side + gap, overview.shape[1] - review_page.OVERVIEW_COLUMNS * (
         side + gap)
     assert np.array_equal(overview[top:top + side, left:left + side], first)
     assert (overview[top:top + side, left + 5 * (side + gap):] == 255).all()  # 5 accepted
     # Written again: replaced whole, no temporary folder left beside it.
-    mining_review.write_review_page(folder, result, images, {"spore": [crop]})
+    review_page.write_review_page(folder, result, images, {"spore": [crop]})
     assert sum(f.startswith("c0_reference_") for f in os.listdir(folder)) == 1
     assert os.listdir(str(tmp_path)).count("review") == 1
     assert not [f for f in os.listdir(str(tmp_path)) if f.startswith(".review")]
 
 
 def test_mined_voc_labels_convert_to_labels_and_ignore_regions(labelled, tmp_path):
-    from data.io import mined_labels
+    from data.io.mining import labels as mined_labels
     voc, images, candidates = labelled
     target = mined_labels.annotations_target("voc", str(tmp_path / "mined"))
     written = mined_labels.write_annotations("voc", os.path.join(voc, "Annotations"), images,
@@ -297,7 +298,7 @@ def test_yolo_ignore_files_are_ignore_regions_beside_the_labels(tmp_path):
 
 
 def test_mined_yolo_labels_append_lines_and_ignore_files(tmp_path):
-    from data.io import mined_labels
+    from data.io.mining import labels as mined_labels
     image_dir, labels_dir = _yolo_tree(tmp_path)
     images, _ = convert.read_annotations("yolo", image_dir, labels_dir)
     before = snapshot_tree(labels_dir)
@@ -333,7 +334,7 @@ def test_mined_yolo_labels_append_lines_and_ignore_files(tmp_path):
 def test_mined_coco_labels_add_a_category_and_crowds(labelled, tmp_path):
     import json
 
-    from data.io import mined_labels
+    from data.io.mining import labels as mined_labels
     voc, images, candidates = labelled
     coco = {"images": [{"id": image.image_id, "file_name": image.filename,
                         "height": image.annotated_size[0], "width": image.annotated_size[1]}
@@ -359,7 +360,7 @@ def test_mined_coco_labels_add_a_category_and_crowds(labelled, tmp_path):
 
 
 def test_label_studio_tasks_hold_the_candidates_in_percent_top_left(labelled):
-    from data.io import mined_labels
+    from data.io.mining import labels as mined_labels
     _, images, candidates = labelled
     height, width = images[0].annotated_size
     (task,) = mined_labels.label_studio_tasks(candidates, "base@model.ckpt-9", "/data/?d=")
@@ -463,7 +464,7 @@ def test_mine_labels_writes_what_the_verifier_decided(sample_data, imported_lite
         count = sum(r["decision"] == decision for r in rows)
         tiles = [f for f in os.listdir(os.path.join(out, "review"))
                  if f.startswith(f"c0_{decision}_")]
-        assert len(tiles) == min(count, mining_review.TILES_PER_GROUP)
+        assert len(tiles) == min(count, review_page.TILES_PER_GROUP)
         first = next(r for r in rows if r["decision"] == decision)
         assert f"#{first['rank']} {first['file']}" in page
     # Again without --overwrite: one line, nothing replaced; an unknown class: one line.
@@ -667,10 +668,10 @@ def _review_round(tmp_path, labelled):
 
 
 def test_a_review_replaces_the_round_on_reviewed_images_only(labelled, tmp_path):
-    from data.io import reviewed_labels
+    from data.io.mining import review_import
     voc, images, mined, export = _review_round(tmp_path, labelled)
     out = str(tmp_path / "reviewed")
-    counts = reviewed_labels.apply_review(
+    counts = review_import.apply_review(
         "voc", os.path.join(voc, "JPEGImages"), os.path.join(voc, "Annotations"), mined,
         export, out, image_url_prefix="/data/local-files/?d=JPEGImages/")
     assert counts == {"reviewed_images": 1, "reviewed_boxes": 1, "mined_boxes": 2}
@@ -691,24 +692,24 @@ def test_a_review_replaces_the_round_on_reviewed_images_only(labelled, tmp_path)
 
 
 def test_a_review_matches_images_by_their_path_without_the_prefix(labelled, tmp_path):
-    from data.io import reviewed_labels
+    from data.io.mining import review_import
     voc, images, mined, export = _review_round(tmp_path, labelled)
     names = [image.filename for image in images]
     report = convert.annotation.Report()
     # No prefix given: the trailing part of the URL that names an image is found.
-    reviewed = reviewed_labels.read_review(export, names, ["spore"], "", report)
+    reviewed = review_import.read_review(export, names, ["spore"], "", report)
     assert set(reviewed) == {names[0]}
     # Skipped, one line each: the unknown image, the base-class box, the rotated box.
     assert report.counts["review_skipped"] == 3
-    with pytest.raises(reviewed_labels.ReviewError, match="none|no task"):
-        reviewed_labels.read_review(export, ["other.jpg"], ["spore"])
+    with pytest.raises(review_import.ReviewError, match="none|no task"):
+        review_import.read_review(export, ["other.jpg"], ["spore"])
     bad = tmp_path / "bad.json"
     bad.write_text('{"tasks": []}')
-    with pytest.raises(reviewed_labels.ReviewError, match="list of tasks"):
-        reviewed_labels.read_review(str(bad), names, ["spore"])
+    with pytest.raises(review_import.ReviewError, match="list of tasks"):
+        review_import.read_review(str(bad), names, ["spore"])
     bad.write_text("[{")
-    with pytest.raises(reviewed_labels.ReviewError, match="not JSON"):
-        reviewed_labels.read_review(str(bad), names, ["spore"])
+    with pytest.raises(review_import.ReviewError, match="not JSON"):
+        review_import.read_review(str(bad), names, ["spore"])
 
 
 def test_mine_labels_reviewed_writes_without_a_model(labelled, tmp_path):

@@ -29,7 +29,7 @@ retrain on; no model is run:
 
 On each reviewed image the reviewer's boxes of the new classes replace the round's
 (a deleted candidate becomes background); the other images keep the round's accepted
-boxes and ignore regions (data/io/reviewed_labels.py).
+boxes and ignore regions (data/io/mining/review_import.py).
 """
 import os
 import sys
@@ -96,7 +96,7 @@ def _mine():
     # Here, not at the top: these import TensorFlow (seconds), which must come after
     # the flags are parsed and --verbose has set the console (libs/base/console.py).
     from data.io import convert
-    from data.io import mining as mine
+    from data.io.mining import candidates as mine
     from data.io.dataset import open_run
     from libs.train import runs
     overrides = list(FLAGS.set)
@@ -133,7 +133,7 @@ def _main_reviewed(argv):
 
 def _apply_review():
     from data.io import convert
-    from data.io.reviewed_labels import apply_review
+    from data.io.mining.review_import import apply_review
     counts = apply_review(
         FLAGS.format, FLAGS.image_dir, FLAGS.annotations, FLAGS.mined_dir, FLAGS.reviewed,
         FLAGS.output_dir, split_file=FLAGS.split_file,

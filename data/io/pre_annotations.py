@@ -3,7 +3,7 @@
     tasks = label_studio_tasks(boxes, model_version, image_url_prefix="")
     write_label_studio(tasks, path)
 
-Written by tools/mine_labels.py (the mined candidates, data/io/mined_labels.py) and
+Written by tools/mine_labels.py (the mined candidates, data/io/mining/labels.py) and
 tools/predict.py --label_studio (a model's detections: model-assisted labelling). The
 JSON is the task list Label Studio's "Import" takes: one task per image, in the order
 of each image's first box, the boxes under `predictions` (model_version, the best

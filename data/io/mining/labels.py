@@ -1,5 +1,5 @@
 """Mined labels written out: the input's annotations with the new boxes, Label Studio
-pre-annotations, and the ranked list (tools/mine_labels.py; data/io/mining.py finds
+pre-annotations, and the ranked list (tools/mine_labels.py; data/io/mining/candidates.py finds
 and verifies the candidates).
 
     write_annotations(fmt, annotations, images, candidates, output)

@@ -21,7 +21,7 @@ feature space. One pass over the images, one image in memory at a time:
 
 Returns a MiningResult: the candidates, best first by the verifier's confidence, with
 their verdicts, and the counts. Writing them (labels, ignore regions, Label Studio
-tasks) is data/io/mined_labels.py.
+tasks) is data/io/mining/labels.py.
 """
 import collections
 import dataclasses
@@ -215,9 +215,10 @@ def mine_to_folder(run, checkpoint, fmt, image_dir, annotations, new_classes, ou
     model (its classes from its references, new ones included) and writes to
     output_dir: the annotations with the mined boxes (annotations/ for VOC,
     annotations.json for COCO), label_studio.json, candidates.json and the drawn
-    review/ page (data/io/mining_review.py). Returns the MiningResult."""
+    review/ page (data/io/mining/review_page.py). Returns the MiningResult."""
     # Here: these import TensorFlow.
-    from data.io import convert, mined_labels, mining_review
+    from data.io import convert
+    from data.io.mining import labels as mined_labels, review_page
     from libs.mining.embedding import CropEmbedder
     from libs.serving.export import Detector
 
@@ -243,6 +244,5 @@ def mine_to_folder(run, checkpoint, fmt, image_dir, annotations, new_classes, ou
     mined_labels.write_label_studio(result.candidates, os.path.join(output_dir, "label_studio.json"),
                                version, image_url_prefix)
     mined_labels.write_ranked_list(result, os.path.join(output_dir, "candidates.json"))
-    mining_review.write_review_page(os.path.join(output_dir, "review"), result, images,
-                                    crops)
+    review_page.write_review_page(os.path.join(output_dir, "review"), result, images, crops)
     return result

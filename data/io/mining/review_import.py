@@ -27,7 +27,7 @@ import os
 import urllib.parse
 
 from data.io import annotation
-from data.io.mining import Candidate
+from data.io.mining.candidates import Candidate
 from libs.mining import verify
 
 MAX_EXPORT_BYTES = 512 << 20      # a Label Studio export larger than this is refused
@@ -131,7 +131,7 @@ def read_review(path, filenames, new_classes, image_url_prefix="", report=None):
 
 
 def reviewed_candidates(images, reviewed, mined_rows, sizes):
-    """The boxes to write, as Candidates (the writers of data/io/mined_labels.py): the
+    """The boxes to write, as Candidates (the writers of data/io/mining/labels.py): the
     reviewer's on reviewed images (accepted), the round's written ones elsewhere.
 
     images: the input's annotated images; reviewed: read_review's result (boxes in
@@ -168,7 +168,8 @@ def apply_review(fmt, image_dir, annotations, mined_dir, export, output_dir,
     """tools/mine_labels.py --reviewed: the input annotations with the reviewed round's
     boxes (module docstring), written to output_dir in the input's format (as the round
     wrote its own). Returns {"reviewed_images", "reviewed_boxes", "mined_boxes"}."""
-    from data.io import convert, mined_labels
+    from data.io import convert
+    from data.io.mining import labels as mined_labels
     from libs.base import images as images_lib
 
     ranked_path = os.path.join(mined_dir, "candidates.json")
