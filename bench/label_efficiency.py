@@ -159,8 +159,8 @@ def rescore(args, results):
     checkpoint or options are gone is reported and keeps its figures."""
     for key, row in sorted(results.items()):
         method = row["method"].split("+")[0]
-        if method == "peer":
-            continue
+        if method == "peer" or row.get("restored_from"):
+            continue        # no checkpoint of ours: the peer's, or a restored row
         split_dir = os.path.join(args.out, "subsets", f"n{row['n']}_s{row['seed']}")
         model_dir = os.path.join(args.out, "runs", key.replace("/", "_"))
         flags = ours_flags(args, method, row["sets"], os.path.join(split_dir, "data"),
@@ -305,17 +305,25 @@ def format_table(results):
     return "\n".join(lines)
 
 
+def curve_rows(results):
+    """The runs the curve is drawn from: the three methods as shipped at the rule's
+    steps (not the pilot's other lengths, nor the --tag variants); at N = all, also
+    runs at equal minutes (issue 31's item 4, which the curve reuses for its last
+    point: a full-data run at the rule's steps costs an hour or more per method)."""
+    return {key: row for key, row in results.items() if row["method"] in METHODS
+            and (row.get("rule") or (row["n"] == "all" and row.get("budget_minutes")))}
+
+
 def plot(results, path, title):
     """mAP@0.5 (mean, std as error bars) against N, one line per method."""
     # Here, not at the top: matplotlib's import is slow and only this needs it.
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot
-    # The curve: the three methods as shipped, at the rule's steps (not the pilot's
-    # other lengths, nor the --tag variants).
-    table = summarise({key: row for key, row in results.items()
-                       if row.get("rule") and row["method"] in METHODS})
+    curve = curve_rows(results)
+    table = summarise(curve)
     full = max((int(r["num_images"]) for r in results.values()), default=0)
+    budgets = sorted({r["budget_minutes"] for r in curve.values() if r.get("budget_minutes")})
     figure, axis = pyplot.subplots(figsize=(6, 4))
     for method in sorted({m for m, _, _ in table}, key=method_order):
         points = sorted(((full if label == "all" else int(label)), mean, std)
@@ -326,10 +334,14 @@ def plot(results, path, title):
             axis.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=method)
     axis.set_xscale("log")
     ticks = sorted({full if label == "all" else int(label) for _, label, _ in table})
+    numbered = {int(label) for _, label, _ in table if label != "all"}
     axis.set_xticks(ticks)
-    axis.set_xticklabels([str(t) for t in ticks])
+    axis.set_xticklabels([f"all ({t})" if t == full and full not in numbered else str(t)
+                          for t in ticks])
     axis.minorticks_off()
-    axis.set_xlabel("labelled training images (N)")
+    axis.set_xlabel("labelled training images (N)" + (
+        f"; all: equal minutes ({', '.join(f'{b:g}' for b in budgets)} min)"
+        if budgets else ""))
     axis.set_ylabel("val mAP@0.5")
     axis.set_title(title)
     axis.grid(True, alpha=0.3)
@@ -363,6 +375,9 @@ def main():
                         help="default output/label_efficiency/<dataset>")
     parser.add_argument("--table", action="store_true", help="print the table, run nothing")
     parser.add_argument("--plot", default=None, help="PNG of mAP@0.5 against N")
+    parser.add_argument("--include", action="append", default=[],
+                        help="another run folder (its results.json) whose runs join the "
+                             "table and plot, e.g. the full-data runs at equal minutes")
     parser.add_argument("--rescore", action="store_true",
                         help="evaluate our finished runs again with the current config "
                              "(a detection-only change), train nothing")
@@ -439,9 +454,16 @@ def main():
                 print(f"{key}: val mAP@0.5 {scores['voc/mAP@0.5']:.3f}, COCO mAP "
                       f"{scores['coco/mAP']:.3f}, {minutes:.1f} min", flush=True)
                 write_json(results_file, results)
-    print(format_table(results))
+    shown = {}
+    for folder in args.include:
+        rows = read_json(os.path.join(folder, "results.json"))
+        if rows is None:
+            parser.error(f"--include {folder}: no results.json there")
+        shown.update(rows)
+    shown.update(results)
+    print(format_table(shown))
     if args.plot:
-        plot(results, args.plot, f"{args.dataset}: val mAP@0.5 against labelled images")
+        plot(shown, args.plot, f"{args.dataset}: val mAP@0.5 against labelled images")
 
 
 if __name__ == "__main__":

@@ -180,6 +180,16 @@ def test_a_budgeted_run_is_named_and_grouped_by_its_minutes():
         label_efficiency.format_table(results)
 
 
+def test_the_curve_takes_the_rule_and_full_data_at_equal_minutes():
+    def row(method, n, rule, budget=None):
+        return {"method": method, "n": n, "rule": rule, "budget_minutes": budget}
+    results = {"a": row("comparison", "10", True), "pilot": row("comparison", "10", False),
+               "variant": row("comparison+fill", "10", True),
+               "b": row("peer", "all", False, 15.0), "c": row("fc", "all", True),
+               "budget_at_50": row("fc", "50", False, 15.0)}
+    assert set(label_efficiency.curve_rows(results)) == {"a", "b", "c"}
+
+
 def test_rescore_replaces_our_figures_keeps_the_peer_and_what_fails(tmp_path, monkeypatch):
     """--rescore evaluates each of our runs again from its own subset, steps, supports,
     seed and variant settings; the peer's rows (detections scored once) stay; a run that
@@ -191,7 +201,9 @@ def test_rescore_replaces_our_figures_keeps_the_peer_and_what_fails(tmp_path, mo
     results = {"comparison/n25/s1/steps2000": row("comparison", [], 0.5),
                "fc+old/n25/s1/steps2000": row("fc+old", ["LR=0.1"], 0.4),
                "comparison+gone/n25/s1/steps2000": row("comparison+gone", ["X=1"], 0.3),
-               "peer/n25/s1/steps2000": row("peer", [], 0.6)}
+               "peer/n25/s1/steps2000": row("peer", [], 0.6),
+               "comparison/n25/s2/steps2000": dict(row("comparison", [], 0.7),
+                                                   restored_from="docs")}
     calls = []
 
     def evaluate(flags, model_dir):
@@ -203,7 +215,8 @@ def test_rescore_replaces_our_figures_keeps_the_peer_and_what_fails(tmp_path, mo
     monkeypatch.setattr(label_efficiency, "evaluate_ours", evaluate)
     args = types.SimpleNamespace(out=str(tmp_path), cfg="cfgs/bccd_cpu.py")
     label_efficiency.rescore(args, results)
-    assert [r["results"]["voc/mAP@0.5"] for r in results.values()] == [0.9, 0.9, 0.3, 0.6]
+    assert [r["results"]["voc/mAP@0.5"] for r in results.values()] == [0.9, 0.9, 0.3, 0.6,
+                                                                          0.7]
     assert "other" not in results["comparison/n25/s1/steps2000"]["results"]
     assert len(calls) == 3
     by_dir = {os.path.basename(d): f for f, d in calls}
