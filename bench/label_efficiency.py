@@ -397,6 +397,13 @@ def main():
     if "peer" in methods and not args.peer_python and not args.table:
         print("no --peer_python: the peer is skipped", file=sys.stderr)
         methods.remove("peer")
+    # Read before any run: a wrong folder is said at once, not after hours of training.
+    included = {}
+    for folder in args.include:
+        rows = read_json(os.path.join(folder, "results.json"))
+        if rows is None:
+            parser.error(f"--include {folder}: no results.json there")
+        included.update(rows)
     results_file = os.path.join(args.out, "results.json")
     results = read_json(results_file, {})
 
@@ -454,13 +461,7 @@ def main():
                 print(f"{key}: val mAP@0.5 {scores['voc/mAP@0.5']:.3f}, COCO mAP "
                       f"{scores['coco/mAP']:.3f}, {minutes:.1f} min", flush=True)
                 write_json(results_file, results)
-    shown = {}
-    for folder in args.include:
-        rows = read_json(os.path.join(folder, "results.json"))
-        if rows is None:
-            parser.error(f"--include {folder}: no results.json there")
-        shown.update(rows)
-    shown.update(results)
+    shown = {**included, **results}
     print(format_table(shown))
     if args.plot:
         plot(shown, args.plot, f"{args.dataset}: val mAP@0.5 against labelled images")
